@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedser-installed
+
+.PHONY: demo test test-fast lint bench venv clean
+
+# Fresh machine -> virtual environment -> install (re-run when pyproject.toml changes).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job on the embedded default (synthetic corpus, tiny preset, local outputs/).
+demo: $(STAMP)
+	$(BIN)/fedser demo
+
+## Lint + the whole test suite (slow end-to-end tests included; CI runs this via .ci/run).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+## Without the slow end-to-end tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## Benchmarks print figures; they are never part of the tests.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/features.py
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Flower ClientApp side of fedser (each node holds one IEMOCAP session)."""

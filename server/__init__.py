@@ -1,0 +1,1 @@
+"""Flower ServerApp side of fedser: regimes and MLflow tracking."""

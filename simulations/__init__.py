@@ -1,0 +1,1 @@
+"""The fedser command line, the study runner and the experiment files."""
