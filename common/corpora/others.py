@@ -1,0 +1,116 @@
+"""Readers for RAVDESS (labeled by file name), LibriSpeech and any folder of audio (unlabeled)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from common.audio import AudioError, is_audio_file, probe_duration
+from common.corpora.base import Scan, Skip, Utterance
+
+# RAVDESS file names have seven two-digit fields (RAVDESS README; notes §3.1):
+# modality-channel-emotion-intensity-statement-repetition-actor, e.g. 03-01-06-01-02-01-12.wav.
+_RAVDESS = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+RAVDESS_EMOTIONS = {
+    "01": "neu", "02": "cal", "03": "hap", "04": "sad", "05": "ang", "06": "fea", "07": "dis", "08": "sur",
+}
+# LibriSpeech: <speaker>/<chapter>/<speaker>-<chapter>-<utt4>.flac (notes §3.2).
+_LIBRISPEECH = re.compile(r"^(\d+)-(\d+)-(\d+)$")
+
+
+def _audio_files(root: Path, scan: Scan, ignore: Callable[[Path], bool]) -> Iterator[Path]:
+    """Every audio file under ``root`` in sorted order; AppleDouble and other files are skips."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.name.startswith("._"):
+            scan.skipped.append(Skip(path, "AppleDouble metadata file"))
+        elif is_audio_file(path):
+            yield path
+        elif not ignore(path):
+            scan.skipped.append(Skip(path, f"not an audio file ({path.suffix or 'no suffix'})"))
+
+
+def _probe(path: Path, scan: Scan) -> float | None:
+    try:
+        return probe_duration(path)
+    except AudioError as exc:
+        scan.skipped.append(Skip(path, exc.reason))
+        return None
+
+
+def read_ravdess(root: Path, *, label_map: Mapping[str, str] | None = None) -> Scan:
+    """Audio-only speech files of RAVDESS; speaker ``Actor_NN`` (odd actors male, even female)."""
+    scan = Scan(corpus="ravdess", root=root)
+    for path in _audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".md", ".pdf"}):
+        m = _RAVDESS.match(path.stem)
+        if m is None:
+            scan.skipped.append(Skip(path, "file name is not the seven-field RAVDESS identifier"))
+            continue
+        modality, channel, emotion, _, _, _, actor = m.groups()
+        if modality != "03" or channel != "01":
+            scan.skipped.append(Skip(path, "not audio-only speech (modality 03, vocal channel 01)"))
+            continue
+        raw = RAVDESS_EMOTIONS.get(emotion)
+        if raw is None:
+            scan.skipped.append(Skip(path, f"unknown RAVDESS emotion code {emotion}"))
+            continue
+        label = raw if label_map is None else label_map.get(raw)
+        if label is None:
+            continue
+        duration = _probe(path, scan)
+        if duration is None:
+            continue
+        scan.utterances.append(
+            Utterance(
+                id=path.stem, path=path, corpus="ravdess", speaker=f"Actor_{actor}",
+                gender="M" if int(actor) % 2 else "F", label=label, raw_label=raw, duration=duration,
+            )
+        )
+    return scan
+
+
+def read_librispeech(root: Path) -> Scan:
+    """LibriSpeech (any subset folder or the LibriSpeech root); transcripts from ``*.trans.txt``."""
+    scan = Scan(corpus="librispeech", root=root)
+    texts: dict[str, str] = {}
+    for trans in sorted(root.rglob("*.trans.txt")):
+        if trans.name.startswith("._"):
+            continue
+        for line in trans.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, text = line.partition(" ")
+            texts[key] = text.strip()
+    # SPEAKERS.TXT, *.trans.txt and our synthetic manifest are metadata, not skips.
+    for path in _audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".json"}):
+        m = _LIBRISPEECH.match(path.stem)
+        if m is None:
+            scan.skipped.append(Skip(path, "file name is not <speaker>-<chapter>-<utterance>"))
+            continue
+        duration = _probe(path, scan)
+        if duration is None:
+            continue
+        scan.utterances.append(
+            Utterance(
+                id=path.stem, path=path, corpus="librispeech", speaker=m[1], duration=duration,
+                transcript=texts.get(path.stem),
+            )
+        )
+    return scan
+
+
+def read_folder(root: Path) -> Scan:
+    """Any folder of audio; the speaker is the file's parent folder name."""
+    scan = Scan(corpus="folder", root=root)
+    for path in _audio_files(root, scan, ignore=lambda p: False):
+        duration = _probe(path, scan)
+        if duration is None:
+            continue
+        rel = path.relative_to(root).with_suffix("")
+        scan.utterances.append(
+            Utterance(
+                id=rel.as_posix().replace("/", "__"), path=path, corpus="folder",
+                speaker=path.parent.name if path.parent != root else "unknown", duration=duration,
+            )
+        )
+    return scan

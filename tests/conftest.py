@@ -1,0 +1,95 @@
+"""Shared fixtures: small audio files and a hand-written IEMOCAP tree in the real format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.audio import write_wav
+
+
+def tone(seconds: float = 0.5, rate: int = 16_000, freq: float = 220.0) -> np.ndarray:
+    """A short harmonic tone, float32 mono."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 3 * freq * t)).astype(np.float32)
+
+
+# Real-format EmoEvaluation text (IEMOCAP README; lines quoted in notes §2.2), including the
+# header, a multi-label annotator line, self-evaluations and an xxx consensus.
+EMO_IMPRO01 = """% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]
+
+[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]
+C-E2:\tNeutral;\t()
+C-E3:\tNeutral;\t()
+C-E4:\tNeutral;\t()
+C-F1:\tNeutral;\t(curious)
+A-E3:\tval 3; act 2; dom  2;\t()
+A-E4:\tval 2; act 3; dom  3;\t(mildly aggravated but staying polite, attitude)
+A-F1:\tval 3; act 2; dom  1;\t()
+
+[10.0100 - 11.3925]\tSes01F_impro01_M000\texc\t[3.5000, 3.5000, 3.0000]
+C-E2:\tExcited;\t()
+C-E3:\tHappiness; Excited;\t()
+C-M1:\tNeutral; Anger;\t()
+A-E3:\tval 4; act 4; dom  3;\t()
+A-E4:\tval 3; act 3; dom  3;\t()
+
+[19.2900 - 20.7875]\tSes01F_impro01_F001\txxx\t[2.5000, 3.0000, 3.0000]
+C-E2:\tNeutral;\t()
+C-E3:\tFrustration;\t()
+
+[21.0000 - 23.5000]\tSes01F_impro01_M001\tfru\t[2.0000, 3.5000, 3.5000]
+C-E2:\tFrustration;\t()
+
+[140.2250 - 145.6000]\tSes01F_impro01_F002\tang\t[1.5000, 4.0000, 4.5000]
+C-E1:\tAnger;\t()
+A-E3:\tval 2; act 4; dom  4;\t()
+"""
+
+EMO_IMPRO05A = """% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]
+
+[1.0000 - 2.5000]\tSes03M_impro05a_F000\tsad\t[1.5000, 1.5000, 2.0000]
+C-E1:\tSadness;\t()
+
+[3.0000 - 4.0000]\tSes03M_impro05a_M000\thap\t[4.0000, 3.0000, 3.0000]
+C-E1:\tHappiness;\t()
+"""
+
+EMO_SCRIPT01_1B = """% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]
+
+[1.0000 - 2.5000]\tSes05M_script01_1b_F000\tneu\t[3.0000, 2.0000, 2.5000]
+C-E1:\tNeutral;\t()
+
+[3.0000 - 4.5000]\tSes05M_script01_1b_M000\tang\t[1.5000, 4.5000, 4.0000]
+C-E1:\tAnger;\t()
+"""
+
+
+def add_dialog(root: Path, session: int, dialog: str, text: str, missing: tuple[str, ...] = ()) -> None:
+    """Write one EmoEvaluation file and a wav per summary line (except the ``missing`` ones)."""
+    sdir = root / f"Session{session}"
+    (sdir / "dialog" / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
+    (sdir / "dialog" / "EmoEvaluation" / f"{dialog}.txt").write_text(text)
+    for line in text.splitlines():
+        if line.startswith("[") and "\t" in line:
+            utt = line.split("\t")[1]
+            if utt not in missing:
+                write_wav(sdir / "sentences" / "wav" / dialog / f"{utt}.wav", tone())
+
+
+@pytest.fixture
+def iemocap_tree(tmp_path: Path) -> Path:
+    """A tiny IEMOCAP_full_release with the real oddities: a/b dialogs, script01_1b, AppleDouble, a missing wav."""
+    root = tmp_path / "IEMOCAP_full_release"
+    add_dialog(root, 1, "Ses01F_impro01", EMO_IMPRO01, missing=("Ses01F_impro01_F002",))
+    add_dialog(root, 3, "Ses03M_impro05a", EMO_IMPRO05A)
+    add_dialog(root, 5, "Ses05M_script01_1b", EMO_SCRIPT01_1B)
+    evals = root / "Session1" / "dialog" / "EmoEvaluation"
+    (evals / "._Ses01F_impro01.txt").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (evals / "Categorical").mkdir()
+    (evals / "Categorical" / "Ses01F_impro01_e2_cat.txt").write_text("Ses01F_impro01_F000 :Neutral state;\n")
+    wavdir = root / "Session1" / "sentences" / "wav" / "Ses01F_impro01"
+    (wavdir / "._Ses01F_impro01_F000.wav").write_bytes(b"\x00\x05\x16\x07")
+    return root

@@ -1,0 +1,66 @@
+"""RAVDESS, LibriSpeech and plain-folder readers, and corpus auto-detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from common.audio import write_wav
+from common.corpora import detect_corpus, read_corpus
+from tests.conftest import tone
+
+
+def test_ravdess_fields_speaker_gender_and_label_map(tmp_path: Path) -> None:
+    actors = tmp_path / "Audio_Speech_Actors_01-24"
+    for name in ["03-01-05-02-01-01-12", "03-01-03-01-02-02-07", "03-01-02-01-01-01-07", "01-01-05-01-01-01-01"]:
+        write_wav(actors / f"Actor_{name[-2:]}" / f"{name}.wav", tone())
+    write_wav(actors / "Actor_01" / "notes.wav", tone())
+    (actors / "Actor_12" / "._03-01-05-02-01-01-12.wav").write_bytes(b"\x00\x05")
+    assert detect_corpus(actors) == "ravdess"
+    scan = read_corpus(actors, "ravdess")
+    by_id = {u.id: u for u in scan.utterances}
+    # 05 = angry, 03 = happy; 02 = calm is outside the 4-class map and is filtered.
+    assert {k: (u.label, u.speaker, u.gender) for k, u in by_id.items()} == {
+        "03-01-05-02-01-01-12": ("ang", "Actor_12", "F"),
+        "03-01-03-01-02-02-07": ("hap", "Actor_07", "M"),
+    }
+    assert scan.skip_counts() == {
+        "AppleDouble metadata file": 1,
+        "not audio-only speech (modality 03, vocal channel 01)": 1,
+        "file name is not the seven-field RAVDESS identifier": 1,
+    }
+
+
+def test_librispeech_layout_and_transcripts(tmp_path: Path) -> None:
+    chapter = tmp_path / "LibriSpeech" / "train-clean-100" / "19" / "198"
+    chapter.mkdir(parents=True)
+    for i in range(2):
+        sf.write(chapter / f"19-198-{i:04d}.flac", tone(), 16_000)
+    (chapter / "19-198.trans.txt").write_text("19-198-0000 NORTHANGER ABBEY\n19-198-0001 CHAPTER ONE\n")
+    (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").write_text(";ID |SEX| SUBSET |MINUTES| NAME\n")
+    root = tmp_path / "LibriSpeech"
+    assert detect_corpus(root) == "librispeech"
+    scan = read_corpus(root)
+    assert [(u.id, u.speaker, u.transcript, u.label) for u in scan.utterances] == [
+        ("19-198-0000", "19", "NORTHANGER ABBEY", None), ("19-198-0001", "19", "CHAPTER ONE", None),
+    ]
+    assert scan.skipped == []
+
+
+def test_any_folder_of_audio_skips_non_audio_and_bad_files(tmp_path: Path) -> None:
+    write_wav(tmp_path / "alice" / "a.wav", tone())
+    (tmp_path / "bob").mkdir()
+    sf.write(tmp_path / "bob" / "b.flac", tone(), 22_050)  # 8000 samples at another rate
+    (tmp_path / "bob" / "readme.txt").write_text("hello")
+    (tmp_path / "bob" / "broken.wav").write_bytes(b"RIFFjunk")
+    (tmp_path / "bob" / "._b.flac").write_bytes(b"\x00")
+    assert detect_corpus(tmp_path) == "folder"
+    scan = read_corpus(tmp_path, "folder")
+    assert [(u.id, u.speaker) for u in scan.utterances] == [("alice__a", "alice"), ("bob__b", "bob")]
+    assert scan.utterances[1].duration == 8000 / 22_050
+    reasons = scan.skip_counts()
+    assert reasons.pop("not an audio file (.txt)") == 1 and reasons.pop("AppleDouble metadata file") == 1
+    assert list(reasons) == [next(r for r in reasons if r.startswith("unreadable audio"))]
+    assert np.isfinite(scan.utterances[0].duration)
