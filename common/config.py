@@ -1,0 +1,253 @@
+"""The study's configuration: frozen pydantic models, presets, and TOML loading.
+
+Validation happens once, here, at the edge: everything below receives a typed
+:class:`StudyConfig`. An experiment file holds only its differences from the defaults;
+its ``preset`` (``tiny`` or ``paper``) picks the sizes it starts from.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from common.corpora.iemocap import CLASSES_4, DEFAULT_LABEL_MAP
+
+Preset = Literal["paper", "tiny"]
+
+
+class Section(BaseModel):
+    """A frozen config section that refuses unknown keys."""
+
+    # validate_default: defaults go through the same validators (e.g. work_dir made absolute).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SyntheticConfig(Section):
+    """The embedded synthetic corpora, written on first use when no corpus root is given."""
+
+    seed: int = 0
+    utterances_per_dialog: int = Field(12, ge=2, le=200)
+    pretrain_speakers: int = Field(10, ge=1, le=500)
+
+
+class DataConfig(Section):
+    """Which labeled corpus, which part of it, and which classes."""
+
+    corpus: Literal["iemocap", "ravdess"] = "iemocap"
+    # None = the embedded synthetic IEMOCAP-format corpus under work_dir/corpora.
+    root: Path | None = None
+    subset: Literal["improvised", "scripted", "all"] = "all"
+    # Seed 002 §4.1: neutral, angry, sad, happy (+ excited merged into happy).
+    classes: tuple[str, ...] = CLASSES_4
+    label_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LABEL_MAP))
+    min_duration: float = Field(0.25, gt=0, description="seconds; shorter clips are skipped")
+    # Unlabeled corpus for GAN pre-training (seed 002 §4.1 uses LibriSpeech 360 h).
+    pretrain_corpus: Literal["librispeech", "folder", "iemocap"] = "librispeech"
+    pretrain_root: Path | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value) or not value:
+            raise ValueError(f"classes must be non-empty and unique, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _labels_consistent(self) -> DataConfig:
+        unknown = sorted(set(self.label_map.values()) - set(self.classes))
+        if unknown:
+            raise ValueError(
+                f"label_map maps to {unknown}, which are not in classes {list(self.classes)}"
+            )
+        if self.corpus != "iemocap" and self.root is None:
+            raise ValueError(f"root is required for corpus={self.corpus!r}: the embedded synthetic "
+                             "corpus is IEMOCAP-format only")
+        return self
+
+
+class FeatureConfig(Section):
+    """Which features, computed how, and how they are cut into network inputs."""
+
+    kind: Literal["logmel", "stft", "mfcc_vad", "mel6s", "mfcc6s", "mean_spectrum"] = "logmel"
+    backend: Literal["torch", "librosa"] = "torch"
+    device: str = "cpu"
+    # Seed 002 §4.2-4.3: 128x128 patches, sliding windows with a hop of 32 frames.
+    patch_frames: int = Field(128, ge=8)
+    window_hop: int = Field(32, ge=1)
+    # None = work_dir/cache/features.
+    cache_dir: Path | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in {"cpu", "cuda", "auto"} and not value.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {value!r}")
+        return value
+
+
+class ModelConfig(Section):
+    """Model sizes; the preset fills them (``paper`` = the papers' tables)."""
+
+    # Width multiplier on every channel count (1.0 = Table 1 of seed 002).
+    width: float = Field(1.0, gt=0, le=4)
+    # Seed 002 §4.4: noise dimension N_z = 128.
+    n_z: int = Field(128, ge=1)
+
+
+class TrainingConfig(Section):
+    """Optimization settings shared by the trainers."""
+
+    seed: int = 0
+    # Seed 002 §4.4: mini-batch of 32.
+    batch_size: int = Field(32, ge=1)
+
+
+class FoldConfig(Section):
+    """Leave-one-session-out folds (seed 002 §4.4)."""
+
+    # "speaker": one speaker of the held-out session validates, the other tests;
+    # "session": the whole held-out session is the test set (no validation set).
+    holdout: Literal["speaker", "session"] = "speaker"
+    validation_gender: Literal["F", "M"] = "F"
+    sessions: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+    @field_validator("sessions")
+    @classmethod
+    def _sessions(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [s for s in value if s not in range(1, 6)]
+        if bad or not value or len(set(value)) != len(value):
+            raise ValueError(f"sessions must be distinct values in 1..5, got {list(value)}")
+        return value
+
+
+class FederationConfig(Section):
+    """How the training data is split into clients."""
+
+    partition: Literal["session", "speaker", "dirichlet"] = "session"
+    num_clients: int = Field(5, ge=1, description="number of clients for the dirichlet partition")
+    dirichlet_alpha: float = Field(0.5, gt=0)
+
+
+class TrackingConfig(Section):
+    """Where runs are logged; None = a local sqlite store at work_dir/mlflow.db."""
+
+    uri: str | None = None
+    experiment: str = "fedser"
+
+
+class StudyConfig(Section):
+    """Everything one study needs."""
+
+    name: str = "demo"
+    preset: Preset = "tiny"
+    work_dir: Path = Path("outputs")
+    data: DataConfig = DataConfig()
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    folds: FoldConfig = FoldConfig()
+    federation: FederationConfig = FederationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("work_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Flower apps run with the SuperLink's cwd (notes/flower-1.41.md §2.5): pin it now.
+        return value.expanduser().resolve()
+
+    @property
+    def corpus_dir(self) -> Path:
+        """Where the embedded synthetic corpora are written."""
+        return self.work_dir / "corpora"
+
+    @property
+    def feature_cache_dir(self) -> Path:
+        """The feature cache folder."""
+        return self.features.cache_dir or self.work_dir / "cache" / "features"
+
+    def flat(self) -> dict[str, str]:
+        """``{"data.subset": "all", ...}``: the validated config as flat strings (MLflow params)."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+# Sizes per preset; an experiment file is applied on top of its preset.
+PRESETS: dict[Preset, dict[str, Any]] = {
+    # Exactly the papers' values (seed 002 Table 1 and §4.4).
+    "paper": {"model": {"width": 1.0, "n_z": 128}, "training": {"batch_size": 32}},
+    # A CPU demo: 1/8 of the channels, same structure.
+    "tiny": {"model": {"width": 0.125, "n_z": 32}, "training": {"batch_size": 16}},
+}
+
+
+class ConfigError(ValueError):
+    """A config file with one or more problems; the message lists all of them."""
+
+
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
+    """Load a study config: defaults <- preset <- TOML file at ``path`` <- ``overrides``."""
+    source = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    data = _merge(data, dict(overrides or {}))
+    preset = data.get("preset", "tiny")
+    if preset not in PRESETS:
+        raise ConfigError(f"{source}: preset: must be one of {sorted(PRESETS)}, got {preset!r}")
+    try:
+        return StudyConfig.model_validate(_merge(PRESETS[preset], data))
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ConfigError(
+            f"{source}: {len(lines)} error(s)\n" + "\n".join(f"  {line}" for line in lines)
+        ) from None
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    """One line per error: the dotted key, what is wrong, and what is allowed."""
+    loc = tuple(str(x) for x in err["loc"])
+    key = ".".join(loc) or "<root>"
+    if err["type"] == "extra_forbidden":
+        allowed = sorted(_section_of(loc[:-1]).model_fields)
+        return f"{key}: unknown key; allowed here: {', '.join(allowed)}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message} (got {err.get('input')!r})"
+
+
+def _section_of(loc: tuple[str, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = StudyConfig
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return model
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key != "label_map":
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat

@@ -1,0 +1,91 @@
+"""Config: defaults, presets, experiment files, and errors that name every bad key at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from common.config import PRESETS, ConfigError, StudyConfig, load_config
+
+EXPERIMENTS = sorted((Path(__file__).parents[1] / "simulations" / "experiments").rglob("*.toml"))
+
+
+def test_defaults_are_the_tiny_demo_with_absolute_work_dir() -> None:
+    cfg = load_config()
+    assert cfg.preset == "tiny"
+    assert cfg.model.width == PRESETS["tiny"]["model"]["width"]
+    assert cfg.work_dir.is_absolute()
+    assert cfg.data.classes == ("neu", "hap", "ang", "sad")
+    assert cfg.data.label_map["exc"] == "hap"
+
+
+def test_paper_preset_has_the_papers_values(tmp_path: Path) -> None:
+    path = tmp_path / "paper.toml"
+    path.write_text('preset = "paper"\n')
+    cfg = load_config(path)
+    # Seed 002 Table 1 / §4.4: full width, N_z = 128, batch 32; §4.2-4.3: 128x128 patches, hop 32.
+    assert (cfg.model.width, cfg.model.n_z, cfg.training.batch_size) == (1.0, 128, 32)
+    assert (cfg.features.patch_frames, cfg.features.window_hop) == (128, 32)
+
+
+def test_file_overrides_preset_and_nested_keys(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text('preset = "paper"\n[model]\nwidth = 0.5\n[data]\nsubset = "improvised"\n')
+    cfg = load_config(path)
+    assert (cfg.model.width, cfg.model.n_z, cfg.data.subset) == (0.5, 128, "improvised")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_file_validates(path: Path) -> None:
+    assert isinstance(load_config(path), StudyConfig)
+
+
+def test_there_are_experiment_files() -> None:
+    assert EXPERIMENTS, "simulations/experiments/ should hold the shipped studies"
+
+
+def test_bad_file_reports_every_error_with_key_and_allowed_values(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[data]\nsubset = "impro"\nclasses = ["neu", "neu"]\n'
+        '[features]\nkind = "mfcc"\nwindow_hop = 0\n'
+        '[model]\nwidht = 0.5\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 5 error(s)")
+    assert "data.subset: Input should be 'improvised', 'scripted' or 'all' (got 'impro')" in message
+    assert "data.classes: classes must be non-empty and unique" in message
+    assert "features.kind: Input should be 'logmel'" in message
+    assert "features.window_hop: Input should be greater than or equal to 1 (got 0)" in message
+    assert "model.widht: unknown key; allowed here: n_z, width" in message
+
+
+def test_label_map_must_target_classes(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text('[data.label_map]\nneu = "neutral"\n')
+    with pytest.raises(ConfigError, match=r"label_map maps to \['neutral'\], which are not in classes"):
+        load_config(path)
+
+
+def test_toml_syntax_error_and_missing_file_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[data\nsubset = 1\n")
+    with pytest.raises(ConfigError, match=r"broken.toml: not valid TOML: .*line 1"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=r"preset: must be one of \['paper', 'tiny'\]"):
+        load_config(None, {"preset": "huge"})
+
+
+def test_config_is_frozen_and_flattens() -> None:
+    cfg = load_config()
+    with pytest.raises(ValidationError):
+        cfg.model.width = 2.0  # type: ignore[misc]
+    flat = cfg.flat()
+    assert flat["model.width"] == str(cfg.model.width)
+    assert flat["folds.holdout"] == "speaker"
