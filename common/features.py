@@ -1,0 +1,663 @@
+"""Feature extraction for the five papers, [-1, 1] scaling, patches and an on-disk feature cache.
+
+Every extractor is a frozen dataclass whose fields are its parameters (paper defaults), with two
+implementations of the same computation:
+
+- ``extractor(wav, device)`` / ``extractor.batch(wavs, device)``: torch/torchaudio, CPU or CUDA;
+- ``extractor.reference(wav)``: librosa (numpy), the yardstick the tests hold the torch path to.
+
+Both paths use the same framing: ``center=True`` with zero padding (:data:`PAD_MODE`), periodic
+windows, so an utterance of ``T`` samples gives ``1 + T // hop_length`` frames. Zero padding also
+makes batching exact: padding a shorter clip with zeros at the end leaves its first
+``1 + T // hop_length`` frames unchanged, and utterance-global steps (top_db, VAD, means) run per
+utterance after cropping.
+
+Output for one utterance: float32 ``(n_features, n_frames)``, except ``mean_spectrum`` ``(259,)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import librosa
+import numpy as np
+import torch
+import torchaudio
+from numpy.lib.stride_tricks import sliding_window_view
+from torch import Tensor, nn
+
+from common.audio import SAMPLE_RATE, AudioError, load_audio
+from common.corpora.base import Skip, Utterance
+
+Backend = Literal["torch", "librosa"]  # which implementation computes features (config: features.backend)
+
+FEATURE_VERSION = 1  # bump when an extractor's output changes for the same params: invalidates caches
+PAD_MODE = "constant"  # centre padding with zeros in torch and librosa alike (librosa >= 0.10 default)
+_INT16_SCALE = 32768.0  # Kaldi computes energies on the int16 sample scale
+
+
+# --------------------------------------------------------------------------------------------
+# Extractors
+# --------------------------------------------------------------------------------------------
+
+
+class Extractor(ABC):
+    """Base of every extractor: the torch path (single and batched), the librosa path, params."""
+
+    name: ClassVar[str]
+    atol: ClassVar[float]  # max |torch - reference| allowed by the tests, in output units
+    # Every subclass is a dataclass with these STFT fields (plus its own).
+    n_fft: int
+    win_length: int
+    hop_length: int
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as a JSON-able dict (part of the cache key)."""
+        return asdict(self)  # type: ignore[call-overload]  # every concrete extractor is a dataclass
+
+    def __call__(self, wav: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+        """Features of one 16 kHz utterance ``(T,)`` via torch on ``device`` ("cpu", "cuda[:N]", "auto")."""
+        return self.batch([wav], device)[0]
+
+    def batch(self, wavs: Sequence[np.ndarray], device: str | torch.device = "cpu") -> list[np.ndarray]:
+        """Features of several utterances in one padded forward pass; same result as one by one."""
+        if not wavs:
+            return []
+        clips = [self._fit(_as_wav(w)) for w in wavs]
+        stacked = np.zeros((len(clips), max(len(c) for c in clips)), dtype=np.float32)  # (B, T_max)
+        for row, clip in zip(stacked, clips, strict=True):
+            row[: len(clip)] = clip
+        device = resolve_device(device)
+        with torch.inference_mode():
+            spec = _frontend(self, device)(torch.from_numpy(stacked).to(device))  # (B, F, frames_max)
+            feats = [
+                self._finish(spec[i, :, : 1 + len(clip) // self.hop_length], clip)
+                for i, clip in enumerate(clips)
+            ]
+        return [f.to(torch.float32).cpu().numpy() for f in feats]
+
+    def reference(self, wav: np.ndarray) -> np.ndarray:
+        """Features of one utterance via librosa/numpy (reference for the torch path)."""
+        return self._reference(self._fit(_as_wav(wav))).astype(np.float32, copy=False)
+
+    # Hooks for subclasses.
+    def _fit(self, wav: np.ndarray) -> np.ndarray:
+        """Length policy applied before either path (identity unless the paper fixes a duration)."""
+        return wav
+
+    @abstractmethod
+    def _build_frontend(self) -> nn.Module:
+        """Batched spectral front end: (B, T) -> (B, F, frames)."""
+
+    @abstractmethod
+    def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
+        """Per-utterance steps on the cropped front-end output ``(F, frames)``."""
+
+    @abstractmethod
+    def _reference(self, wav: np.ndarray) -> np.ndarray:
+        """The whole computation in librosa/numpy on the fitted clip."""
+
+    def _spectrogram(self, power: float, window_fn: Callable[..., Tensor]) -> nn.Module:
+        """torchaudio |STFT|^power with this extractor's framing: (B, T) -> (B, n_fft//2+1, frames)."""
+        return torchaudio.transforms.Spectrogram(
+            n_fft=self.n_fft, win_length=self.win_length, hop_length=self.hop_length,
+            window_fn=window_fn, power=power, center=True, pad_mode=PAD_MODE,
+        )
+
+    def _librosa_spectrogram(self, wav: np.ndarray, power: float, window: str) -> np.ndarray:
+        """librosa |STFT|^power with the same framing: (T,) -> (n_fft//2+1, frames)."""
+        stft = librosa.stft(
+            wav, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+            window=window, center=True, pad_mode=PAD_MODE,
+        )
+        return np.abs(stft) ** power
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with "auto" meaning CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def compute(
+    extractor: Extractor,
+    wavs: Sequence[np.ndarray],
+    backend: Backend = "torch",
+    device: str | torch.device = "cpu",
+) -> list[np.ndarray]:
+    """Features of ``wavs`` by either implementation: torch (batched, on ``device``) or librosa."""
+    if backend == "torch":
+        return extractor.batch(wavs, device)
+    if backend == "librosa":
+        return [extractor.reference(w) for w in wavs]
+    raise ValueError(f"unknown feature backend {backend!r}; valid: ['torch', 'librosa']")
+
+
+@lru_cache(maxsize=32)
+def _frontend(extractor: Extractor, device: torch.device) -> nn.Module:
+    """One front-end module per (extractor, device): window and filterbank built once."""
+    return extractor._build_frontend().to(device).eval()
+
+
+@dataclass(frozen=True)
+class _Mel(Extractor):
+    """Shared power mel spectrogram: Hann window, Slaney mel scale and area normalisation."""
+
+    n_mels: int = 128
+    n_fft: int = 512
+    win_length: int = 512
+    hop_length: int = 256
+    f_min: float = 0.0
+    f_max: float = SAMPLE_RATE / 2
+
+    def _build_frontend(self) -> nn.Module:
+        # (B, T) -> (B, n_mels, frames); torchaudio's Slaney mel matches librosa's default (htk=False).
+        return torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=self.n_fft, win_length=self.win_length,
+            hop_length=self.hop_length, f_min=self.f_min, f_max=self.f_max, n_mels=self.n_mels,
+            window_fn=torch.hann_window, power=2.0, center=True, pad_mode=PAD_MODE,
+            norm="slaney", mel_scale="slaney",
+        )
+
+    def _librosa_mel(self, wav: np.ndarray) -> np.ndarray:
+        """librosa power mel spectrogram, (n_mels, frames)."""
+        return librosa.feature.melspectrogram(
+            y=wav, sr=SAMPLE_RATE, n_fft=self.n_fft, hop_length=self.hop_length,
+            win_length=self.win_length, window="hann", center=True, pad_mode=PAD_MODE, power=2.0,
+            n_mels=self.n_mels, fmin=self.f_min, fmax=self.f_max, htk=False, norm="slaney",
+        )
+
+
+def _power_to_db(mel: Tensor, top_db: float) -> Tensor:
+    """librosa.power_to_db(ref=1, amin=1e-10, top_db) of ONE utterance (F, frames).
+
+    A 2-D input gets one cut-off for the whole utterance; torchaudio.transforms.MFCC would
+    apply ``top_db`` across a whole (B, F, frames) batch, hence this per-utterance step.
+    """
+    return torchaudio.functional.amplitude_to_DB(mel, 10.0, 1e-10, 0.0, top_db)
+
+
+def _cepstra(mel: Tensor, n_mfcc: int, top_db: float) -> Tensor:
+    """MFCC of one utterance as librosa computes them: orthonormal DCT-II of dB mel, (n_mfcc, frames)."""
+    dct = _dct_matrix(n_mfcc, mel.shape[0], mel.device)  # (n_mels, n_mfcc)
+    return dct.T @ _power_to_db(mel, top_db)
+
+
+@lru_cache(maxsize=16)
+def _dct_matrix(n_mfcc: int, n_mels: int, device: torch.device) -> Tensor:
+    return torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho").to(device)
+
+
+def _librosa_cepstra(mel: np.ndarray, n_mfcc: int, top_db: float) -> np.ndarray:
+    """librosa MFCC from a power mel spectrogram, (n_mfcc, frames)."""
+    return librosa.feature.mfcc(S=librosa.power_to_db(mel, top_db=top_db), n_mfcc=n_mfcc, norm="ortho")
+
+
+@dataclass(frozen=True)
+class LogMel(_Mel):
+    """Log power mel spectrogram, seed 002 §4.2 (Eskimez et al. 2020).
+
+    128 mels, 32 ms Hann window (512), 16 ms hop (256), 512-point FFT at 16 kHz;
+    ``log(max(mel, floor))``. Torch vs librosa: max |diff| <= ``atol`` = 2e-3 (natural-log units;
+    measured 2.2e-4 on speech-like audio). The difference is float32 FFT rounding, largest near the floor.
+    """
+
+    name: ClassVar[str] = "logmel"
+    atol: ClassVar[float] = 2e-3
+    floor: float = 1e-6
+
+    def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
+        return torch.log(spec.clamp_min(self.floor))
+
+    def _reference(self, wav: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(self._librosa_mel(wav), self.floor))
+
+
+@dataclass(frozen=True)
+class Mel6s(_Mel):
+    """dB mel spectrogram of a clip padded/cropped to 6 s, seed 003 §2.2 (Tripathi et al. 2019).
+
+    librosa-style: 128 mels, 2048-point Hann window and FFT, hop 512; ``power_to_db`` (ref 1,
+    top_db 80). 6 s at 16 kHz = 96000 samples -> 1 + 96000 // 512 = 188 frames.
+    Torch vs librosa: max |diff| <= ``atol`` = 1e-2 dB (measured 1.6e-3 dB).
+    """
+
+    name: ClassVar[str] = "mel6s"
+    atol: ClassVar[float] = 1e-2
+    n_fft: int = 2048
+    win_length: int = 2048
+    hop_length: int = 512
+    duration: float = 6.0  # §2.2: "limit its duration to 6 seconds ... shorter ... are zero-padded"
+    top_db: float = 80.0  # librosa.power_to_db default
+
+    def _fit(self, wav: np.ndarray) -> np.ndarray:
+        n = round(self.duration * SAMPLE_RATE)
+        out = np.zeros(n, dtype=np.float32)
+        out[: min(n, len(wav))] = wav[:n]
+        return out
+
+    def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
+        return _power_to_db(spec, self.top_db)
+
+    def _reference(self, wav: np.ndarray) -> np.ndarray:
+        return librosa.power_to_db(self._librosa_mel(wav), top_db=self.top_db)
+
+
+@dataclass(frozen=True)
+class Mfcc6s(Mel6s):
+    """40 MFCC of a clip padded/cropped to 6 s, seed 003 §2.2: same STFT/mel as :class:`Mel6s`.
+
+    ``librosa.feature.mfcc`` (DCT-II, ortho, of the dB mel) -> (40, 188).
+    Torch vs librosa: max |diff| <= ``atol`` = 1e-2 (measured 1.3e-3; values span a few hundred).
+    """
+
+    name: ClassVar[str] = "mfcc6s"
+    atol: ClassVar[float] = 1e-2
+    n_mfcc: int = 40
+
+    def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
+        return _cepstra(spec, self.n_mfcc, self.top_db)
+
+    def _reference(self, wav: np.ndarray) -> np.ndarray:
+        return _librosa_cepstra(self._librosa_mel(wav), self.n_mfcc, self.top_db)
+
+
+@dataclass(frozen=True)
+class MfccVad(_Mel):
+    """13 MFCC + Δ + ΔΔ (39) with energy VAD, seed 001 §4 (Tu et al. 2019, "extracted with Kaldi").
+
+    Kaldi's defaults for framing and filterbank: 25 ms window (400), 10 ms hop (160), FFT padded to
+    512, 23 mel bins from 20 Hz to Nyquist. Unlike Kaldi the window is Hann (not Povey), there is no
+    pre-emphasis, dither or liftering, C0 is the DCT term (not log energy) and the mel spectrum is in
+    dB with top_db 80 (librosa's MFCC). Δ and ΔΔ: regression over ±2 frames with edge replication;
+    ΔΔ is Δ applied twice. Silent frames are dropped by :func:`energy_vad` (Kaldi ``compute-vad``
+    with the VoxCeleb/SRE recipe settings), one mask for both paths.
+    Torch vs librosa: max |diff| <= ``atol`` = 2e-3 (measured 1.5e-4; values span ~200).
+    """
+
+    name: ClassVar[str] = "mfcc_vad"
+    atol: ClassVar[float] = 2e-3
+    n_mels: int = 23
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    f_min: float = 20.0
+    n_mfcc: int = 13
+    top_db: float = 80.0
+    delta_width: int = 5  # Kaldi add-deltas --delta-window=2
+    vad_threshold: float = 5.5
+    vad_mean_scale: float = 0.5
+    vad_context: int = 2
+    vad_proportion: float = 0.12
+    vad_dither: float = 1.0  # Kaldi's default dither, in int16 units
+
+    def _vad(self, wav: np.ndarray) -> np.ndarray:
+        return energy_vad(
+            wav, self.win_length, self.hop_length, self.vad_threshold, self.vad_mean_scale,
+            self.vad_context, self.vad_proportion, self.vad_dither,
+        )
+
+    def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
+        ceps = _cepstra(spec, self.n_mfcc, self.top_db)  # (13, frames)
+        d1 = torchaudio.functional.compute_deltas(ceps, win_length=self.delta_width, mode="replicate")
+        d2 = torchaudio.functional.compute_deltas(d1, win_length=self.delta_width, mode="replicate")
+        feats = torch.cat([ceps, d1, d2])  # (39, frames)
+        return feats[:, torch.from_numpy(self._vad(wav)).to(feats.device)]
+
+    def _reference(self, wav: np.ndarray) -> np.ndarray:
+        ceps = _librosa_cepstra(self._librosa_mel(wav), self.n_mfcc, self.top_db)
+        # librosa's delta(order=2) fits a quadratic instead; Kaldi's ΔΔ is the Δ filter applied twice.
+        d1 = librosa.feature.delta(ceps, width=self.delta_width, mode="nearest")
+        d2 = librosa.feature.delta(d1, width=self.delta_width, mode="nearest")
+        return np.concatenate([ceps, d1, d2])[:, self._vad(wav)]
+
+
+@dataclass(frozen=True)
+class Stft(Extractor):
+    """Log-magnitude spectrogram with 128 rows, seed 000 "Pre-processing" (Chang & Scherer 2017).
+
+    1024-sample (64 ms) Hann window and FFT; the hop is not in the paper, 256 is our choice. The
+    paper's 128 rows cover 0-11 kHz, which needs a rate above 22 kHz: at 16 kHz everything above
+    Nyquist is empty, so the rows span 0-min(f_max, 8 kHz). The 513 FFT bins are reduced to 128
+    rows by a linear-frequency triangular filterbank (torchaudio ``linear_fbanks``; the librosa path
+    applies the same matrix to librosa's STFT). Natural log of the filtered magnitude with a floor.
+    Torch vs librosa: max |diff| <= ``atol`` = 2e-4 (natural-log units; measured 2.4e-5).
+    """
+
+    name: ClassVar[str] = "stft"
+    atol: ClassVar[float] = 2e-4
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 256
+    n_bins: int = 128
+    f_max: float = 11_000.0
+    floor: float = 1e-6
+
+    def _filterbank(self) -> Tensor:
+        """(n_fft//2+1, n_bins) triangular filters, evenly spaced over 0-min(f_max, sr/2)."""
+        return torchaudio.functional.linear_fbanks(
+            n_freqs=self.n_fft // 2 + 1, f_min=0.0, f_max=min(self.f_max, SAMPLE_RATE / 2),
+            n_filter=self.n_bins, sample_rate=SAMPLE_RATE,
+        )
+
+    def _build_frontend(self) -> nn.Module:
+        return nn.Sequential(self._spectrogram(1.0, torch.hann_window), _FilterBank(self._filterbank()))
+
+    def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
+        return torch.log(spec.clamp_min(self.floor))
+
+    def _reference(self, wav: np.ndarray) -> np.ndarray:
+        magnitude = self._librosa_spectrogram(wav, 1.0, "hann")  # (513, frames)
+        return np.log(np.maximum(self._filterbank().numpy().T @ magnitude, self.floor))
+
+
+class _FilterBank(nn.Module):
+    """Apply an (n_freqs, n_filters) matrix to (..., n_freqs, frames) -> (..., n_filters, frames)."""
+
+    def __init__(self, fb: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("fb", fb)
+
+    def forward(self, spec: Tensor) -> Tensor:
+        return (spec.transpose(-1, -2) @ self.fb).transpose(-1, -2)
+
+
+@dataclass(frozen=True)
+class MeanSpectrum(Extractor):
+    """Utterance-mean log power spectrum, 259 values, seed 004 §2.1 (Gans et al.).
+
+    The paper averages "frequency values ... given by the mel-spectrogram" over time into 259
+    values, computed with scipy's ``signal.spectrogram`` and a Hamming window. 259 values are the
+    one-sided bins of a 516-point FFT, so: 516-sample Hamming window and FFT, 50 % hop (258),
+    natural log of the power with a floor, mean over all frames -> (259,).
+    Torch vs librosa: max |diff| <= ``atol`` = 2e-4 (natural-log units; measured 1.9e-5).
+    """
+
+    name: ClassVar[str] = "mean_spectrum"
+    atol: ClassVar[float] = 2e-4
+    n_fft: int = 516
+    win_length: int = 516
+    hop_length: int = 258
+    floor: float = 1e-6
+
+    def _build_frontend(self) -> nn.Module:
+        return self._spectrogram(2.0, torch.hamming_window)
+
+    def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
+        return torch.log(spec.clamp_min(self.floor)).mean(dim=-1)
+
+    def _reference(self, wav: np.ndarray) -> np.ndarray:
+        power = self._librosa_spectrogram(wav, 2.0, "hamming")  # (259, frames)
+        return np.log(np.maximum(power, self.floor)).mean(axis=-1)
+
+
+EXTRACTORS: dict[str, type[Extractor]] = {
+    cls.name: cls for cls in (LogMel, Stft, MfccVad, Mel6s, Mfcc6s, MeanSpectrum)
+}
+
+
+def build_extractor(name: str, **params: Any) -> Extractor:
+    """The extractor registered as ``name`` with ``params`` overriding its paper defaults."""
+    if name not in EXTRACTORS:
+        raise ValueError(f"unknown feature extractor {name!r}; valid names: {sorted(EXTRACTORS)}")
+    cls = EXTRACTORS[name]
+    valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # every registered class is a dataclass
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for extractor {name!r}; valid: {valid}")
+    return cls(**params)
+
+
+def energy_vad(
+    wav: np.ndarray,
+    frame_length: int = 400,
+    hop_length: int = 160,
+    threshold: float = 5.5,
+    mean_scale: float = 0.5,
+    context: int = 2,
+    proportion: float = 0.12,
+    dither: float = 1.0,
+) -> np.ndarray:
+    """Kaldi ``compute-vad`` voiced-frame mask, (1 + T // hop_length,) bool, frames centred like the STFT.
+
+    Frame t covers samples ``[t*hop - frame_length/2, t*hop + frame_length/2)`` (zero padded).
+    Log energy is on the int16 scale after per-frame DC removal, plus the expected energy of Kaldi's
+    dither (``frame_length * dither**2``), so digital silence sits at ~log(400) = 6 instead of -inf
+    and cannot drag the mean down. A frame is voiced when at least ``proportion`` of the frames within
+    ±``context`` exceed ``threshold + mean_scale * mean(log_energy)``. No voiced frame -> keep all.
+    """
+    half = frame_length // 2
+    padded = np.pad(wav.astype(np.float64) * _INT16_SCALE, (half, frame_length - half))
+    frames = sliding_window_view(padded, frame_length)[::hop_length][: 1 + len(wav) // hop_length]
+    frames = frames - frames.mean(axis=1, keepdims=True)  # (n_frames, frame_length)
+    log_energy = np.log(np.einsum("ij,ij->i", frames, frames) + frame_length * dither**2)
+    above = (log_energy > threshold + mean_scale * log_energy.mean()).astype(np.float64)
+    window = 2 * context + 1
+    num = sliding_window_view(np.pad(above, context), window).sum(axis=1)
+    den = sliding_window_view(np.pad(np.ones_like(above), context), window).sum(axis=1)
+    voiced = num >= den * proportion
+    return voiced if voiced.any() else np.ones_like(voiced)
+
+
+def _as_wav(wav: np.ndarray) -> np.ndarray:
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim != 1 or wav.size == 0:
+        raise ValueError(f"expected a non-empty mono waveform (T,), got shape {wav.shape}")
+    return wav
+
+
+# --------------------------------------------------------------------------------------------
+# Scaling to [-1, 1] (seed 002 §4.2) and patches (seed 002 §4.2-4.3)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MinMax:
+    """Global scalar min/max of features; ``MinMax()`` is the empty statistic (identity of combine).
+
+    Seed 002 §4.2 scales spectrograms to [-1, 1] with the min and max of the combined corpora.
+    In eyes-off runs every node reports its own ``MinMax`` and the server combines them.
+    """
+
+    lo: float = float("inf")
+    hi: float = float("-inf")
+
+    @classmethod
+    def empty(cls) -> MinMax:
+        """The statistic of no values (same as ``MinMax()``)."""
+        return cls()
+
+    def update(self, array: np.ndarray) -> MinMax:
+        """This statistic extended by the values of ``array``."""
+        array = np.asarray(array)
+        if array.size == 0:
+            return self
+        if not np.isfinite(array).all():
+            raise ValueError("cannot take min/max of features containing NaN or Inf")
+        return MinMax(min(self.lo, float(array.min())), max(self.hi, float(array.max())))
+
+    @classmethod
+    def combine(cls, *stats: MinMax) -> MinMax:
+        """Min of the mins and max of the maxes (the server's merge of per-node statistics)."""
+        lo = min((s.lo for s in stats), default=float("inf"))
+        return cls(lo, max((s.hi for s in stats), default=float("-inf")))
+
+    def scale(self, x: np.ndarray) -> np.ndarray:
+        """Map [lo, hi] linearly to [-1, 1], clipping values outside."""
+        span = self._span()
+        return np.clip(2.0 * (np.asarray(x) - self.lo) / span - 1.0, -1.0, 1.0).astype(np.float32)
+
+    def unscale(self, y: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`scale` (for values inside [-1, 1])."""
+        return ((np.asarray(y) + 1.0) * 0.5 * self._span() + self.lo).astype(np.float32)
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"lo": ..., "hi": ...}``; travels with checkpoints and in node replies."""
+        return {"lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> MinMax:
+        """Inverse of :meth:`to_dict`."""
+        return cls(float(data["lo"]), float(data["hi"]))
+
+    def _span(self) -> float:
+        if not self.hi > self.lo:
+            raise ValueError(f"cannot scale with an empty or constant range [{self.lo}, {self.hi}]")
+        return self.hi - self.lo
+
+
+def patches(feat: np.ndarray, size: int = 128, hop: int = 32, pad_value: float | None = None) -> np.ndarray:
+    """Sliding windows (N, F, size) over (F, T), seed 002 §4.3: hop 32 frames, last one end-aligned.
+
+    A clip shorter than ``size`` is right-padded with ``pad_value`` (default: its minimum, i.e.
+    silence in a log spectrogram) to exactly one window.
+    """
+    feat = _pad_to(feat, size, pad_value)
+    n_frames = feat.shape[1]
+    starts = list(range(0, n_frames - size + 1, hop))
+    if starts[-1] != n_frames - size:
+        starts.append(n_frames - size)
+    windows = sliding_window_view(feat, size, axis=1)  # (F, T - size + 1, size)
+    return np.ascontiguousarray(windows[:, starts].transpose(1, 0, 2))
+
+
+def random_patch(
+    feat: np.ndarray, size: int, rng: np.random.Generator, pad_value: float | None = None
+) -> np.ndarray:
+    """One (F, size) window at a uniformly random start (training crops), padded like :func:`patches`."""
+    feat = _pad_to(feat, size, pad_value)
+    start = int(rng.integers(0, feat.shape[1] - size + 1))
+    return feat[:, start : start + size]
+
+
+def _pad_to(feat: np.ndarray, size: int, pad_value: float | None) -> np.ndarray:
+    if feat.ndim != 2 or feat.shape[1] == 0:
+        raise ValueError(f"expected features (F, T) with T > 0, got shape {feat.shape}")
+    missing = size - feat.shape[1]
+    if missing <= 0:
+        return feat
+    value = feat.min() if pad_value is None else pad_value
+    return np.pad(feat, ((0, 0), (0, missing)), constant_values=value)
+
+
+# --------------------------------------------------------------------------------------------
+# Content-addressed cache
+# --------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """Features on disk at ``root/<key[:2]>/<key>.npy``, keyed by audio content and extractor params.
+
+    Entries are written to a temporary file and renamed into place, so a crashed process leaves at
+    most a stray ``*.tmp`` file, never a truncated entry. There is no fsync (it was 2/3 of the cold
+    cost in benchmarks/features.py): after a power loss an entry may be empty or short, which
+    ``np.load`` rejects, and an unreadable entry counts as a miss and is rewritten.
+    ``hits`` and ``misses`` count lookups.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, path: Path, extractor: Extractor, backend: Backend = "torch") -> str:
+        """sha256 over the file's content hash, extractor name, sorted params, backend and FEATURE_VERSION.
+
+        The backend is part of the key: the two implementations agree only within ``atol``.
+        """
+        if not path.is_file():
+            raise AudioError(path, "missing audio file")
+        with path.open("rb") as f:
+            audio = hashlib.file_digest(f, "sha256").hexdigest()
+        spec = {"audio": audio, "extractor": extractor.name, "params": extractor.params(),
+                "backend": backend, "version": FEATURE_VERSION}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+    def load(self, key: str) -> np.ndarray | None:
+        """The stored array for ``key`` (a hit), or None (a miss)."""
+        try:
+            array = np.load(self._entry(key), allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # absent, or damaged outside our atomic writes
+            self.misses += 1
+            return None
+        self.hits += 1
+        return array
+
+    def store(self, key: str, array: np.ndarray) -> None:
+        """Write ``array`` under ``key`` atomically (temporary file + os.replace)."""
+        entry = self._entry(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f"{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+            os.replace(tmp, entry)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(
+        self, path: Path, extractor: Extractor, device: str | torch.device = "cpu", backend: Backend = "torch"
+    ) -> np.ndarray:
+        """Cached features of the audio at ``path``, computed and stored on a miss; AudioError if unusable."""
+        key = self.key(path, extractor, backend)
+        cached = self.load(key)
+        if cached is not None:
+            return cached
+        [feat] = compute(extractor, [load_audio(path)], backend, device)
+        self.store(key, feat)
+        return feat
+
+    def _entry(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+
+def extract_corpus(
+    utterances: Iterable[Utterance],
+    extractor: Extractor,
+    cache: FeatureCache,
+    device: str | torch.device = "cpu",
+    backend: Backend = "torch",
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], list[Skip]]:
+    """Features for every loadable utterance, by id, and a Skip (with AudioError's reason) per other.
+
+    Cache misses are computed ``batch_size`` at a time by :func:`compute` with ``backend``; the
+    default batches 16 on CUDA and none on CPU, where padded batches were slower
+    (benchmarks/features.py). ``progress(done, total)`` is called after each batch.
+    """
+    if batch_size is None:
+        batch_size = 16 if resolve_device(device).type == "cuda" else 1
+    utterances = list(utterances)
+    features: dict[str, np.ndarray] = {}
+    skipped: list[Skip] = []
+    for start in range(0, len(utterances), batch_size):
+        todo: list[tuple[str, str, np.ndarray]] = []  # (id, key, wav) of the misses
+        for utt in utterances[start : start + batch_size]:
+            try:
+                key = cache.key(utt.path, extractor, backend)
+                cached = cache.load(key)
+                if cached is None:
+                    todo.append((utt.id, key, load_audio(utt.path)))
+                else:
+                    features[utt.id] = cached
+            except AudioError as exc:
+                skipped.append(Skip(utt.path, exc.reason))
+        computed = compute(extractor, [wav for _, _, wav in todo], backend, device)
+        for (utt_id, key, _), feat in zip(todo, computed, strict=True):
+            cache.store(key, feat)
+            features[utt_id] = feat
+        if progress is not None:
+            progress(min(start + batch_size, len(utterances)), len(utterances))
+    return {u.id: features[u.id] for u in utterances if u.id in features}, skipped

@@ -1,0 +1,253 @@
+"""Feature extractors (torch vs librosa reference), MinMax scaling, patches and the feature cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.audio import SAMPLE_RATE, load_audio, write_wav
+from common.corpora.base import Utterance
+from common.features import (
+    EXTRACTORS,
+    FeatureCache,
+    LogMel,
+    MinMax,
+    build_extractor,
+    compute,
+    energy_vad,
+    extract_corpus,
+    patches,
+    random_patch,
+    resolve_device,
+)
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+
+
+def speech_like(seconds: float, seed: int = 0, amplitude: float = 0.3) -> np.ndarray:
+    """A gliding harmonic tone (a vowel-ish chirp) with amplitude modulation and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 110.0 + 90.0 * t / t[-1]  # pitch glides 110 -> 200 Hz
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 20)) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    wav = amplitude * voiced / 3 + 0.01 * amplitude * rng.standard_normal(t.size)
+    return wav.astype(np.float32)
+
+
+WAV = speech_like(2.5)  # 40000 samples
+
+# Output shape for WAV, from each extractor's framing (center=True: 1 + T // hop frames).
+EXPECTED_SHAPES = {
+    "logmel": (128, 1 + 40000 // 256),
+    "stft": (128, 1 + 40000 // 256),
+    "mfcc_vad": (39, 1 + 40000 // 160),  # no silence in WAV, so VAD keeps every frame
+    "mel6s": (128, 188),
+    "mfcc6s": (40, 188),
+    "mean_spectrum": (259,),
+}
+
+
+def test_registry_covers_every_extractor() -> None:
+    assert set(EXTRACTORS) == set(EXPECTED_SHAPES)
+    for name, cls in EXTRACTORS.items():
+        assert cls.name == name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES))
+def test_shape_and_dtype(name: str) -> None:
+    feat = build_extractor(name)(WAV)
+    assert feat.shape == EXPECTED_SHAPES[name]
+    assert feat.dtype == np.float32
+    assert np.isfinite(feat).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES))
+def test_torch_matches_librosa_reference(name: str, device: str) -> None:
+    extractor = build_extractor(name)
+    ours, ref = extractor(WAV, device=device), extractor.reference(WAV)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=extractor.atol)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES))
+def test_batch_equals_one_by_one(name: str) -> None:
+    # Different lengths: the batch is zero-padded, which must not change any utterance's features.
+    wavs = [speech_like(1.1, seed=1), WAV, speech_like(0.3, seed=2, amplitude=0.01)]
+    extractor = build_extractor(name)
+    for batched, wav in zip(extractor.batch(wavs), wavs, strict=True):
+        np.testing.assert_allclose(batched, extractor(wav), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seconds", [1.0, 7.5])
+def test_six_second_features_have_fixed_width(seconds: float) -> None:
+    wav = speech_like(seconds)
+    assert build_extractor("mel6s")(wav).shape == (128, 188)
+    assert build_extractor("mfcc6s")(wav).shape == (40, 188)
+
+
+def test_stft_rows_span_up_to_nyquist() -> None:
+    # Seed 000 asks for 0-11 kHz; at 16 kHz the filterbank stops at 8 kHz, and every row is used.
+    fb = build_extractor("stft")._filterbank()  # (513, 128)
+    assert fb.shape == (513, 128)
+    assert (fb.sum(dim=0) > 0).all()
+
+
+def test_vad_drops_a_silent_middle_segment() -> None:
+    quiet = WAV.copy()
+    quiet[16000:32000] = 0.0  # 1 s of digital silence = 100 frames at a 10 ms hop
+    kept = build_extractor("mfcc_vad")(quiet).shape[1]
+    full = build_extractor("mfcc_vad")(WAV).shape[1]
+    assert full == 1 + len(WAV) // 160
+    # ±2 frames of context keep a few frames at the edges of the silence; the rest are dropped.
+    assert full - 100 <= kept <= full - 90
+
+
+def test_vad_keeps_everything_when_nothing_is_voiced() -> None:
+    assert energy_vad(np.zeros(8000, dtype=np.float32)).all()
+
+
+def test_build_extractor_overrides_and_errors() -> None:
+    extractor = build_extractor("logmel", n_mels=64)
+    assert extractor.params()["n_mels"] == 64
+    assert extractor(WAV).shape[0] == 64
+    json.dumps(extractor.params())  # JSON-able: it is part of the cache key
+    with pytest.raises(ValueError, match="valid names.*logmel"):
+        build_extractor("spectrogram")
+    with pytest.raises(ValueError, match="unknown parameter.*n_mel'"):
+        build_extractor("logmel", n_mel=64)
+
+
+def test_backends_and_devices_by_name() -> None:
+    extractor = LogMel()
+    by_torch, by_librosa = compute(extractor, [WAV], "torch")[0], compute(extractor, [WAV], "librosa")[0]
+    np.testing.assert_allclose(by_torch, by_librosa, rtol=0, atol=extractor.atol)
+    with pytest.raises(ValueError, match="unknown feature backend"):
+        compute(extractor, [WAV], "numpy")  # type: ignore[arg-type]
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_minmax_combine_equals_minmax_of_concatenation() -> None:
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(loc, 3.0, size=(8, 20)) for loc in (-5.0, 0.0, 7.0)]
+    per_node = [MinMax().update(p) for p in parts]
+    combined = MinMax.combine(*per_node)
+    everything = np.concatenate([p.ravel() for p in parts])
+    assert (combined.lo, combined.hi) == (everything.min(), everything.max())
+    assert MinMax.combine(MinMax.empty(), combined) == combined  # the empty statistic is the identity
+    assert MinMax.from_dict(json.loads(json.dumps(combined.to_dict()))) == combined
+
+
+def test_minmax_scale_and_unscale() -> None:
+    stats = MinMax(-10.0, 30.0)
+    x = np.array([-10.0, 10.0, 30.0, 50.0])
+    y = stats.scale(x)
+    np.testing.assert_allclose(y, [-1.0, 0.0, 1.0, 1.0])  # 50 is clipped
+    np.testing.assert_allclose(stats.unscale(y[:3]), x[:3], atol=1e-5)
+    with pytest.raises(ValueError, match="range"):
+        MinMax().scale(x)
+
+
+def test_patches_cover_the_utterance_with_end_aligned_last_window() -> None:
+    feat = np.arange(200, dtype=np.float32)[None, :].repeat(3, axis=0)  # (F=3, T=200), value = frame
+    out = patches(feat, size=128, hop=32)
+    assert out.shape == (4, 3, 128)
+    assert [int(p[0, 0]) for p in out] == [0, 32, 64, 72]
+    assert patches(feat[:, :128]).shape == (1, 3, 128)
+
+
+def test_short_utterance_is_padded_to_one_window() -> None:
+    feat = np.linspace(-4.0, 2.0, 3 * 50, dtype=np.float32).reshape(3, 50)
+    out = patches(feat, size=128)
+    assert out.shape == (1, 3, 128)
+    np.testing.assert_array_equal(out[0, :, :50], feat)
+    assert (out[0, :, 50:] == feat.min()).all()
+    assert (patches(feat, size=128, pad_value=-9.0)[0, :, 50:] == -9.0).all()
+
+
+def test_random_patch_is_a_window_of_the_input() -> None:
+    feat = np.arange(300, dtype=np.float32)[None, :].repeat(2, axis=0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        patch = random_patch(feat, 128, rng)
+        assert patch.shape == (2, 128)
+        start = int(patch[0, 0])
+        np.testing.assert_array_equal(patch, feat[:, start : start + 128])
+
+
+@pytest.fixture
+def wav_file(tmp_path: Path) -> Path:
+    path = tmp_path / "audio" / "a.wav"
+    write_wav(path, speech_like(1.0))
+    return path
+
+
+def test_cache_hit_returns_the_same_array(tmp_path: Path, wav_file: Path) -> None:
+    cache, extractor = FeatureCache(tmp_path / "cache"), LogMel()
+    first = cache.get(wav_file, extractor)
+    second = cache.get(wav_file, extractor)
+    assert (cache.misses, cache.hits) == (1, 1)
+    np.testing.assert_array_equal(first, second)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+
+
+def test_cache_misses_on_changed_params_or_audio(tmp_path: Path, wav_file: Path) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    cache.get(wav_file, LogMel())
+    cache.get(wav_file, LogMel(n_mels=64))
+    write_wav(wav_file, speech_like(1.0, seed=5))  # same path, new content
+    cache.get(wav_file, LogMel())
+    assert (cache.misses, cache.hits) == (3, 0)
+
+
+def test_cache_keys_backends_apart(tmp_path: Path, wav_file: Path) -> None:
+    cache, extractor = FeatureCache(tmp_path / "cache"), LogMel()
+    by_torch = cache.get(wav_file, extractor)
+    by_librosa = cache.get(wav_file, extractor, backend="librosa")
+    assert (cache.misses, cache.hits) == (2, 0)
+    np.testing.assert_allclose(by_torch, by_librosa, rtol=0, atol=extractor.atol)
+
+
+def test_cache_ignores_leftover_tmp_and_repairs_damaged_entries(tmp_path: Path, wav_file: Path) -> None:
+    cache, extractor = FeatureCache(tmp_path / "cache"), LogMel()
+    key = cache.key(wav_file, extractor)
+    entry = tmp_path / "cache" / key[:2] / f"{key}.npy"
+    entry.parent.mkdir(parents=True)
+    (entry.parent / f"{key}.abc123.tmp").write_bytes(b"half a write")  # a crash mid-store
+    fresh = cache.get(wav_file, extractor)
+    assert (cache.misses, cache.hits) == (1, 0)
+    entry.write_bytes(entry.read_bytes()[:-1000])  # short, as after a power loss
+    np.testing.assert_array_equal(cache.get(wav_file, extractor), fresh)
+    np.testing.assert_array_equal(cache.get(wav_file, extractor), fresh)
+    assert (cache.misses, cache.hits) == (2, 1)
+
+
+def test_extract_corpus_skips_unusable_clips_with_reasons(tmp_path: Path, wav_file: Path) -> None:
+    broken = tmp_path / "audio" / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wav")
+    utts = [
+        Utterance(id=name, path=path, corpus="test", speaker="s1")
+        for name, path in [("good", wav_file), ("broken", broken), ("gone", tmp_path / "gone.wav")]
+    ]
+    cache, calls = FeatureCache(tmp_path / "cache"), []
+    features, skipped = extract_corpus(
+        utts, LogMel(), cache, batch_size=2, progress=lambda done, total: calls.append((done, total))
+    )
+    assert list(features) == ["good"]
+    np.testing.assert_array_equal(features["good"], LogMel()(load_audio(wav_file)))
+    assert sorted((s.path.name, s.reason.split(" (")[0]) for s in skipped) == [
+        ("broken.wav", "unreadable audio"),
+        ("gone.wav", "missing audio file"),
+    ]
+    assert calls == [(2, 3), (3, 3)]
+    again, _ = extract_corpus(utts, LogMel(), cache)
+    assert cache.hits == 1
+    np.testing.assert_array_equal(again["good"], features["good"])
