@@ -1,0 +1,86 @@
+"""``fedser corpus check``: counts per session x label and per speaker, skips, and deviations.
+
+A real IEMOCAP copy is compared with its known totals (notes §2.4); a synthetic corpus with
+the manifest its writer left beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from common.corpora.base import Scan
+from common.corpora.iemocap import (
+    DEFAULT_LABEL_MAP,
+    KNOWN_PER_SESSION,
+    KNOWN_TOTALS,
+    Subset,
+    is_improvised,
+)
+from common.corpora.synthetic import MANIFEST_NAME
+
+
+def summarize(
+    scan: Scan, *, classes: Sequence[str], label_map: Mapping[str, str] = DEFAULT_LABEL_MAP,
+    subset: Subset = "all",
+) -> dict[str, Any]:
+    """The check report as a JSON-ready dict (keys documented in the README)."""
+    utts = scan.utterances
+    labels = [c for c in classes if any(u.label == c for u in utts)] or list(classes)
+    sessions = sorted({u.session for u in utts if u.session is not None})
+    cells = Counter((u.session, u.label) for u in utts)
+    per_session = [
+        {"session": s, "labels": {c: cells[(s, c)] for c in labels}, "total": sum(cells[(s, c)] for c in labels)}
+        for s in sessions
+    ]
+    report: dict[str, Any] = {
+        "corpus": scan.corpus,
+        "root": str(scan.root),
+        "subset": subset,
+        "utterances": len(utts),
+        "per_session": per_session,
+        "per_label": {c: n for c, n in Counter(u.label for u in utts).most_common() if c is not None},
+        "per_speaker": dict(sorted(Counter(u.speaker for u in utts).items())),
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped],
+        "skipped_by_reason": scan.skip_counts(),
+    }
+    report["reference"], expected = _expected(scan, label_map, subset)
+    report["deviations"] = _deviations(report, expected) if expected is not None else []
+    return report
+
+
+def _expected(
+    scan: Scan, label_map: Mapping[str, str], subset: Subset
+) -> tuple[str | None, dict[int, dict[str, int]] | None]:
+    """What a complete copy holds: the writer's manifest, or IEMOCAP's known per-session table."""
+    if scan.corpus != "iemocap":
+        return None, None
+    manifest = scan.root / MANIFEST_NAME
+    if manifest.is_file():
+        rows = json.loads(manifest.read_text(encoding="utf-8"))["utterances"]
+        table: dict[int, Counter[str]] = {}
+        for row in rows:
+            label = label_map.get(row["raw_label"])
+            if label is None or (subset != "all" and is_improvised(row["id"]) != (subset == "improvised")):
+                continue
+            table.setdefault(int(row["session"]), Counter())[label] += 1
+        return "synthetic corpus manifest", {s: dict(c) for s, c in table.items()}
+    if dict(label_map) == DEFAULT_LABEL_MAP and subset in KNOWN_PER_SESSION:
+        return f"IEMOCAP known totals ({KNOWN_TOTALS[subset]} utterances, {subset})", KNOWN_PER_SESSION[subset]
+    return None, None
+
+
+def _deviations(report: Mapping[str, Any], expected: Mapping[int, Mapping[str, int]]) -> list[str]:
+    found = {row["session"]: row["labels"] for row in report["per_session"]}
+    out = []
+    want_total = sum(sum(c.values()) for c in expected.values())
+    if report["utterances"] != want_total:
+        out.append(f"total: found {report['utterances']}, expected {want_total}")
+    for session, want in sorted(expected.items()):
+        got = found.get(session, {})
+        for label, n in sorted(want.items()):
+            if got.get(label, 0) != n:
+                out.append(f"Session{session} {label}: found {got.get(label, 0)}, expected {n}")
+    return out

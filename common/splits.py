@@ -1,0 +1,103 @@
+"""Leave-one-session-out folds and client partitions (by session, by speaker, Dirichlet label skew)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from common.config import FederationConfig, FoldConfig
+from common.corpora.base import Utterance
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One leave-one-session-out fold; the held-out session is never trained on."""
+
+    index: int
+    test_session: int
+    train: tuple[Utterance, ...]
+    validation: tuple[Utterance, ...]
+    test: tuple[Utterance, ...]
+    validation_speaker: str | None
+    test_speakers: tuple[str, ...]
+
+    @property
+    def train_sessions(self) -> tuple[int, ...]:
+        """Sessions the fold trains on."""
+        return tuple(sorted({u.session for u in self.train if u.session is not None}))
+
+
+class SplitError(ValueError):
+    """The corpus cannot be split as configured (the message says why and what to change)."""
+
+
+def leave_one_session_out(utterances: Sequence[Utterance], cfg: FoldConfig) -> list[Fold]:
+    """One fold per configured session (seed 002 §4.4).
+
+    ``holdout="speaker"``: the held-out session's ``validation_gender`` speaker validates (model
+    selection) and its other speaker tests, so neither is ever seen in training (seed 001 §4).
+    ``holdout="session"``: the whole held-out session is the test set.
+    """
+    present = {u.session for u in utterances}
+    if None in present:
+        raise SplitError("leave-one-session-out needs sessions; this corpus has utterances without one")
+    folds = []
+    for session in cfg.sessions:
+        if session not in present:
+            raise SplitError(f"fold {session}: no utterances of Session{session}; "
+                             f"set folds.sessions to a subset of {sorted(present)}")  # type: ignore[type-var]
+        train = tuple(u for u in utterances if u.session != session)
+        held = [u for u in utterances if u.session == session]
+        if cfg.holdout == "speaker":
+            speaker = f"Ses{session:02d}{cfg.validation_gender}"
+            validation = tuple(u for u in held if u.speaker == speaker)
+            test = tuple(u for u in held if u.speaker != speaker)
+            if not validation or not test:
+                raise SplitError(f"fold {session}: Session{session} needs utterances of both speakers "
+                                 "for holdout='speaker'; use folds.holdout = \"session\"")
+        else:
+            speaker, validation, test = None, (), tuple(held)
+        folds.append(Fold(
+            index=session, test_session=session, train=train, validation=validation, test=test,
+            validation_speaker=speaker, test_speakers=tuple(sorted({u.speaker for u in test})),
+        ))
+    return folds
+
+
+def partition(utterances: Sequence[Utterance], cfg: FederationConfig, seed: int = 0) -> dict[str, list[Utterance]]:
+    """Split utterances into clients: by session (default), by speaker, or Dirichlet label skew.
+
+    Session and speaker clients use flwr-datasets' ``NaturalIdPartitioner``; label skew its
+    ``DirichletPartitioner`` over ``cfg.num_clients`` virtual clients with concentration ``alpha``.
+    """
+    # flwr-datasets pulls in HF datasets/pyarrow: import only when partitioning.
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, NaturalIdPartitioner, Partitioner
+
+    if not utterances:
+        raise SplitError("nothing to partition: the utterance list is empty")
+    table = Dataset.from_dict({
+        "row": list(range(len(utterances))),
+        "session": [f"session{u.session}" for u in utterances],
+        "speaker": [u.speaker for u in utterances],
+        "label": [u.label or "" for u in utterances],
+    })
+    partitioner: Partitioner
+    if cfg.partition == "dirichlet":
+        if cfg.num_clients > len(utterances):
+            raise SplitError(f"federation.num_clients={cfg.num_clients} exceeds {len(utterances)} utterances")
+        partitioner = DirichletPartitioner(
+            num_partitions=cfg.num_clients, partition_by="label", alpha=cfg.dirichlet_alpha,
+            # Small corpora cannot guarantee 10 per client (the library default); keep it feasible.
+            min_partition_size=min(10, len(utterances) // (2 * cfg.num_clients)),
+            self_balancing=False, shuffle=True, seed=seed,
+        )
+    else:
+        partitioner = NaturalIdPartitioner(partition_by=cfg.partition)
+    partitioner.dataset = table
+    clients: dict[str, list[Utterance]] = {}
+    for pid in range(partitioner.num_partitions):
+        part = partitioner.load_partition(pid)
+        name = f"client{pid}" if cfg.partition == "dirichlet" else str(part[cfg.partition][0])
+        clients[name] = [utterances[i] for i in part["row"]]
+    return dict(sorted(clients.items()))

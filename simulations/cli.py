@@ -1,0 +1,269 @@
+"""The ``fedser`` command line (typer): corpus tools, features, folds, config, demo."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.config import ConfigError, StudyConfig, load_config
+from common.corpora import read_corpus
+
+app = typer.Typer(
+    help="fedser: federated GAN-based speech emotion recognition studies.", no_args_is_help=True, add_completion=False
+)
+corpus_app = typer.Typer(help="Check and synthesize corpora.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+ConfigArg = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional[] to build the option
+    typer.Argument(help="Study config TOML (only differences from the defaults); omit for the defaults."),
+]
+
+
+def friendly(fn: F) -> F:
+    """Turn expected errors into one clear line and exit code 2 (FEDSER_DEBUG=1 shows the traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+            if os.environ.get("FEDSER_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------- corpus
+
+
+@corpus_app.command("check")
+@friendly
+def corpus_check(
+    path: Annotated[Path, typer.Argument(help="Corpus root, e.g. /data/IEMOCAP_full_release.")],
+    kind: Annotated[str, typer.Option(help="iemocap, ravdess, librispeech, folder or auto.")] = "auto",
+    subset: Annotated[str, typer.Option(help="improvised, scripted or all (IEMOCAP).")] = "all",
+    config: Annotated[Optional[Path], typer.Option(help="Take classes and label map from this config.")] = None,  # noqa: UP045
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Count utterances per session x label and per speaker, list skips, flag deviations."""
+    from common.corpora.check import summarize
+
+    cfg = load_config(config, {"data": {"subset": subset}})
+    scan = read_corpus(path, kind, label_map=cfg.data.label_map, subset=cfg.data.subset)  # type: ignore[arg-type]
+    report = summarize(scan, classes=cfg.data.classes, label_map=cfg.data.label_map, subset=cfg.data.subset)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    _print_check(report)
+
+
+def _print_check(report: dict[str, Any]) -> None:
+    console.print(f"[bold]{report['corpus']}[/] at {report['root']} (subset: {report['subset']}): "
+                  f"[bold]{report['utterances']}[/] utterances", highlight=False)
+    if report["per_session"]:
+        labels = list(report["per_session"][0]["labels"])
+        table = Table("session", *labels, "total", title="per session x label")
+        for row in report["per_session"]:
+            table.add_row(str(row["session"]), *(str(row["labels"][c]) for c in labels), str(row["total"]))
+        table.add_row("all", *(str(report["per_label"].get(c, 0)) for c in labels), str(report["utterances"]),
+                      style="bold")
+        console.print(table)
+    elif report["per_label"]:
+        console.print("per label: " + ", ".join(f"{k} {v}" for k, v in report["per_label"].items()))
+    speakers = Table("speaker", "utterances", title="per speaker")
+    for speaker, n in report["per_speaker"].items():
+        speakers.add_row(speaker, str(n))
+    console.print(speakers)
+    if report["skipped"]:
+        skips = Table("reason", "count", "example", title=f"skipped: {len(report['skipped'])}")
+        for reason, n in report["skipped_by_reason"].items():
+            example = next(s["path"] for s in report["skipped"] if s["reason"] == reason)
+            skips.add_row(reason, str(n), example)
+        console.print(skips)
+    else:
+        console.print("skipped: none")
+    if report["reference"] is None:
+        console.print("reference totals: none for this corpus / label map / subset")
+    elif report["deviations"]:
+        console.print(f"[bold yellow]{len(report['deviations'])} deviation(s) from {report['reference']}:[/]")
+        for line in report["deviations"]:
+            console.print(f"  {line}", highlight=False)
+    else:
+        console.print(f"[bold green]matches {report['reference']}[/]")
+
+
+@corpus_app.command("synth")
+@friendly
+def corpus_synth(
+    out: Annotated[Path, typer.Argument(help="Output folder; gets IEMOCAP_full_release/ and LibriSpeech/.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the corpus is deterministic by seed.")] = 0,
+    utterances_per_dialog: Annotated[int, typer.Option(help="Utterances per dialog (6 dialogs/session).")] = 12,
+    librispeech: Annotated[bool, typer.Option(help="Also write the unlabeled LibriSpeech-layout corpus.")] = True,
+    pretrain_speakers: Annotated[int, typer.Option(help="Speakers of the LibriSpeech-layout corpus.")] = 10,
+) -> None:
+    """Write the synthetic IEMOCAP-format corpus (and a LibriSpeech-layout one for pre-training)."""
+    from common.corpora.synthetic import write_iemocap, write_librispeech
+
+    start = time.perf_counter()
+    root = write_iemocap(out, seed=seed, utterances_per_dialog=utterances_per_dialog)
+    console.print(f"wrote {root}", highlight=False)
+    if librispeech:
+        console.print(f"wrote {write_librispeech(out, seed=seed, speakers=pretrain_speakers)}", highlight=False)
+    console.print(f"done in {time.perf_counter() - start:.1f} s; check it with: fedser corpus check {root}",
+                  highlight=False)
+
+
+# --------------------------------------------------------------------------------------- config
+
+
+@app.command("config")
+@friendly
+def config_show(config: ConfigArg = None) -> None:
+    """Validate a study config and print every resolved value."""
+    cfg = load_config(config)
+    table = Table("key", "value", title=f"{config or 'defaults'} (preset {cfg.preset})")
+    for key, value in cfg.flat().items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------------- features
+
+
+@app.command("features")
+@friendly
+def features(
+    config: ConfigArg = None,
+    limit: Annotated[int, typer.Option(help="Only the first N utterances (0 = all).")] = 0,
+) -> None:
+    """Extract (and cache) the configured features of the labeled corpus; print what was done."""
+    _features(load_config(config), limit)
+
+
+def _features(cfg: StudyConfig, limit: int = 0) -> dict[str, Any]:
+    from common.data import labeled_scan
+    from common.features import FeatureCache, MinMax, build_extractor, extract_corpus
+
+    scan = labeled_scan(cfg)
+    utts = scan.utterances[:limit] if limit else scan.utterances
+    extractor = build_extractor(cfg.features.kind)
+    cache = FeatureCache(cfg.feature_cache_dir)
+    start = time.perf_counter()
+    feats, skipped = extract_corpus(
+        utts, extractor, cache, device=cfg.features.device, backend=cfg.features.backend
+    )
+    seconds = time.perf_counter() - start
+    # Per-session min/max, combined as a federated server would combine node scalars (seed 002 §4.2).
+    per_session = {}
+    for u in utts:
+        if u.id in feats:
+            per_session[u.session] = per_session.get(u.session, MinMax.empty()).update(feats[u.id])
+    combined = MinMax.combine(*per_session.values())
+    table = Table("session", "min", "max", title=f"{cfg.features.kind} scaling statistics")
+    for session, stats in sorted(per_session.items(), key=lambda kv: str(kv[0])):
+        table.add_row(str(session), f"{stats.lo:.3f}", f"{stats.hi:.3f}")
+    table.add_row("combined", f"{combined.lo:.3f}", f"{combined.hi:.3f}", style="bold")
+    console.print(table)
+    shapes = Counter(a.shape[0] for a in feats.values())
+    console.print(
+        f"features: {len(feats)} utterances x {dict(shapes)} dims, {len(skipped)} skipped, "
+        f"{seconds:.1f} s; cache {cache.hits} hits / {cache.misses} misses at {cache.root}",
+        highlight=False,
+    )
+    for skip in skipped:
+        console.print(f"  skipped {skip.path}: {skip.reason}", highlight=False)
+    return {"utterances": len(feats), "skipped": len(skipped), "hits": cache.hits, "misses": cache.misses}
+
+
+# ---------------------------------------------------------------------------------------- folds
+
+
+@app.command("folds")
+@friendly
+def folds(
+    config: ConfigArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the folds as JSON.")] = False,
+) -> None:
+    """Print the leave-one-session-out folds of the configured corpus."""
+    _folds(load_config(config), as_json)
+
+
+def _folds(cfg: StudyConfig, as_json: bool = False) -> list[dict[str, Any]]:
+    from common.data import labeled_scan
+    from common.splits import leave_one_session_out
+
+    rows = []
+    for fold in leave_one_session_out(labeled_scan(cfg).utterances, cfg.folds):
+        rows.append({
+            "fold": fold.index, "test_session": fold.test_session, "train_sessions": list(fold.train_sessions),
+            "train": len(fold.train), "validation_speaker": fold.validation_speaker,
+            "validation": len(fold.validation), "test_speakers": list(fold.test_speakers), "test": len(fold.test),
+            "train_labels": dict(sorted(Counter(u.label for u in fold.train).items())),
+        })
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return rows
+    table = Table("fold", "train sessions", "train", "validation", "test", "train labels",
+                  title=f"leave-one-session-out folds (holdout: {cfg.folds.holdout})")
+    for r in rows:
+        table.add_row(
+            str(r["fold"]), ",".join(map(str, r["train_sessions"])), str(r["train"]),
+            f"{r['validation_speaker'] or '-'} ({r['validation']})",
+            f"{','.join(r['test_speakers'])} ({r['test']})",
+            " ".join(f"{k}:{v}" for k, v in r["train_labels"].items()),
+        )
+    console.print(table)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+@friendly
+def demo(config: ConfigArg = None) -> None:
+    """The embedded default end to end: synthetic corpus -> corpus check -> features -> folds."""
+    from common.corpora.check import summarize
+    from common.data import labeled_scan, synthetic_iemocap_root
+
+    cfg = load_config(config)
+    start = time.perf_counter()
+    console.rule("1. synthetic IEMOCAP-format corpus")
+    root = cfg.data.root or synthetic_iemocap_root(cfg)
+    console.print(f"corpus at {root}", highlight=False)
+    console.rule("2. corpus check")
+    report = summarize(labeled_scan(cfg), classes=cfg.data.classes, label_map=cfg.data.label_map,
+                       subset=cfg.data.subset)
+    _print_check(report)
+    console.rule(f"3. features ({cfg.features.kind}, {cfg.features.backend})")
+    feats = _features(cfg)
+    console.rule("4. folds")
+    fold_rows = _folds(cfg)
+    console.rule("done")
+    console.print(
+        f"demo finished in {time.perf_counter() - start:.1f} s: wrote/read {report['utterances']} labeled "
+        f"utterances, {len(report['deviations'])} deviations, features for {feats['utterances']} "
+        f"({feats['hits']} cached), {len(fold_rows)} folds. Outputs under {cfg.work_dir}",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

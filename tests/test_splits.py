@@ -1,0 +1,79 @@
+"""Leave-one-session-out folds and client partitions."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from common.config import FederationConfig, FoldConfig
+from common.corpora import Utterance
+from common.splits import SplitError, leave_one_session_out, partition
+
+LABELS = ("neu", "hap", "ang", "sad")
+
+
+def corpus(per_speaker: int = 8) -> list[Utterance]:
+    """10 speakers in 5 sessions, labels cycling through the 4 classes."""
+    out = []
+    for s in range(1, 6):
+        for g in "FM":
+            for i in range(per_speaker):
+                uid = f"Ses0{s}F_impro01_{g}{i:03d}"
+                out.append(Utterance(id=uid, path=Path(f"{uid}.wav"), corpus="iemocap", speaker=f"Ses0{s}{g}",
+                                     session=s, gender=g, label=LABELS[(i + s) % 4]))  # type: ignore[arg-type]
+    return out
+
+
+def test_speaker_holdout_validates_on_one_speaker_and_tests_on_the_other() -> None:
+    utts = corpus()
+    folds = leave_one_session_out(utts, FoldConfig())
+    assert [f.test_session for f in folds] == [1, 2, 3, 4, 5]
+    for fold in folds:
+        s = fold.test_session
+        assert fold.train_sessions == tuple(x for x in range(1, 6) if x != s)
+        assert {u.speaker for u in fold.validation} == {f"Ses0{s}F"} == {fold.validation_speaker}
+        assert {u.speaker for u in fold.test} == {f"Ses0{s}M"} and fold.test_speakers == (f"Ses0{s}M",)
+        # Disjoint and complete: the held-out session never leaks into training.
+        ids = [u.id for u in (*fold.train, *fold.validation, *fold.test)]
+        assert len(ids) == len(set(ids)) == len(utts)
+        assert all(u.session != s for u in fold.train)
+
+
+def test_session_holdout_and_selected_sessions() -> None:
+    folds = leave_one_session_out(corpus(), FoldConfig(holdout="session", sessions=(2, 4), validation_gender="M"))
+    assert [f.index for f in folds] == [2, 4]
+    assert all(not f.validation and f.validation_speaker is None for f in folds)
+    assert folds[0].test_speakers == ("Ses02F", "Ses02M") and len(folds[0].test) == 16
+
+
+def test_missing_session_or_speaker_is_a_clear_error() -> None:
+    utts = [u for u in corpus() if u.session != 3]
+    with pytest.raises(SplitError, match=r"fold 3: no utterances of Session3; set folds.sessions"):
+        leave_one_session_out(utts, FoldConfig())
+    only_f = [u for u in corpus() if u.gender == "F"]
+    with pytest.raises(SplitError, match="needs utterances of both speakers"):
+        leave_one_session_out(only_f, FoldConfig())
+
+
+def test_partition_by_session_and_by_speaker() -> None:
+    utts = corpus()
+    by_session = partition(utts, FederationConfig(partition="session"))
+    assert list(by_session) == [f"session{s}" for s in range(1, 6)]
+    assert all({u.session for u in part} == {int(name[-1])} for name, part in by_session.items())
+    by_speaker = partition(utts, FederationConfig(partition="speaker"))
+    assert len(by_speaker) == 10 and all({u.speaker for u in p} == {n} for n, p in by_speaker.items())
+
+
+def test_dirichlet_label_skew_covers_every_utterance_once_and_skews_labels() -> None:
+    utts = corpus(per_speaker=40)
+    parts = partition(utts, FederationConfig(partition="dirichlet", num_clients=4, dirichlet_alpha=0.1), seed=3)
+    assert len(parts) == 4
+    ids = [u.id for p in parts.values() for u in p]
+    assert sorted(ids) == sorted(u.id for u in utts)
+    # alpha = 0.1 is strong skew: some client is dominated by one label.
+    shares = [max(Counter(u.label for u in p).values()) / len(p) for p in parts.values() if p]
+    assert max(shares) > 0.5
+    again = partition(utts, FederationConfig(partition="dirichlet", num_clients=4, dirichlet_alpha=0.1), seed=3)
+    assert {k: [u.id for u in v] for k, v in again.items()} == {k: [u.id for u in v] for k, v in parts.items()}
