@@ -74,6 +74,8 @@ class FeatureConfig(Section):
     """Which features, computed how, and how they are cut into network inputs."""
 
     kind: Literal["logmel", "stft", "mfcc_vad", "mel6s", "mfcc6s", "mean_spectrum"] = "logmel"
+    # Overrides of the extractor's paper defaults, e.g. {n_mels = 64} (checked against the extractor).
+    params: dict[str, int | float] = Field(default_factory=dict)
     backend: Literal["torch", "librosa"] = "torch"
     device: str = "cpu"
     # Seed 002 §4.2-4.3: 128x128 patches, sliding windows with a hop of 32 frames.
@@ -82,9 +84,17 @@ class FeatureConfig(Section):
     # None = work_dir/cache/features.
     cache_dir: Path | None = None
 
+    @model_validator(mode="after")
+    def _params_fit_extractor(self) -> FeatureConfig:
+        from common.features import build_extractor  # torch-heavy: only when a config is validated
+
+        build_extractor(self.kind, **self.params)  # ValueError names the valid parameters
+        return self
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
+        """cpu, cuda, cuda:N or auto (cuda when available)."""
         if value not in {"cpu", "cuda", "auto"} and not value.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {value!r}")
         return value
@@ -97,14 +107,55 @@ class ModelConfig(Section):
     width: float = Field(1.0, gt=0, le=4)
     # Seed 002 §4.4: noise dimension N_z = 128.
     n_z: int = Field(128, ge=1)
+    # Pre-trained GAN checkpoint (``fedser pretrain``); None = work_dir/checkpoints/pretrained.pt.
+    pretrained: Path | None = None
 
 
 class TrainingConfig(Section):
-    """Optimization settings shared by the trainers."""
+    """Optimization settings; the ``paper`` preset holds seed 002 §4.4's values."""
 
     seed: int = 0
-    # Seed 002 §4.4: mini-batch of 32.
+    device: str = "cpu"
+    # §4.4: mini-batch of 32; Adam with beta1 = 0.5, beta2 = 0.99 for every network.
     batch_size: int = Field(32, ge=1)
+    betas: tuple[float, float] = (0.5, 0.99)
+    # Stage 1 (autoencoder, L1): lr 5e-5, 200K iterations (§4.4).
+    ae_lr: float = Field(5e-5, gt=0)
+    ae_iterations: int = Field(200_000, ge=1)
+    # Stage 2 (WGAN-GP): G 2e-6, D 2e-5 (two time-scale), penalty weight 10, 200K iterations (§4.4).
+    g_lr: float = Field(2e-6, gt=0)
+    d_lr: float = Field(2e-5, gt=0)
+    gp_weight: float = Field(10.0, ge=0)
+    gan_iterations: int = Field(200_000, ge=1)
+    # Stage 3 (conditional fine-tuning): same learning rates (§4.4); the paper gives no length.
+    finetune_iterations: int = Field(20_000, ge=1)
+    # SER network (§4.4): lr 1e-5 decayed x0.1 every 10K iterations; length not given in the paper.
+    ser_lr: float = Field(1e-5, gt=0)
+    ser_lr_decay_every: int = Field(10_000, ge=1)
+    ser_lr_decay: float = Field(0.1, gt=0, le=1)
+    ser_iterations: int = Field(30_000, ge=1)
+    # Model selection on the validation speaker every this many iterations (0 = keep the last).
+    eval_every: int = Field(2_000, ge=0)
+    # Baseline GAN (Chatziagapi et al. 2019 after BAGAN): Adam lr 5e-5, beta1 0.5 (BAGAN code).
+    bagan_lr: float = Field(5e-5, gt=0)
+    bagan_ae_iterations: int = Field(20_000, ge=1)
+    bagan_gan_iterations: int = Field(20_000, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return FeatureConfig._device(value)
+
+
+class SynthesisConfig(Section):
+    """Synthetic pool sizes (seed 002 §4.5)."""
+
+    # Federated: 10K samples per emotion from each session's generator.
+    per_class_federated: int = Field(10_000, ge=1)
+    # Centralized: 40K per emotion from the one generator fine-tuned on the pooled sessions.
+    per_class_central: int = Field(40_000, ge=1)
+    # Samples per generator call: memory is one batch, never the pool.
+    batch_size: int = Field(64, ge=1)
 
 
 class FoldConfig(Section):
@@ -140,16 +191,23 @@ class TrackingConfig(Section):
     experiment: str = "fedser"
 
 
+Regime = Literal["real-central", "gan-central", "gan-federated", "baseline-gan", "fedavg"]
+CENTRAL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "baseline-gan")
+
+
 class StudyConfig(Section):
     """Everything one study needs."""
 
     name: str = "demo"
     preset: Preset = "tiny"
     work_dir: Path = Path("outputs")
+    # The regimes to run, in this order (names as in DESIGN.md, also the MLflow "regime" tag).
+    regimes: tuple[Regime, ...] = CENTRAL_REGIMES
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
     folds: FoldConfig = FoldConfig()
     federation: FederationConfig = FederationConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -166,6 +224,16 @@ class StudyConfig(Section):
         return self.work_dir / "corpora"
 
     @property
+    def pretrained_path(self) -> Path:
+        """Where ``fedser pretrain`` writes and studies read the pre-trained GAN."""
+        return self.model.pretrained or self.work_dir / "checkpoints" / "pretrained.pt"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI: configured, or a local sqlite store with an absolute path."""
+        return self.tracking.uri or f"sqlite:///{self.work_dir / 'mlflow.db'}"
+
+    @property
     def feature_cache_dir(self) -> Path:
         """The feature cache folder."""
         return self.features.cache_dir or self.work_dir / "cache" / "features"
@@ -177,10 +245,21 @@ class StudyConfig(Section):
 
 # Sizes per preset; an experiment file is applied on top of its preset.
 PRESETS: dict[Preset, dict[str, Any]] = {
-    # Exactly the papers' values (seed 002 Table 1 and §4.4).
-    "paper": {"model": {"width": 1.0, "n_z": 128}, "training": {"batch_size": 32}},
-    # A CPU demo: 1/8 of the channels, same structure.
-    "tiny": {"model": {"width": 0.125, "n_z": 32}, "training": {"batch_size": 16}},
+    # Exactly the papers' values (seed 002 Table 1 and §4.4): the field defaults.
+    "paper": {},
+    # A CPU demo: 1/8 of the channels and 64x64 patches (same structure), short schedules with
+    # larger learning rates, small synthetic pools.
+    "tiny": {
+        "features": {"params": {"n_mels": 64}, "patch_frames": 64, "window_hop": 32},
+        "model": {"width": 0.125, "n_z": 32},
+        "training": {
+            "batch_size": 16, "ae_lr": 1e-3, "ae_iterations": 300, "g_lr": 5e-4, "d_lr": 1e-3,
+            "gan_iterations": 300, "finetune_iterations": 700, "ser_lr": 1e-3, "ser_lr_decay_every": 600,
+            "ser_iterations": 1000, "eval_every": 100, "bagan_lr": 2e-4, "bagan_ae_iterations": 300,
+            "bagan_gan_iterations": 300,
+        },
+        "synthesis": {"per_class_federated": 250, "per_class_central": 1000, "batch_size": 64},
+    },
 }
 
 

@@ -1,0 +1,1 @@
+"""Model families, one file each; sizes from the papers' tables, width-scalable."""

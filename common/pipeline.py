@@ -1,0 +1,159 @@
+"""From a validated config to trained models: features and scaling, pre-training, fine-tuning, SER.
+
+These are the pure-ML steps every regime is assembled from; the study runner (centralized) and
+the Flower apps (federated) call them, and only they talk to MLflow or Flower.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.config import StudyConfig
+from common.corpora import Utterance
+from common.data import labeled_scan, pretrain_scan
+from common.features import FeatureCache, MinMax, build_extractor, extract_corpus, resolve_device
+from common.models.sngan import Discriminator, GanSpec, Generator
+from common.trainers.gan import train_stage
+from common.views import LabeledSet, PatchSampler
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Corpus:
+    """The labeled corpus with its (unscaled) features and the classes as indices."""
+
+    utterances: list[Utterance]
+    feats: dict[str, np.ndarray]
+    classes: tuple[str, ...]
+
+    def session_stats(self) -> dict[int, MinMax]:
+        """Per-session min/max scalars: what each federated node reports (seed 002 §4.2)."""
+        stats: dict[int, MinMax] = {}
+        for u in self.utterances:
+            if u.session is not None:
+                stats[u.session] = stats.get(u.session, MinMax.empty()).update(self.feats[u.id])
+        return stats
+
+    def labeled_set(self, utterances: list[Utterance] | tuple[Utterance, ...], stats: MinMax) -> LabeledSet:
+        """Scaled features and class indices of ``utterances``."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return LabeledSet(
+            tuple(stats.scale(self.feats[u.id]) for u in utterances),
+            tuple(index[u.label] for u in utterances),  # type: ignore[index]
+            tuple(u.id for u in utterances),
+        )
+
+
+def extract(cfg: StudyConfig, utterances: list[Utterance]) -> dict[str, np.ndarray]:
+    """Features of ``utterances`` through the on-disk cache; clips that cannot be read are left out."""
+    extractor = build_extractor(cfg.features.kind, **cfg.features.params)
+    feats, _skipped = extract_corpus(utterances, extractor, FeatureCache(cfg.feature_cache_dir),
+                                     device=cfg.features.device, backend=cfg.features.backend)
+    return feats
+
+
+def load_corpus(cfg: StudyConfig) -> Corpus:
+    """The labeled corpus of ``cfg`` with features (utterances whose audio failed are dropped)."""
+    scan = labeled_scan(cfg)
+    feats = extract(cfg, scan.utterances)
+    return Corpus([u for u in scan.utterances if u.id in feats], feats, cfg.data.classes)
+
+
+def gan_spec(cfg: StudyConfig) -> GanSpec:
+    """Network sizes: the preset's width and N_z, square patches of ``features.patch_frames``."""
+    n_rows = cfg.features.params.get("n_mels", 128) if cfg.features.kind == "logmel" else None
+    if n_rows is not None and n_rows != cfg.features.patch_frames:
+        raise ValueError(f"the GAN needs square patches: features.params.n_mels = {n_rows} but "
+                         f"features.patch_frames = {cfg.features.patch_frames}; make them equal")
+    return GanSpec(n_z=cfg.model.n_z, n_c=len(cfg.data.classes), width=cfg.model.width,
+                   patch=cfg.features.patch_frames)
+
+
+def git_commit() -> str:
+    """The source commit (checkpoints record it); "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_checkpoint(path: Path, **content: Any) -> Path:
+    """Write a checkpoint atomically: weights plus spec, scaling statistics and the git commit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "git_commit": git_commit(), **content}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (clear error if missing or foreign)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; run `fedser pretrain CONFIG` first "
+                                "or set model.pretrained")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a fedser checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def pretrain(cfg: StudyConfig, progress: bool = False) -> Path:
+    """Stages 1-2 (autoencoder, WGAN-GP) on the unlabeled corpus; writes ``cfg.pretrained_path``.
+
+    The scaling statistics combine the pre-training corpus with the labeled corpus's per-session
+    min/max (seed 002 §4.2: "minimum and maximum values of the combined" corpora) and travel
+    with the checkpoint.
+    """
+    device = resolve_device(cfg.training.device)
+    torch.manual_seed(cfg.training.seed)
+    unlabeled = pretrain_scan(cfg).utterances
+    feats = extract(cfg, unlabeled)
+    if not feats:
+        raise ValueError(f"no usable audio in the pre-training corpus ({cfg.data.pretrain_root})")
+    corpus = load_corpus(cfg)
+    unlabeled_stats = MinMax.combine(*(MinMax.empty().update(f) for f in feats.values()))
+    stats = MinMax.combine(unlabeled_stats, *corpus.session_stats().values())
+    spec = gan_spec(cfg)
+    data = LabeledSet(tuple(stats.scale(f) for f in feats.values()), (0,) * len(feats))
+    sample = PatchSampler(data, spec.patch, seed=cfg.training.seed)
+    gen, disc = Generator(spec), Discriminator(spec, head=spec.n_z)  # encoder head: the latent code
+    ae = train_stage("autoencoder", gen, disc, sample, cfg.training, cfg.training.ae_iterations, device, progress)
+    disc.replace_head(1)  # the critic: one output, no activation (§3.2)
+    gan = train_stage("wgan-gp", gen, disc, sample, cfg.training, cfg.training.gan_iterations, device, progress)
+    return save_checkpoint(
+        cfg.pretrained_path, kind="sngan-pretrained", spec=spec.to_dict(), stats=stats.to_dict(),
+        generator=gen.cpu().state_dict(), discriminator=disc.cpu().state_dict(),
+        logs={"autoencoder": ae.last, "wgan-gp": gan.last}, config=cfg.model_dump(mode="json"),
+    )
+
+
+def load_pretrained(cfg: StudyConfig) -> tuple[Generator, Discriminator, MinMax]:
+    """The pre-trained generator and critic (head 1) and the scaling statistics."""
+    ckpt = load_checkpoint(cfg.pretrained_path)
+    spec = GanSpec(**ckpt["spec"])
+    if spec != gan_spec(cfg):
+        raise ValueError(f"{cfg.pretrained_path} was trained with {spec}, the config asks for "
+                         f"{gan_spec(cfg)}; re-run `fedser pretrain` with this config")
+    gen, disc = Generator(spec), Discriminator(spec, head=1)
+    gen.load_state_dict(ckpt["generator"])
+    disc.load_state_dict(ckpt["discriminator"])
+    return gen, disc, MinMax.from_dict(ckpt["stats"])
+
+
+def finetune(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: LabeledSet,
+             progress: bool = False) -> Generator:
+    """Stage 3 on ``train``: N_c + 1 discriminator head, one-hot conditions (§3.2 Fine-Tuning)."""
+    disc.replace_head(gen.spec.n_c + 1)
+    sample = PatchSampler(train, gen.spec.patch, seed=cfg.training.seed)
+    train_stage("conditional", gen, disc, sample, cfg.training, cfg.training.finetune_iterations,
+                resolve_device(cfg.training.device), progress)
+    return gen.cpu().eval()

@@ -1,0 +1,133 @@
+"""The one training loop and its hooks.
+
+Every trainer (SER networks, the three GAN stages, the baseline GAN) supplies a ``step`` function
+that does one optimization step and returns scalar logs; :func:`run` owns iteration, evaluation,
+model selection, early stopping and progress. A GAN is a step with two optimizers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+Logs = dict[str, float]
+Step = Callable[[int], Logs]
+
+
+class Hook(Protocol):
+    """Called by :func:`run`; any method may be a no-op."""
+
+    def on_step(self, step: int, logs: Logs) -> None:
+        """After every optimization step (1-based ``step``)."""
+
+    def on_eval(self, step: int, score: float, logs: Logs) -> bool:
+        """After an evaluation; return True to stop training."""
+
+    def on_end(self, result: LoopResult) -> None:
+        """Once, after the last step."""
+
+
+@dataclass
+class LoopResult:
+    """What a run did: its logs, the evaluations and where it stopped."""
+
+    steps: int = 0
+    last: Logs = field(default_factory=dict)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_score: float = -math.inf
+    stopped_early: bool = False
+
+
+def run(
+    step: Step,
+    iterations: int,
+    *,
+    evaluate: Callable[[], float] | None = None,
+    eval_every: int = 0,
+    hooks: Sequence[Hook] = (),
+    desc: str = "train",
+    progress: bool = False,
+) -> LoopResult:
+    """Call ``step`` ``iterations`` times; evaluate every ``eval_every`` steps (higher score = better).
+
+    Non-finite losses stop the run with a clear error rather than training on NaNs.
+    """
+    result = LoopResult()
+    bar = _progress(desc, iterations) if progress else None
+    try:
+        for i in range(1, iterations + 1):
+            logs = step(i)
+            bad = [k for k, v in logs.items() if not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"{desc}: step {i}: non-finite {bad}; lower the learning rate")
+            result.steps, result.last = i, logs
+            for hook in hooks:
+                hook.on_step(i, logs)
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, description=f"{desc} " + _fmt(logs))
+            if evaluate is not None and eval_every and (i % eval_every == 0 or i == iterations):
+                score = evaluate()
+                result.evals.append((i, score))
+                if score > result.best_score:
+                    result.best_step, result.best_score = i, score
+                # A list, not a generator: every hook sees the evaluation before any stops the run.
+                if any([hook.on_eval(i, score, logs) for hook in hooks]):  # noqa: C419
+                    result.stopped_early = True
+                    break
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    for hook in hooks:
+        hook.on_end(result)
+    return result
+
+
+class KeepBest:
+    """Model selection: snapshot ``model`` at its best evaluation and restore it at the end.
+
+    With ``patience`` it also stops early after that many evaluations below the best.
+    """
+
+    def __init__(self, model: nn.Module, patience: int | None = None) -> None:
+        self.model, self.patience = model, patience
+        self.best: float = -math.inf
+        self.state: dict[str, torch.Tensor] | None = None
+        self.since_best = 0
+
+    def on_step(self, step: int, logs: Logs) -> None:
+        """Nothing per step."""
+
+    def on_eval(self, step: int, score: float, logs: Logs) -> bool:
+        """Snapshot on improvement; ask to stop when patience is used up."""
+        if score > self.best:
+            self.best, self.since_best = score, 0
+            self.state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.since_best += 1
+        return self.patience is not None and self.since_best >= self.patience
+
+    def on_end(self, result: LoopResult) -> None:
+        """Restore the best snapshot."""
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+
+
+def _fmt(logs: Logs) -> str:
+    return " ".join(f"{k}={v:.3g}" for k, v in list(logs.items())[:3])
+
+
+def _progress(desc: str, total: int):  # noqa: ANN202 - rich types stay local
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   transient=True)
+    task = bar.add_task(desc, total=total)
+    bar.start()
+    return bar, task

@@ -1,0 +1,140 @@
+"""The three training stages of seed 002 (§3.2, Figure 1), each a step function for the one loop.
+
+1. autoencoder: discriminator body as encoder (head = N_z), generator as decoder with the zero
+   condition placeholder c_0, L1 reconstruction;
+2. WGAN-GP: critic head = 1, gradient penalty, two time-scale learning rates, one D step per G step,
+   still the zero condition;
+3. conditional fine-tuning: one-hot condition, N_c + 1 discriminator trained with sparse
+   categorical cross-entropy (the last class is "fake").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.config import TrainingConfig
+from common.models.sngan import Discriminator, Generator
+from common.trainers.base import LoopResult, Step, run
+
+Sampler = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # batch size -> (x (B,1,F,P), y (B,))
+
+
+def _adam(params, lr: float, cfg: TrainingConfig) -> torch.optim.Adam:  # noqa: ANN001
+    # §4.4: Adam with beta1 = 0.5, beta2 = 0.99 for every network.
+    return torch.optim.Adam(params, lr=lr, betas=cfg.betas)
+
+
+def _noise(gen: Generator, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.randn(batch, gen.spec.n_z, device=device)
+
+
+def zero_condition(gen: Generator, batch: int, device: torch.device) -> torch.Tensor:
+    """c_0: the N_c zeros that stand in for the condition while the data is unlabeled (§3.2)."""
+    return torch.zeros(batch, gen.spec.n_c, device=device)
+
+
+def autoencoder_step(gen: Generator, enc: Discriminator, sample: Sampler, cfg: TrainingConfig,
+                     device: torch.device) -> Step:
+    """Stage 1: x -> encoder -> z -> generator(z, c_0) -> x~, L1(x~, x) (§3.2)."""
+    opt = _adam([*gen.parameters(), *enc.parameters()], cfg.ae_lr, cfg)
+
+    def step(_: int) -> dict[str, float]:
+        x, _y = sample(cfg.batch_size)
+        x = x.to(device)
+        recon = gen(enc(x), zero_condition(gen, x.shape[0], device))  # (B, 1, F, P)
+        loss = F.l1_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"l1": loss.item()}
+
+    return step
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Gulrajani et al. 2017: E[(||grad_x critic(x_hat)||_2 - 1)^2] on random interpolates x_hat."""
+    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def wgan_gp_step(gen: Generator, critic: Discriminator, sample: Sampler, cfg: TrainingConfig,
+                 device: torch.device) -> Step:
+    """Stage 2: one critic step then one generator step, penalty weight ``cfg.gp_weight`` (§3.1, §4.4)."""
+    opt_g, opt_d = _adam(gen.parameters(), cfg.g_lr, cfg), _adam(critic.parameters(), cfg.d_lr, cfg)
+
+    def step(_: int) -> dict[str, float]:
+        real, _y = sample(cfg.batch_size)
+        real = real.to(device)
+        b = real.shape[0]
+        with torch.no_grad():
+            fake = gen(_noise(gen, b, device), zero_condition(gen, b, device))
+        wasserstein = critic(real).mean() - critic(fake).mean()
+        gp = gradient_penalty(critic, real, fake)
+        d_loss = -wasserstein + cfg.gp_weight * gp
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        g_loss = -critic(gen(_noise(gen, b, device), zero_condition(gen, b, device))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "w_dist": wasserstein.item(), "gp": gp.item()}
+
+    return step
+
+
+def conditional_step(gen: Generator, disc: Discriminator, sample: Sampler, cfg: TrainingConfig,
+                     device: torch.device) -> Step:
+    """Stage 3: D classifies real into its N_c classes and fakes into class N_c; G wants its condition.
+
+    Fake conditions are drawn uniformly over the classes, so minority emotions get as many
+    generator updates as majority ones (§3.1).
+    """
+    n_c = gen.spec.n_c
+    opt_g, opt_d = _adam(gen.parameters(), cfg.g_lr, cfg), _adam(disc.parameters(), cfg.d_lr, cfg)
+
+    def fakes(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        wanted = torch.randint(0, n_c, (b,), device=device)
+        return gen(_noise(gen, b, device), F.one_hot(wanted, n_c).float()), wanted
+
+    def step(_: int) -> dict[str, float]:
+        real, labels = sample(cfg.batch_size)
+        real, labels = real.to(device), labels.to(device)
+        b = real.shape[0]
+        with torch.no_grad():
+            fake, _ = fakes(b)
+        fake_class = torch.full((b,), n_c, device=device)  # the last output is "fake"
+        d_loss = F.cross_entropy(disc(real), labels) + F.cross_entropy(disc(fake), fake_class)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        fake, wanted = fakes(b)
+        g_loss = F.cross_entropy(disc(fake), wanted)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+
+    return step
+
+
+def train_stage(
+    stage: str, gen: Generator, disc: Discriminator, sample: Sampler, cfg: TrainingConfig,
+    iterations: int, device: torch.device, progress: bool = False,
+) -> LoopResult:
+    """Run one stage (``autoencoder``, ``wgan-gp`` or ``conditional``) for ``iterations`` steps.
+
+    ``disc`` must already carry the stage's head: N_z, 1 or N_c + 1 outputs.
+    """
+    builders = {"autoencoder": autoencoder_step, "wgan-gp": wgan_gp_step, "conditional": conditional_step}
+    if stage not in builders:
+        raise ValueError(f"unknown GAN stage {stage!r}; choose from {sorted(builders)}")
+    gen.to(device).train()
+    disc.to(device).train()
+    return run(builders[stage](gen, disc, sample, cfg, device), iterations, desc=stage, progress=progress)
