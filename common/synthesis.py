@@ -63,6 +63,8 @@ class SyntheticPool:
     @torch.no_grad()
     def generate(self, indices: Sequence[int]) -> Batch:
         """The samples at ``indices``: x (B, 1, F, P), y (B,), in the order given."""
+        if not len(indices):
+            raise ValueError("no sample indices given")
         keys = [self.key(int(i)) for i in indices]
         out: list[torch.Tensor | None] = [None] * len(keys)
         for g in sorted({k[0] for k in keys}):  # one forward pass per generator in the batch

@@ -162,7 +162,7 @@ def _features(cfg: StudyConfig, limit: int = 0) -> dict[str, Any]:
 
     scan = labeled_scan(cfg)
     utts = scan.utterances[:limit] if limit else scan.utterances
-    extractor = build_extractor(cfg.features.kind)
+    extractor = build_extractor(cfg.features.kind, **cfg.features.params)
     cache = FeatureCache(cfg.feature_cache_dir)
     start = time.perf_counter()
     feats, skipped = extract_corpus(
@@ -230,6 +230,38 @@ def _folds(cfg: StudyConfig, as_json: bool = False) -> list[dict[str, Any]]:
         )
     console.print(table)
     return rows
+
+
+# ------------------------------------------------------------------------------- pretrain/study
+
+
+@app.command("pretrain")
+@friendly
+def pretrain(config: ConfigArg = None) -> None:
+    """Pre-train the GAN (autoencoder, then WGAN-GP) on the unlabeled corpus; write the checkpoint."""
+    from common.pipeline import pretrain as run_pretrain
+
+    cfg = load_config(config)
+    start = time.perf_counter()
+    path = run_pretrain(cfg, progress=console.is_terminal)
+    console.print(f"pre-trained GAN ({cfg.preset} preset) written to {path} in "
+                  f"{time.perf_counter() - start:.0f} s", highlight=False)
+
+
+@app.command("study")
+@friendly
+def study(config: ConfigArg = None) -> None:
+    """Run every configured regime over the leave-one-session-out folds, logged to MLflow."""
+    from simulations.study import run_study, summary_table
+
+    cfg = load_config(config)
+    start = time.perf_counter()
+    rows = run_study(cfg, progress=console.is_terminal, say=lambda line: console.print(line, highlight=False))
+    table = Table("regime", "macro-F1 mean ± std", "folds",
+                  title=f"{cfg.name}: {time.perf_counter() - start:.0f} s, MLflow {cfg.tracking_uri}")
+    for regime, mean, std, n in summary_table(rows):
+        table.add_row(regime, f"{mean:.3f} ± {std:.3f}", str(n))
+    console.print(table)
 
 
 # ----------------------------------------------------------------------------------------- demo

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from common.audio import write_wav
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tiny networks gain nothing from more threads, and two pools fighting over two cores lose."""
+    torch.set_num_threads(1)
 
 
 def tone(seconds: float = 0.5, rate: int = 16_000, freq: float = 220.0) -> np.ndarray:

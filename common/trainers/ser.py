@@ -30,8 +30,9 @@ class SerCnnTrainer:
     def __init__(self, spec: GanSpec, cfg: TrainingConfig, device: torch.device | str = "cpu",
                  window_hop: int = 32) -> None:
         self.spec, self.cfg, self.device, self.window_hop = spec, cfg, torch.device(device), window_hop
-        torch.manual_seed(cfg.seed)
-        self.net = ser_network(spec).to(self.device)
+        with torch.random.fork_rng():  # seeded initialization without resetting the caller's RNG
+            torch.manual_seed(cfg.seed)
+            self.net = ser_network(spec).to(self.device)
 
     def fit(self, sample: Sampler, validation: LabeledSet | None = None, iterations: int | None = None,
             progress: bool = False) -> LoopResult:
@@ -52,7 +53,7 @@ class SerCnnTrainer:
 
         select = validation is not None and len(validation) > 0 and cfg.eval_every > 0
         return run(
-            step, iterations or cfg.ser_iterations, desc="ser",
+            step, cfg.ser_iterations if iterations is None else iterations, desc="ser",
             evaluate=(lambda: self.evaluate(validation)["f1_macro"]) if select else None,  # type: ignore[arg-type]
             eval_every=cfg.eval_every, hooks=[KeepBest(self.net)] if select else [], progress=progress,
         )
@@ -61,6 +62,8 @@ class SerCnnTrainer:
     def predict_proba(self, feats: Sequence[np.ndarray], chunk: int = 256) -> np.ndarray:
         """Per-file class probabilities (N, N_c): sliding windows with a hop of 32 frames, the
         window probabilities averaged (§4.3)."""
+        if not feats:
+            raise ValueError("no files to score")
         self.net.eval()
         size = self.spec.patch
         windows = [patches(f, size, self.window_hop, pad_value=-1.0) for f in feats]  # each (n_i, F, size)

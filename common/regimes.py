@@ -1,0 +1,100 @@
+"""The centralized regimes of a study, one fold at a time (names as in DESIGN.md).
+
+- ``real-central``: the SER network trains on real patches of the four training sessions
+  (seed 002 Table 2, "IEMOCAP" row);
+- ``gan-central``: one pre-trained GAN fine-tuned on the pooled training sessions generates
+  ``per_class_central`` samples per emotion (40K in §4.5), the SER network trains on those alone;
+- ``baseline-gan``: the same with the BAGAN-style baseline of Chatziagapi et al. (Table 2, "Baseline").
+
+Every regime selects its model on the held-out session's validation speaker (when the fold has one)
+and reports file-level metrics on the test speaker(s).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from common.config import StudyConfig
+from common.features import MinMax, resolve_device
+from common.pipeline import Corpus, finetune, gan_spec, load_pretrained
+from common.splits import Fold
+from common.synthesis import ClassConditionalGenerator, SyntheticPool
+from common.trainers.bagan import train_bagan
+from common.trainers.gan import Sampler
+from common.trainers.ser import SerCnnTrainer
+from common.views import LabeledSet, PatchSampler
+
+
+@dataclass
+class FoldOutcome:
+    """What one regime produced on one fold."""
+
+    regime: str
+    fold: int
+    test_session: int
+    metrics: dict[str, Any]
+    validation_f1: float | None
+    seconds: float
+    # The generator(s) the SER network was trained from (empty for real-central).
+    generators: list[torch.nn.Module] = field(default_factory=list)
+    train: LabeledSet | None = None
+
+
+def _train_ser(cfg: StudyConfig, sample: Sampler, validation: LabeledSet, progress: bool) -> SerCnnTrainer:
+    trainer = SerCnnTrainer(gan_spec(cfg), cfg.training, resolve_device(cfg.training.device),
+                            window_hop=cfg.features.window_hop)
+    trainer.fit(sample, validation if len(validation) else None, progress=progress)
+    return trainer
+
+
+def _pool(cfg: StudyConfig, generators: list[ClassConditionalGenerator], per_class: int, fold: Fold) -> Sampler:
+    pool = SyntheticPool(generators, per_class, len(cfg.data.classes), seed=cfg.training.seed + fold.index,
+                         device=resolve_device(cfg.training.device))
+    return pool.sampler(seed=cfg.training.seed)
+
+
+def _real(cfg: StudyConfig, train: LabeledSet, fold: Fold, progress: bool) -> tuple[Sampler, list]:
+    return PatchSampler(train, gan_spec(cfg).patch, seed=cfg.training.seed), []
+
+
+def _gan_central(cfg: StudyConfig, train: LabeledSet, fold: Fold, progress: bool) -> tuple[Sampler, list]:
+    gen, disc, _ = load_pretrained(cfg)
+    gen = finetune(cfg, gen, disc, train, progress)
+    gen.to(resolve_device(cfg.training.device))
+    return _pool(cfg, [gen], cfg.synthesis.per_class_central, fold), [gen]
+
+
+def _baseline(cfg: StudyConfig, train: LabeledSet, fold: Fold, progress: bool) -> tuple[Sampler, list]:
+    device = resolve_device(cfg.training.device)
+    gen = train_bagan(gan_spec(cfg), cfg.training, train, device, progress=progress)
+    return _pool(cfg, [gen], cfg.synthesis.per_class_central, fold), [gen]
+
+
+CENTRAL: dict[str, Callable[[StudyConfig, LabeledSet, Fold, bool], tuple[Sampler, list]]] = {
+    "real-central": _real,
+    "gan-central": _gan_central,
+    "baseline-gan": _baseline,
+}
+
+
+def run_central_fold(
+    regime: str, cfg: StudyConfig, corpus: Corpus, stats: MinMax, fold: Fold, progress: bool = False
+) -> FoldOutcome:
+    """Train ``regime``'s SER model for ``fold`` and score it on the fold's test speaker(s)."""
+    if regime not in CENTRAL:
+        raise ValueError(f"unknown centralized regime {regime!r}; choose from {sorted(CENTRAL)}")
+    start = time.perf_counter()
+    torch.manual_seed(cfg.training.seed)
+    train = corpus.labeled_set(fold.train, stats)
+    validation = corpus.labeled_set(fold.validation, stats)
+    sample, generators = CENTRAL[regime](cfg, train, fold, progress)
+    trainer = _train_ser(cfg, sample, validation, progress)
+    metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
+    val_f1 = trainer.evaluate(validation)["f1_macro"] if len(validation) else None
+    return FoldOutcome(regime, fold.index, fold.test_session, metrics, val_f1, time.perf_counter() - start,
+                       generators, train)
