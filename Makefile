@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedser-installed
 
-.PHONY: demo test test-fast lint bench venv clean
+.PHONY: demo test test-fast lint bench study venv clean
 
 # Fresh machine -> virtual environment -> install (re-run when pyproject.toml changes).
 $(STAMP): pyproject.toml
@@ -34,6 +34,12 @@ lint: $(STAMP)
 ## Benchmarks print figures; they are never part of the tests.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/gan.py --skip-paper
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
+
+## The centralized study on the embedded default (tiny preset, all five folds, ~15 min on 2 cores).
+study: $(STAMP)
+	$(BIN)/fedser pretrain
+	$(BIN)/fedser study

@@ -7,6 +7,7 @@ and ``session`` so that every regime of a study lands in one experiment and comp
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ class Tracker:
     def __init__(self, cfg: StudyConfig) -> None:
         self.uri = cfg.tracking_uri
         self.experiment = cfg.tracking.experiment
+        for name in ("mlflow", "alembic"):  # their INFO lines (table creation, migrations) are noise here
+            logging.getLogger(name).setLevel(logging.WARNING)
         mlflow.set_tracking_uri(self.uri)
         found = mlflow.get_experiment_by_name(self.experiment)
         if found is None:

@@ -72,15 +72,16 @@ def wgan_gp_step(gen: Generator, critic: Discriminator, sample: Sampler, cfg: Tr
         real, _y = sample(cfg.batch_size)
         real = real.to(device)
         b = real.shape[0]
-        with torch.no_grad():
-            fake = gen(_noise(gen, b, device), zero_condition(gen, b, device))
-        wasserstein = critic(real).mean() - critic(fake).mean()
-        gp = gradient_penalty(critic, real, fake)
+        # One generator pass serves both updates (as in the DCGAN reference loop): detached for the
+        # critic, then through the freshly updated critic for the generator.
+        fake = gen(_noise(gen, b, device), zero_condition(gen, b, device))
+        wasserstein = critic(real).mean() - critic(fake.detach()).mean()
+        gp = gradient_penalty(critic, real, fake.detach())
         d_loss = -wasserstein + cfg.gp_weight * gp
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        g_loss = -critic(gen(_noise(gen, b, device), zero_condition(gen, b, device))).mean()
+        g_loss = -critic(fake).mean()
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -99,22 +100,17 @@ def conditional_step(gen: Generator, disc: Discriminator, sample: Sampler, cfg: 
     n_c = gen.spec.n_c
     opt_g, opt_d = _adam(gen.parameters(), cfg.g_lr, cfg), _adam(disc.parameters(), cfg.d_lr, cfg)
 
-    def fakes(b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        wanted = torch.randint(0, n_c, (b,), device=device)
-        return gen(_noise(gen, b, device), F.one_hot(wanted, n_c).float()), wanted
-
     def step(_: int) -> dict[str, float]:
         real, labels = sample(cfg.batch_size)
         real, labels = real.to(device), labels.to(device)
         b = real.shape[0]
-        with torch.no_grad():
-            fake, _ = fakes(b)
+        wanted = torch.randint(0, n_c, (b,), device=device)
+        fake = gen(_noise(gen, b, device), F.one_hot(wanted, n_c).float())  # one pass for both updates
         fake_class = torch.full((b,), n_c, device=device)  # the last output is "fake"
-        d_loss = F.cross_entropy(disc(real), labels) + F.cross_entropy(disc(fake), fake_class)
+        d_loss = F.cross_entropy(disc(real), labels) + F.cross_entropy(disc(fake.detach()), fake_class)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        fake, wanted = fakes(b)
         g_loss = F.cross_entropy(disc(fake), wanted)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
