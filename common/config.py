@@ -254,8 +254,8 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         "features": {"params": {"n_mels": 64}, "patch_frames": 64, "window_hop": 32},
         "model": {"width": 0.125, "n_z": 32},
         "training": {
-            "batch_size": 16, "ae_lr": 1e-3, "ae_iterations": 300, "g_lr": 5e-4, "d_lr": 1e-3,
-            "gan_iterations": 300, "finetune_iterations": 700, "ser_lr": 1e-3, "ser_lr_decay_every": 600,
+            "batch_size": 16, "ae_lr": 1e-3, "ae_iterations": 1000, "g_lr": 2e-4, "d_lr": 4e-4,
+            "gan_iterations": 500, "finetune_iterations": 1000, "ser_lr": 1e-3, "ser_lr_decay_every": 600,
             "ser_iterations": 1000, "eval_every": 100, "bagan_lr": 2e-4, "bagan_ae_iterations": 300,
             "bagan_gan_iterations": 300,
         },

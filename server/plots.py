@@ -63,3 +63,27 @@ def spectrogram_grid_png(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def bar_chart_png(
+    regimes: Sequence[str], means: dict[str, Sequence[float]], stds: dict[str, Sequence[float]],
+    paper_f1: dict[str, float], path: Path,
+) -> Path:
+    """Grouped bars (one group per regime, one bar per metric, std as error bars); the paper's
+    Table 2 macro-F1 as a marker where it has one."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(regimes), 3.2), dpi=120)
+    width = 0.8 / len(means)
+    x = np.arange(len(regimes))
+    for k, (metric, values) in enumerate(means.items()):
+        ax.bar(x + (k - (len(means) - 1) / 2) * width, values, width, yerr=stds[metric], capsize=2, label=metric)
+    marks = [(i, paper_f1[r]) for i, r in enumerate(regimes) if r in paper_f1]
+    if marks:
+        ax.scatter([i for i, _ in marks], [v for _, v in marks], marker="_", s=400, color="black",
+                   label="seed 002 Table 2 F1", zorder=3)
+    ax.set_xticks(x, regimes, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -18,14 +18,19 @@ from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 from common.config import StudyConfig
 
 
+def quiet_mlflow() -> None:
+    """MLflow's and alembic's INFO lines (table creation, migrations) are noise in a terminal table."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class Tracker:
     """An MLflow experiment with an absolute artifact location (Flower apps run with another cwd)."""
 
     def __init__(self, cfg: StudyConfig) -> None:
         self.uri = cfg.tracking_uri
         self.experiment = cfg.tracking.experiment
-        for name in ("mlflow", "alembic"):  # their INFO lines (table creation, migrations) are noise here
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_mlflow()
         mlflow.set_tracking_uri(self.uri)
         found = mlflow.get_experiment_by_name(self.experiment)
         if found is None:

@@ -264,6 +264,31 @@ def study(config: ConfigArg = None) -> None:
     console.print(table)
 
 
+@app.command("report")
+@friendly
+def report(
+    experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default: the config's).")] = None,  # noqa: UP045
+    config: Annotated[Optional[Path], typer.Option(help="Study config for the tracking URI/experiment.")] = None,  # noqa: UP045
+    tracking_uri: Annotated[Optional[str], typer.Option(help="Overrides the config's tracking URI.")] = None,  # noqa: UP045
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows (regime, fold, f1_macro, ua, wa) as JSON.")] = False,
+) -> None:
+    """Regime x fold macro-F1 / UA / WA from MLflow with mean ± std, beside seed 002 Table 2."""
+    from server.report import fold_rows, log_report, markdown, paper_protocol
+
+    cfg = load_config(config)
+    uri, name = tracking_uri or cfg.tracking_uri, experiment or cfg.tracking.experiment
+    rows = fold_rows(uri, name)
+    if not rows:
+        raise ValueError(f"experiment {name!r} has no finished fold runs yet")
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    text = markdown(rows, paper_protocol(uri, name))
+    run_id = log_report(uri, name, rows, text)
+    print(text)  # plain: markdown meant to be copied, never re-wrapped to the terminal width
+    console.print(f"logged report.md and report.png to MLflow run {run_id} ({uri})", highlight=False)
+
+
 # ----------------------------------------------------------------------------------------- demo
 
 

@@ -40,7 +40,7 @@ def run_study(cfg: StudyConfig, progress: bool = True, say: Callable[[str], None
     tracker = Tracker(cfg)
     rows: list[Row] = []
     for regime in cfg.regimes:
-        with tracker.run(regime, {"regime": regime, "study": cfg.name, "preset": cfg.preset}):
+        with tracker.run(regime, {"kind": "regime", "regime": regime, "study": cfg.name, "preset": cfg.preset}):
             tracker.params(cfg.flat())
             outcomes = []
             for fold in folds:

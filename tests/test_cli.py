@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from simulations.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["corpus"], ["corpus", "check"], ["corpus", "synth"], ["config"], ["features"], ["folds"], ["demo"]]
+COMMANDS = [[], ["corpus"], ["corpus", "check"], ["corpus", "synth"], ["config"], ["features"], ["folds"], ["demo"],
+            ["pretrain"], ["study"], ["report"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fedser")

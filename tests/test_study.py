@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -70,3 +71,20 @@ def test_pretrain_then_study_logs_every_regime_and_fold(tmp_path: Path) -> None:
     for parent in parents.values():
         assert parent.data.params["model.width"] == "0.125"
         assert {"f1_macro_mean", "f1_macro_std"} <= set(parent.data.metrics)
+
+    # The report reads the same store: one row per regime x fold, then artifacts of a report run.
+    as_json = runner.invoke(app, ["report", "--config", str(config), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+
+    rows = json.loads(as_json.output)
+    assert {(r["regime"], r["fold"]) for r in rows} == {
+        (g, f) for g in ("real-central", "gan-central", "baseline-gan") for f in (1, 2)
+    }
+    assert all(set(r) == {"regime", "fold", "f1_macro", "ua", "wa"} for r in rows)
+    table = runner.invoke(app, ["report", "--config", str(config)])
+    assert table.exit_code == 0, table.output
+    assert "0.4854 ± 0.0389" in table.output and "protocol differs from the paper" in table.output
+    report_run = next(r for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+                      if r.data.tags.get("kind") == "report")
+    assert {a.path for a in mlflow.artifacts.list_artifacts(run_id=report_run.info.run_id)} == {
+        "report.md", "report.png"}

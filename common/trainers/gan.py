@@ -72,16 +72,16 @@ def wgan_gp_step(gen: Generator, critic: Discriminator, sample: Sampler, cfg: Tr
         real, _y = sample(cfg.batch_size)
         real = real.to(device)
         b = real.shape[0]
-        # One generator pass serves both updates (as in the DCGAN reference loop): detached for the
-        # critic, then through the freshly updated critic for the generator.
-        fake = gen(_noise(gen, b, device), zero_condition(gen, b, device))
-        wasserstein = critic(real).mean() - critic(fake.detach()).mean()
-        gp = gradient_penalty(critic, real, fake.detach())
+        with torch.no_grad():
+            fake = gen(_noise(gen, b, device), zero_condition(gen, b, device))
+        wasserstein = critic(real).mean() - critic(fake).mean()
+        gp = gradient_penalty(critic, real, fake)
         d_loss = -wasserstein + cfg.gp_weight * gp
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        g_loss = -critic(fake).mean()
+        # Fresh noise for the generator update, as in Algorithm 1 of Gulrajani et al. 2017.
+        g_loss = -critic(gen(_noise(gen, b, device), zero_condition(gen, b, device))).mean()
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()

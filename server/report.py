@@ -1,0 +1,98 @@
+"""``fedser report``: regime x fold macro-F1 / UA / WA from MLflow, beside seed 002's Table 2."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from common.metrics import mean_std
+from server.plots import bar_chart_png
+from server.tracking import quiet_mlflow
+
+# Seed 002 Table 2: mean and std F1 (%) of 5-fold leave-one-session-out on IEMOCAP, 4 classes.
+TABLE_2: dict[str, tuple[float, float]] = {
+    "real-central": (57.27, 0.99),  # "IEMOCAP"
+    "baseline-gan": (43.05, 2.97),  # "Baseline [7]"
+    "gan-central": (48.54, 3.89),  # "Proposed - Centralized"
+    "gan-federated": (50.39, 3.31),  # "Proposed - Federated"
+}
+METRICS = ("f1_macro", "ua", "wa")
+
+
+def fold_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
+    """One row per fold run: ``regime``, ``fold``, ``f1_macro``, ``ua``, ``wa`` (sorted)."""
+    quiet_mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run `fedser study` first "
+                         "or pass --tracking-uri")
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              filter_string="tags.fold != ''")
+    rows = [
+        {"regime": r.data.tags["regime"], "fold": int(r.data.tags["fold"]),
+         **{m: r.data.metrics[m] for m in METRICS}}
+        for r in runs if all(m in r.data.metrics for m in METRICS)
+    ]
+    return sorted(rows, key=lambda r: (r["regime"], r["fold"]))
+
+
+def paper_protocol(tracking_uri: str, experiment: str) -> bool:
+    """True when the study ran the paper's protocol: real IEMOCAP, paper preset, all utterances."""
+    mlflow.set_tracking_uri(tracking_uri)
+    parents = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                                 filter_string="tags.kind = 'regime'")
+    return bool(parents) and all(
+        p.data.params.get("preset") == "paper" and p.data.params.get("data.root") not in (None, "None")
+        and p.data.params.get("data.subset") == "all" and p.data.params.get("data.corpus") == "iemocap"
+        for p in parents
+    )
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per regime: mean and std of each metric over its folds."""
+    out = []
+    for regime in dict.fromkeys(r["regime"] for r in rows):
+        mine = [r for r in rows if r["regime"] == regime]
+        entry: dict[str, Any] = {"regime": regime, "folds": len(mine)}
+        for m in METRICS:
+            entry[m], entry[f"{m}_std"] = mean_std([r[m] for r in mine])
+        out.append(entry)
+    return out
+
+
+def markdown(rows: Sequence[dict[str, Any]], matches_paper: bool) -> str:
+    """The report as a markdown table: folds, then mean ± std beside Table 2."""
+    lines = ["| regime | fold | macro-F1 | UA | WA |", "|---|---|---|---|---|"]
+    lines += [f"| {r['regime']} | {r['fold']} | {r['f1_macro']:.3f} | {r['ua']:.3f} | {r['wa']:.3f} |" for r in rows]
+    note = "protocol matches the paper" if matches_paper else "protocol differs from the paper (for orientation only)"
+    lines += ["", f"| regime | macro-F1 mean ± std | UA | WA | seed 002 Table 2 F1 ({note}) |",
+              "|---|---|---|---|---|"]
+    for s in summary(rows):
+        paper = TABLE_2.get(s["regime"])
+        ref = f"{paper[0] / 100:.4f} ± {paper[1] / 100:.4f}" if paper else "-"
+        lines.append(f"| {s['regime']} | {s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f} | "
+                     f"{s['ua']:.3f} ± {s['ua_std']:.3f} | {s['wa']:.3f} ± {s['wa_std']:.3f} | {ref} |")
+    return "\n".join(lines) + "\n"
+
+
+def log_report(tracking_uri: str, experiment: str, rows: Sequence[dict[str, Any]], text: str) -> str:
+    """Log the markdown table and a bar chart as artifacts of a ``report`` run; returns its id."""
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    assert exp is not None  # fold_rows() checked it
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name="report", tags={"kind": "report"}) as run:
+        with tempfile.TemporaryDirectory() as tmp:
+            md = Path(tmp) / "report.md"
+            md.write_text(text, encoding="utf-8")
+            mlflow.log_artifact(str(md))
+            stats = summary(rows)
+            mlflow.log_artifact(str(bar_chart_png(
+                [s["regime"] for s in stats], {m: [s[m] for s in stats] for m in METRICS},
+                {m: [s[f"{m}_std"] for s in stats] for m in METRICS},
+                {s["regime"]: TABLE_2[s["regime"]][0] / 100 for s in stats if s["regime"] in TABLE_2},
+                Path(tmp) / "report.png")))
+        return run.info.run_id
