@@ -39,7 +39,7 @@ bench: $(STAMP)
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
 
-## The centralized study on the embedded default (tiny preset, all five folds, ~15 min on 2 cores).
+## The centralized study on the embedded default (tiny preset, all five folds, ~25 min on 2 cores).
 study: $(STAMP)
 	$(BIN)/fedser pretrain
 	$(BIN)/fedser study
