@@ -32,12 +32,15 @@ def _audio_files(root: Path, scan: Scan, ignore: Callable[[Path], bool]) -> Iter
             scan.skipped.append(Skip(path, f"not an audio file ({path.suffix or 'no suffix'})"))
 
 
-def _probe(path: Path, scan: Scan) -> float | None:
+def _add(scan: Scan, path: Path, **fields: object) -> None:
+    """Append the utterance at ``path`` with its header duration, or a skip with the reason."""
     try:
-        return probe_duration(path)
+        duration = probe_duration(path)
     except AudioError as exc:
         scan.skipped.append(Skip(path, exc.reason))
-        return None
+        return
+    fields = {"id": path.stem, **fields}  # the file stem unless the reader names it otherwise
+    scan.utterances.append(Utterance(path=path, corpus=scan.corpus, duration=duration, **fields))  # type: ignore[arg-type]
 
 
 def read_ravdess(root: Path, *, label_map: Mapping[str, str] | None = None) -> Scan:
@@ -59,15 +62,8 @@ def read_ravdess(root: Path, *, label_map: Mapping[str, str] | None = None) -> S
         label = raw if label_map is None else label_map.get(raw)
         if label is None:
             continue
-        duration = _probe(path, scan)
-        if duration is None:
-            continue
-        scan.utterances.append(
-            Utterance(
-                id=path.stem, path=path, corpus="ravdess", speaker=f"Actor_{actor}",
-                gender="M" if int(actor) % 2 else "F", label=label, raw_label=raw, duration=duration,
-            )
-        )
+        _add(scan, path, speaker=f"Actor_{actor}", gender="M" if int(actor) % 2 else "F", label=label,
+             raw_label=raw)
     return scan
 
 
@@ -87,15 +83,7 @@ def read_librispeech(root: Path) -> Scan:
         if m is None:
             scan.skipped.append(Skip(path, "file name is not <speaker>-<chapter>-<utterance>"))
             continue
-        duration = _probe(path, scan)
-        if duration is None:
-            continue
-        scan.utterances.append(
-            Utterance(
-                id=path.stem, path=path, corpus="librispeech", speaker=m[1], duration=duration,
-                transcript=texts.get(path.stem),
-            )
-        )
+        _add(scan, path, speaker=m[1], transcript=texts.get(path.stem))
     return scan
 
 
@@ -103,14 +91,7 @@ def read_folder(root: Path) -> Scan:
     """Any folder of audio; the speaker is the file's parent folder name."""
     scan = Scan(corpus="folder", root=root)
     for path in _audio_files(root, scan, ignore=lambda p: False):
-        duration = _probe(path, scan)
-        if duration is None:
-            continue
         rel = path.relative_to(root).with_suffix("")
-        scan.utterances.append(
-            Utterance(
-                id=rel.as_posix().replace("/", "__"), path=path, corpus="folder",
-                speaker=path.parent.name if path.parent != root else "unknown", duration=duration,
-            )
-        )
+        _add(scan, path, id=rel.as_posix().replace("/", "__"),
+             speaker=path.parent.name if path.parent != root else "unknown")
     return scan
