@@ -7,12 +7,21 @@ its ``preset`` (``tiny`` or ``paper``) picks the sizes it starts from.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from common.corpora.iemocap import CLASSES_4, DEFAULT_LABEL_MAP
 
@@ -140,6 +149,17 @@ class TrainingConfig(Section):
     bagan_lr: float = Field(5e-5, gt=0)
     bagan_ae_iterations: int = Field(20_000, ge=1)
     bagan_gan_iterations: int = Field(20_000, ge=1)
+    # The SER model every regime trains (a name in common/trainers/registry.py).
+    trainer: str = "ser-cnn"
+
+    @field_validator("trainer")
+    @classmethod
+    def _trainer(cls, value: str) -> str:
+        from common.trainers.registry import TRAINERS  # the registry imports this module
+
+        if value not in TRAINERS:
+            raise ValueError(f"unknown trainer; registered: {', '.join(sorted(TRAINERS))}")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -176,12 +196,31 @@ class FoldConfig(Section):
         return value
 
 
+# "HANDLER:SESSION": that session's ClientApp raises in that handler (failure drills and tests).
+FailureSpec = Annotated[str, StringConstraints(pattern=r"^(query|train\.gan|train|evaluate):[1-5]$")]
+
+
 class FederationConfig(Section):
-    """How the training data is split into clients."""
+    """How clients are formed and how the federated regimes (Flower apps) run."""
 
     partition: Literal["session", "speaker", "dirichlet"] = "session"
     num_clients: int = Field(5, ge=1, description="number of clients for the dirichlet partition")
     dirichlet_alpha: float = Field(0.5, gt=0)
+    # fedavg: the server-side strategy (flwr.serverapp.strategy), rounds, local SER iterations per round.
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    rounds: int = Field(20, ge=1)
+    local_iterations: int = Field(500, ge=1)
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx: weight of the proximal term")
+    server_lr: float = Field(0.01, gt=0, description="FedAdam: server learning rate (eta)")
+    # Generators go back to the server in fp16 (half the bytes; bf16 is refused by ArrayRecord).
+    generator_fp16: bool = False
+    # Seconds to wait for replies of one message round / for the nodes to connect; nothing waits forever.
+    timeout: float = Field(1800.0, gt=0)
+    node_wait: float = Field(120.0, gt=0)
+    # Simulation: Ray resources per virtual node (Flower's client-resources-num-cpus/-num-gpus).
+    client_cpus: int = Field(1, ge=1)
+    client_gpus: float = Field(0.0, ge=0)
+    failures: tuple[FailureSpec, ...] = ()
 
 
 class TrackingConfig(Section):
@@ -191,9 +230,11 @@ class TrackingConfig(Section):
     experiment: str = "fedser"
 
 
-# The regimes that run today (DESIGN.md's gan-federated and fedavg arrive with the Flower apps).
-Regime = Literal["real-central", "gan-central", "baseline-gan"]
+# DESIGN.md's five regimes; the centralized ones run in-process, the federated ones through Flower.
+Regime = Literal["real-central", "gan-central", "gan-federated", "baseline-gan", "fedavg"]
 CENTRAL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "baseline-gan")
+FEDERATED_REGIMES: tuple[Regime, ...] = ("gan-federated", "fedavg")
+ALL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "gan-federated", "baseline-gan", "fedavg")
 
 
 class StudyConfig(Section):
@@ -203,7 +244,9 @@ class StudyConfig(Section):
     preset: Preset = "tiny"
     work_dir: Path = Path("outputs")
     # The regimes to run, in this order (names as in DESIGN.md, also the MLflow "regime" tag).
-    regimes: tuple[Regime, ...] = CENTRAL_REGIMES
+    regimes: tuple[Regime, ...] = ALL_REGIMES
+    # Centralized folds run in this many processes at once (0 = one per CPU core, 1 = in-process).
+    workers: int = Field(0, ge=0)
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
@@ -212,6 +255,13 @@ class StudyConfig(Section):
     folds: FoldConfig = FoldConfig()
     federation: FederationConfig = FederationConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _federated_by_session(self) -> StudyConfig:
+        if any(r in FEDERATED_REGIMES for r in self.regimes) and self.federation.partition != "session":
+            raise ValueError("the federated regimes run one node per session: set federation.partition = "
+                             "\"session\" or drop gan-federated/fedavg from regimes")
+        return self
 
     @field_validator("work_dir")
     @classmethod
@@ -332,3 +382,22 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
+
+
+def config_from_run(run_config: Mapping[str, Any]) -> StudyConfig:
+    """The study config a Flower run carries (``[tool.flwr.app.config]`` in pyproject.toml).
+
+    ``study-config`` is the resolved config as JSON (what ``fedser study`` sends, so that remote
+    nodes need no file), a path to a study TOML, or "" for the embedded default; a non-empty
+    ``work-dir`` replaces ``work_dir`` (give it absolutely: apps run in the SuperLink's cwd).
+    """
+    source = str(run_config.get("study-config", "")).strip()
+    work_dir = str(run_config.get("work-dir", "")).strip()
+    overrides = {"work_dir": work_dir} if work_dir else {}
+    if source.startswith("{"):
+        try:
+            data = _merge(json.loads(source), overrides)
+            return StudyConfig.model_validate(data)
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise ConfigError(f"run config study-config: not a valid study config: {exc}") from None
+    return load_config(Path(source) if source else None, overrides)

@@ -7,6 +7,7 @@ the Flower apps (federated) call them, and only they talk to MLflow or Flower.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,12 @@ def extract(cfg: StudyConfig, utterances: list[Utterance]) -> dict[str, np.ndarr
     return feats
 
 
-def load_corpus(cfg: StudyConfig) -> Corpus:
-    """The labeled corpus of ``cfg`` with features (utterances whose audio failed are dropped)."""
-    scan = labeled_scan(cfg)
-    feats = extract(cfg, scan.utterances)
-    return Corpus([u for u in scan.utterances if u.id in feats], feats, cfg.data.classes)
+def load_corpus(cfg: StudyConfig, sessions: Collection[int] | None = None) -> Corpus:
+    """The labeled corpus of ``cfg`` (only ``sessions`` when given: what one node holds) with
+    features; utterances whose audio failed are dropped."""
+    utterances = [u for u in labeled_scan(cfg).utterances if sessions is None or u.session in sessions]
+    feats = extract(cfg, utterances)
+    return Corpus([u for u in utterances if u.id in feats], feats, cfg.data.classes)
 
 
 def gan_spec(cfg: StudyConfig) -> GanSpec:
@@ -130,7 +132,10 @@ def pretrain(cfg: StudyConfig, progress: bool = False) -> Path:
     disc.replace_head(1)  # the critic: one output, no activation (§3.2)
     gan = train_stage("wgan-gp", gen, disc, sample, cfg.training, cfg.training.gan_iterations, device, progress)
     return save_checkpoint(
+        # ``pretrain_stats`` (unlabeled corpus only) lets the eyes-off server combine them with the
+        # min/max scalars its nodes report instead of the centrally computed ``stats``.
         cfg.pretrained_path, kind="sngan-pretrained", spec=spec.to_dict(), stats=stats.to_dict(),
+        pretrain_stats=unlabeled_stats.to_dict(),
         generator=gen.cpu().state_dict(), discriminator=disc.cpu().state_dict(),
         logs={"autoencoder": ae.last, "wgan-gp": gan.last}, config=cfg.model_dump(mode="json"),
     )

@@ -26,7 +26,8 @@ from common.splits import Fold
 from common.synthesis import ClassConditionalGenerator, SyntheticPool
 from common.trainers.bagan import train_bagan
 from common.trainers.gan import Sampler
-from common.trainers.ser import SerCnnTrainer
+from common.trainers.registry import SerTrainer, build_trainer
+from common.trainers.ser import Validation
 from common.views import LabeledSet, PatchSampler
 
 
@@ -44,16 +45,33 @@ class FoldOutcome:
     generators: list[torch.nn.Module] = field(default_factory=list)
     train: LabeledSet | None = None
 
+    # Outcomes cross process boundaries (parallel folds); spectral-norm parametrized modules do not
+    # pickle, so generators travel as (class, spec, weights) and are rebuilt on arrival.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["generators"] = [(type(g), g.spec, g.state_dict()) for g in self.generators]
+        return state
 
-def _train_ser(cfg: StudyConfig, sample: Sampler, validation: LabeledSet, progress: bool) -> SerCnnTrainer:
-    trainer = SerCnnTrainer(gan_spec(cfg), cfg.training, resolve_device(cfg.training.device),
-                            window_hop=cfg.features.window_hop)
-    trainer.fit(sample, validation if len(validation) else None, progress=progress)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        rebuilt = []
+        for cls, spec, weights in state["generators"]:
+            gen = cls(spec)
+            gen.load_state_dict(weights)
+            rebuilt.append(gen.eval())
+        self.__dict__.update(state, generators=rebuilt)
+
+
+def train_ser(cfg: StudyConfig, sample: Sampler, validation: Validation, progress: bool = False) -> SerTrainer:
+    """The configured SER trainer fitted on ``sample``, selected on ``validation``."""
+    trainer = build_trainer(cfg, resolve_device(cfg.training.device))
+    trainer.fit(sample, validation, progress=progress)
     return trainer
 
 
-def _pool(cfg: StudyConfig, generators: list[ClassConditionalGenerator], per_class: int, fold: Fold) -> Sampler:
-    pool = SyntheticPool(generators, per_class, len(cfg.data.classes), seed=cfg.training.seed + fold.index,
+def synthetic_sampler(cfg: StudyConfig, generators: list[ClassConditionalGenerator], per_class: int,
+                      fold: int) -> Sampler:
+    """Batches from the streamed pool of ``generators`` (``per_class`` samples per emotion each)."""
+    pool = SyntheticPool(generators, per_class, len(cfg.data.classes), seed=cfg.training.seed + fold,
                          device=resolve_device(cfg.training.device))
     return pool.sampler(seed=cfg.training.seed)
 
@@ -66,13 +84,13 @@ def _gan_central(cfg: StudyConfig, train: LabeledSet, fold: Fold, progress: bool
     gen, disc, _ = load_pretrained(cfg)
     gen = finetune(cfg, gen, disc, train, progress)
     gen.to(resolve_device(cfg.training.device))
-    return _pool(cfg, [gen], cfg.synthesis.per_class_central, fold), [gen]
+    return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
 
 
 def _baseline(cfg: StudyConfig, train: LabeledSet, fold: Fold, progress: bool) -> tuple[Sampler, list]:
     device = resolve_device(cfg.training.device)
     gen = train_bagan(gan_spec(cfg), cfg.training, train, device, progress=progress)
-    return _pool(cfg, [gen], cfg.synthesis.per_class_central, fold), [gen]
+    return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
 
 
 CENTRAL: dict[str, Callable[[StudyConfig, LabeledSet, Fold, bool], tuple[Sampler, list]]] = {
@@ -93,7 +111,7 @@ def run_central_fold(
     train = corpus.labeled_set(fold.train, stats)
     validation = corpus.labeled_set(fold.validation, stats)
     sample, generators = CENTRAL[regime](cfg, train, fold, progress)
-    trainer = _train_ser(cfg, sample, validation, progress)
+    trainer = train_ser(cfg, sample, validation, progress)
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
     val_f1 = trainer.evaluate(validation)["f1_macro"] if len(validation) else None
     return FoldOutcome(regime, fold.index, fold.test_session, metrics, val_f1, time.perf_counter() - start,

@@ -47,21 +47,31 @@ def leave_one_session_out(utterances: Sequence[Utterance], cfg: FoldConfig) -> l
             raise SplitError(f"fold {session}: no utterances of Session{session}; "
                              f"set folds.sessions to a subset of {sorted(present)}")  # type: ignore[type-var]
         train = tuple(u for u in utterances if u.session != session)
-        held = [u for u in utterances if u.session == session]
-        if cfg.holdout == "speaker":
-            speaker = f"Ses{session:02d}{cfg.validation_gender}"
-            validation = tuple(u for u in held if u.speaker == speaker)
-            test = tuple(u for u in held if u.speaker != speaker)
-            if not validation or not test:
-                raise SplitError(f"fold {session}: Session{session} needs utterances of both speakers "
-                                 "for holdout='speaker'; use folds.holdout = \"session\"")
-        else:
-            speaker, validation, test = None, (), tuple(held)
+        validation, test, speaker = holdout_split([u for u in utterances if u.session == session], session, cfg)
         folds.append(Fold(
             index=session, test_session=session, train=train, validation=validation, test=test,
             validation_speaker=speaker, test_speakers=tuple(sorted({u.speaker for u in test})),
         ))
     return folds
+
+
+def holdout_split(
+    held: Sequence[Utterance], session: int, cfg: FoldConfig
+) -> tuple[tuple[Utterance, ...], tuple[Utterance, ...], str | None]:
+    """(validation, test, validation speaker) of a held-out session: what its own node evaluates on.
+
+    ``holdout="speaker"``: the ``validation_gender`` speaker validates, the other speaker tests;
+    ``holdout="session"``: no validation, the whole session tests.
+    """
+    if cfg.holdout == "session":
+        return (), tuple(held), None
+    speaker = f"Ses{session:02d}{cfg.validation_gender}"
+    validation = tuple(u for u in held if u.speaker == speaker)
+    test = tuple(u for u in held if u.speaker != speaker)
+    if not validation or not test:
+        raise SplitError(f"fold {session}: Session{session} needs utterances of both speakers "
+                         "for holdout='speaker'; use folds.holdout = \"session\"")
+    return validation, test, speaker
 
 
 def partition(utterances: Sequence[Utterance], cfg: FederationConfig, seed: int = 0) -> dict[str, list[Utterance]]:

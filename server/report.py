@@ -9,6 +9,7 @@ from typing import Any
 
 import mlflow
 
+from common.config import ALL_REGIMES
 from common.metrics import mean_std
 from server.plots import bar_chart_png
 from server.tracking import quiet_mlflow
@@ -23,28 +24,41 @@ TABLE_2: dict[str, tuple[float, float]] = {
 METRICS = ("f1_macro", "ua", "wa")
 
 
-def fold_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
-    """One row per fold run: ``regime``, ``fold``, ``f1_macro``, ``ua``, ``wa`` (sorted)."""
+def latest_parents(experiment: str) -> dict[str, Any]:
+    """The newest parent run of each regime in ``experiment`` (a re-run study supersedes older runs)."""
+    parents = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                                 filter_string="tags.kind = 'regime'", order_by=["attributes.start_time DESC"])
+    latest: dict[str, Any] = {}
+    for run in parents:
+        latest.setdefault(run.data.tags["regime"], run)
+    return latest
+
+
+def fold_rows(tracking_uri: str, experiment: str, regimes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per fold of each regime's newest run: ``regime``, ``fold``, ``f1_macro``, ``ua``, ``wa``."""
     quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run `fedser study` first "
                          "or pass --tracking-uri")
+    parents = {run.info.run_id for regime, run in latest_parents(experiment).items()
+               if regimes is None or regime in regimes}
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
                               filter_string="tags.fold != ''")
     rows = [
         {"regime": r.data.tags["regime"], "fold": int(r.data.tags["fold"]),
          **{m: r.data.metrics[m] for m in METRICS}}
-        for r in runs if all(m in r.data.metrics for m in METRICS)
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") in parents and all(m in r.data.metrics for m in METRICS)
     ]
-    return sorted(rows, key=lambda r: (r["regime"], r["fold"]))
+    order = {r: i for i, r in enumerate(ALL_REGIMES)}  # DESIGN.md's order, then any other name
+    return sorted(rows, key=lambda r: (order.get(r["regime"], len(order)), r["regime"], r["fold"]))
 
 
 def paper_protocol(tracking_uri: str, experiment: str) -> bool:
     """True when the study ran the paper's protocol: real IEMOCAP, paper preset, all utterances."""
     mlflow.set_tracking_uri(tracking_uri)
-    parents = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                                 filter_string="tags.kind = 'regime'")
+    parents = list(latest_parents(experiment).values())
     return bool(parents) and all(
         p.data.params.get("preset") == "paper" and p.data.params.get("data.root") not in (None, "None")
         and p.data.params.get("data.subset") == "all" and p.data.params.get("data.corpus") == "iemocap"

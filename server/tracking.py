@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
 from common.config import StudyConfig
+from common.features import random_patch
+from common.metrics import mean_std
+from common.pipeline import save_checkpoint
+from common.regimes import FoldOutcome
+from common.views import LabeledSet
+from server.plots import confusion_png, spectrogram_grid_png
 
 
 def quiet_mlflow() -> None:
@@ -68,6 +76,56 @@ class Tracker:
     def tag(key: str, value: Any) -> None:
         """Set one tag on the active run."""
         mlflow.set_tag(key, str(value))
+
+
+SCORES = ("f1_macro", "ua", "wa")
+
+
+def log_fold(tracker: Tracker, classes: Sequence[str], outcome: FoldOutcome) -> None:
+    """A fold run's metrics, its confusion-matrix plot, and for GAN regimes a spectrogram grid
+    (real patches beside generated ones where the server has real data) and the generator."""
+    tracker.metrics({**{k: outcome.metrics[k] for k in SCORES}, **confusion_metrics(outcome.metrics["confusion"]),
+                     "seconds": outcome.seconds})
+    if outcome.validation_f1 is not None:
+        tracker.metrics({"val_f1_macro": outcome.validation_f1})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        tracker.artifact(confusion_png(outcome.metrics["confusion"], classes, folder / "confusion.png",
+                                       f"{outcome.regime}, fold {outcome.fold}"), "plots")
+        log_generators(tracker, classes, outcome.generators, outcome.train, folder, seed=outcome.fold)
+
+
+def log_generators(tracker: Tracker, classes: Sequence[str], generators: Mapping[Any, Any] | Sequence[Any],
+                   train: LabeledSet | None, folder: Path, seed: int = 0) -> None:
+    """Spectrogram grids and checkpoints of ``generators`` (a list, or a mapping name -> generator)."""
+    named = generators if isinstance(generators, Mapping) else dict(enumerate(generators))
+    for name, gen in named.items():
+        real, labels = [], []
+        if train is not None:
+            rng = np.random.default_rng(seed)
+            real = [random_patch(f, gen.spec.patch, rng, pad_value=-1.0) for f in train.feats]
+            labels = list(train.labels)
+        tracker.artifact(spectrogram_grid_png(real, labels, gen, classes, folder / f"spectrograms_{name}.png"),
+                         "plots")
+        tracker.artifact(save_checkpoint(folder / f"generator_{name}.pt", kind="generator",
+                                         spec=gen.spec.to_dict(), generator=gen.state_dict()), "checkpoints")
+
+
+def log_summary(tracker: Tracker, outcomes: Sequence[FoldOutcome]) -> None:
+    """Mean and std over the folds of each score, on the regime's parent run."""
+    summary: dict[str, float] = {}
+    for key in SCORES:
+        mean, std = mean_std([o.metrics[key] for o in outcomes])
+        summary |= {f"{key}_mean": mean, f"{key}_std": std}
+    if outcomes:
+        tracker.metrics(summary)
+
+
+def log_failures(tracker: Tracker, failures: Mapping[Any, str]) -> None:
+    """Nodes that failed or timed out: a ``failure.SessionN`` tag each and a ``failed_nodes`` count."""
+    for session, reason in failures.items():
+        tracker.tag(f"failure.Session{session}", reason[:4000])
+    tracker.metrics({"failed_nodes": len(failures)})
 
 
 def confusion_metrics(confusion: list[list[int]]) -> dict[str, float]:

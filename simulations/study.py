@@ -1,22 +1,28 @@
-"""The study runner: every configured regime x every fold, logged to MLflow, summarized as a table."""
+"""The study runner: every configured regime x every fold, logged to MLflow, summarized as a table.
+
+Centralized regimes run here, their folds in parallel worker processes (``workers``); federated
+regimes run through ``flwr run`` on a simulation SuperLink the study starts and stops
+(simulations/flower.py), and their ServerApp logs to the same MLflow experiment.
+"""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-import numpy as np
-
-from common.config import StudyConfig
-from common.features import MinMax, random_patch
+from common.config import CENTRAL_REGIMES, StudyConfig
+from common.features import MinMax
 from common.metrics import mean_std
-from common.pipeline import Corpus, load_checkpoint, load_corpus, save_checkpoint
+from common.pipeline import Corpus, load_checkpoint, load_corpus
 from common.regimes import FoldOutcome, run_central_fold
-from common.splits import leave_one_session_out
-from server.plots import confusion_png, spectrogram_grid_png
-from server.tracking import Tracker, confusion_metrics
+from common.splits import Fold, leave_one_session_out
+from server.report import fold_rows
+from server.tracking import SCORES, Tracker, log_fold, log_summary
+from simulations.flower import LocalSuperLink
 
 Row = dict[str, Any]
 
@@ -29,61 +35,85 @@ def scaling_stats(cfg: StudyConfig, corpus: Corpus) -> MinMax:
     return MinMax.combine(*corpus.session_stats().values())
 
 
+def workers(cfg: StudyConfig) -> int:
+    """Processes for centralized folds: ``cfg.workers``, 0 = one per CPU core."""
+    return cfg.workers or os.cpu_count() or 1
+
+
 def run_study(cfg: StudyConfig, progress: bool = True, say: Callable[[str], None] = print) -> list[Row]:
     """Run ``cfg.regimes`` over the leave-one-session-out folds; returns one row per regime x fold."""
-    if any(r != "real-central" for r in cfg.regimes) and not cfg.pretrained_path.is_file():
+    if any(r not in ("real-central", "fedavg") for r in cfg.regimes) and not cfg.pretrained_path.is_file():
         raise FileNotFoundError(f"{cfg.pretrained_path}: no pre-trained GAN; run `fedser pretrain` with this "
                                 "config first (or set model.pretrained)")
     corpus = load_corpus(cfg)
     folds = leave_one_session_out(corpus.utterances, cfg.folds)
-    stats = scaling_stats(cfg, corpus)
     tracker = Tracker(cfg)
     rows: list[Row] = []
-    for regime in cfg.regimes:
-        with tracker.run(regime, {"kind": "regime", "regime": regime, "study": cfg.name, "preset": cfg.preset}):
-            tracker.params(cfg.flat())
-            outcomes = []
-            for fold in folds:
-                say(f"{regime}: fold {fold.index} (test Session{fold.test_session})")
-                tags = {"regime": regime, "fold": fold.index, "session": fold.test_session, "study": cfg.name}
-                with tracker.run(f"{regime}/fold{fold.index}", tags, nested=True):
-                    outcome = run_central_fold(regime, cfg, corpus, stats, fold, progress)
-                    _log_fold(tracker, cfg, corpus, outcome)
-                outcomes.append(outcome)
-                rows.append({"regime": regime, "fold": fold.index, **_scores(outcome)})
-                say(f"  macro-F1 {outcome.metrics['f1_macro']:.3f}  UA {outcome.metrics['ua']:.3f}  "
-                    f"WA {outcome.metrics['wa']:.3f}  ({outcome.seconds:.0f} s)")
-            summary = {}
-            for key in ("f1_macro", "ua", "wa"):
-                mean, std = mean_std([o.metrics[key] for o in outcomes])
-                summary |= {f"{key}_mean": mean, f"{key}_std": std}
-            tracker.metrics(summary)
+    with contextlib.ExitStack() as stack:
+        link: LocalSuperLink | None = None
+        for regime in cfg.regimes:
+            if regime in CENTRAL_REGIMES:
+                rows += _central(regime, cfg, corpus, folds, tracker, progress, say)
+                continue
+            if link is None:  # one SuperLink for all federated regimes of the study
+                link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
+            say(f"{regime}: flwr run on a local simulation ({len(cfg.folds.sessions)} nodes)")
+            link.run(cfg, regime, say)
+            rows += fold_rows(cfg.tracking_uri, cfg.tracking.experiment, [regime])
     return rows
 
 
-def _scores(outcome: FoldOutcome) -> dict[str, float]:
-    return {k: outcome.metrics[k] for k in ("f1_macro", "ua", "wa")}
+def _central(regime: str, cfg: StudyConfig, corpus: Corpus, folds: list[Fold], tracker: Tracker,
+             progress: bool, say: Callable[[str], None]) -> list[Row]:
+    rows, outcomes = [], []
+    with tracker.run(regime, {"kind": "regime", "regime": regime, "study": cfg.name, "preset": cfg.preset}):
+        tracker.params(cfg.flat())
+        for outcome in _fold_outcomes(regime, cfg, corpus, folds, progress, say):
+            tags = {"regime": regime, "fold": outcome.fold, "session": outcome.test_session, "study": cfg.name}
+            with tracker.run(f"{regime}/fold{outcome.fold}", tags, nested=True):
+                log_fold(tracker, cfg.data.classes, outcome)
+            outcomes.append(outcome)
+            rows.append({"regime": regime, "fold": outcome.fold, **{k: outcome.metrics[k] for k in SCORES}})
+            say(f"{regime}: fold {outcome.fold} (test Session{outcome.test_session}): macro-F1 "
+                f"{outcome.metrics['f1_macro']:.3f}  UA {outcome.metrics['ua']:.3f}  "
+                f"WA {outcome.metrics['wa']:.3f}  ({outcome.seconds:.0f} s)")
+        log_summary(tracker, outcomes)
+    return sorted(rows, key=lambda r: r["fold"])
 
 
-def _log_fold(tracker: Tracker, cfg: StudyConfig, corpus: Corpus, outcome: FoldOutcome) -> None:
-    """Metrics, the confusion-matrix plot, and for GAN regimes a spectrogram grid and the generator."""
-    tracker.metrics({**_scores(outcome), **confusion_metrics(outcome.metrics["confusion"]),
-                     "seconds": outcome.seconds})
-    if outcome.validation_f1 is not None:
-        tracker.metrics({"val_f1_macro": outcome.validation_f1})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        title = f"{outcome.regime}, fold {outcome.fold}"
-        tracker.artifact(confusion_png(outcome.metrics["confusion"], cfg.data.classes,
-                                       folder / "confusion.png", title), "plots")
-        for n, gen in enumerate(outcome.generators):
-            if outcome.train is not None:
-                rng = np.random.default_rng(outcome.fold)
-                real = [random_patch(f, gen.spec.patch, rng, pad_value=-1.0) for f in outcome.train.feats]
-                tracker.artifact(spectrogram_grid_png(real, outcome.train.labels, gen, cfg.data.classes,
-                                                      folder / f"spectrograms_{n}.png"), "plots")
-            tracker.artifact(save_checkpoint(folder / f"generator_{n}.pt", kind=f"{outcome.regime}-generator",
-                                             spec=gen.spec.to_dict(), generator=gen.state_dict()), "checkpoints")
+def _fold_outcomes(regime: str, cfg: StudyConfig, corpus: Corpus, folds: list[Fold], progress: bool,
+                   say: Callable[[str], None]) -> Iterator[FoldOutcome]:
+    """Each fold's outcome as it finishes: in-process with one worker, else in a process pool."""
+    stats = scaling_stats(cfg, corpus)
+    n = min(workers(cfg), len(folds))
+    if n <= 1:
+        for fold in folds:
+            say(f"{regime}: fold {fold.index} (test Session{fold.test_session})")
+            yield run_central_fold(regime, cfg, corpus, stats, fold, progress)
+        return
+    say(f"{regime}: {len(folds)} folds in {n} processes")
+    # spawn: a clean interpreter per worker (torch and forked threads do not mix).
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(cfg, corpus, stats)) as pool:
+        futures = [pool.submit(_worker_fold, regime, i) for i in range(len(folds))]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(cfg: StudyConfig, corpus: Corpus, stats: MinMax) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+    _WORKER.update(cfg=cfg, corpus=corpus, stats=stats,
+                   folds=leave_one_session_out(corpus.utterances, cfg.folds))
+
+
+def _worker_fold(regime: str, index: int) -> FoldOutcome:
+    w = _WORKER
+    return run_central_fold(regime, w["cfg"], w["corpus"], w["stats"], w["folds"][index])
 
 
 def summary_table(rows: list[Row]) -> list[tuple[str, float, float, int]]:

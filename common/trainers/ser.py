@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,29 @@ from common.models.sngan import GanSpec, ser_network
 from common.trainers.base import KeepBest, LoopResult, run
 from common.trainers.gan import Sampler
 from common.views import LabeledSet
+
+# Model selection: a held-out set, or a function scoring the current weights (in the federated
+# regimes the held-out session's node scores them, so its data never leaves it).
+Validation = LabeledSet | Callable[[], float] | None
+
+
+def scorer(trainer: SerCnnTrainer, validation: Validation) -> Callable[[], float] | None:
+    """Macro-F1 on ``validation`` as the loop's evaluation (None when there is nothing to select on)."""
+    if validation is None or trainer.cfg.eval_every <= 0:
+        return None
+    if callable(validation):
+        return validation
+    if not len(validation):
+        return None
+    return lambda: trainer.evaluate(validation)["f1_macro"]
+
+
+def proximal_term(net: torch.nn.Module, mu: float) -> Callable[[], torch.Tensor | float]:
+    """FedProx's mu/2 ||w - w_0||^2 with w_0 the weights now (the global model of the round)."""
+    if mu <= 0:
+        return lambda: 0.0
+    start = [p.detach().clone() for p in net.parameters()]
+    return lambda: mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(net.parameters(), start, strict=True))
 
 
 class SerCnnTrainer:
@@ -34,28 +57,33 @@ class SerCnnTrainer:
             torch.manual_seed(cfg.seed)
             self.net = ser_network(spec).to(self.device)
 
-    def fit(self, sample: Sampler, validation: LabeledSet | None = None, iterations: int | None = None,
-            progress: bool = False) -> LoopResult:
-        """Train for ``iterations`` (default ``cfg.ser_iterations``) batches from ``sample``."""
+    def fit(self, sample: Sampler, validation: Validation = None, iterations: int | None = None,
+            progress: bool = False, *, lr: float | None = None, proximal_mu: float = 0.0) -> LoopResult:
+        """Train for ``iterations`` (default ``cfg.ser_iterations``) batches from ``sample``.
+
+        ``lr`` overrides the starting rate (FedAvg rounds continue the decay schedule);
+        ``proximal_mu`` > 0 adds FedProx's mu/2 ||w - w_start||^2 (Li et al. 2020, eq. 2).
+        """
         cfg = self.cfg
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.ser_lr, betas=cfg.betas)
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.ser_lr if lr is None else lr, betas=cfg.betas)
         decay = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.ser_lr_decay_every, gamma=cfg.ser_lr_decay)
+        prox = proximal_term(self.net, proximal_mu)
 
         def step(_: int) -> dict[str, float]:
             self.net.train()
             x, y = sample(cfg.batch_size)
             loss = F.cross_entropy(self.net(x.to(self.device)), y.to(self.device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + prox()).backward()
             opt.step()
             decay.step()
             return {"loss": loss.item()}
 
-        select = validation is not None and len(validation) > 0 and cfg.eval_every > 0
+        score = scorer(self, validation)
         return run(
             step, cfg.ser_iterations if iterations is None else iterations, desc="ser",
-            evaluate=(lambda: self.evaluate(validation)["f1_macro"]) if select else None,  # type: ignore[arg-type]
-            eval_every=cfg.eval_every, hooks=[KeepBest(self.net)] if select else [], progress=progress,
+            evaluate=score, eval_every=cfg.eval_every if score else 0,
+            hooks=[KeepBest(self.net)] if score else [], progress=progress,
         )
 
     @torch.no_grad()

@@ -1,0 +1,176 @@
+"""The ClientApp: one node holds one IEMOCAP session, and its audio never leaves it.
+
+Handlers (message types, notes/flower-1.41.md §1.1):
+
+- ``query``: the node's session, utterance counts per class and feature min/max (scalars);
+- ``train.gan``: fine-tune the received pre-trained GAN on this session (stage 3, seed 002 §3.2),
+  reply with the generator only;
+- ``train``: one FedAvg round of the configured SER trainer on this session;
+- ``evaluate``: score received SER weights on this session's validation or test speaker(s).
+
+Replies carry weights (``ArrayRecord``) and scalars (``MetricRecord``/``ConfigRecord``) only; the
+server's wire audit (server/federation.py) records what every reply held.
+
+Which session a node holds: deployment nodes say so in their node config (``session``, and
+``data-root`` for where their copy of the corpus is); simulated node ``partition-id`` i holds the
+i-th of ``folds.sessions``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.config import StudyConfig, config_from_run
+from common.features import MinMax, resolve_device
+from common.models.sngan import Discriminator, Generator
+from common.pipeline import Corpus, finetune, gan_spec, load_corpus
+from common.splits import holdout_split
+from common.trainers.registry import build_trainer
+from common.views import PatchSampler
+
+app = ClientApp()
+
+
+@dataclass
+class Node:
+    """What this node holds: the study config, its session and that session's features."""
+
+    cfg: StudyConfig
+    session: int
+    corpus: Corpus
+
+    def split(self, name: str, stats: MinMax):  # noqa: ANN201 - a LabeledSet
+        """The scaled ``train`` (the whole session), ``validation`` or ``test`` set."""
+        utts = self.corpus.utterances
+        if name != "train":
+            validation, test, _ = holdout_split(utts, self.session, self.cfg.folds)
+            utts = {"validation": validation, "test": test}[name]
+        return self.corpus.labeled_set(list(utts), stats)
+
+
+# Ray actors serve many messages: keep each node's features once per process.
+_NODES: dict[tuple[str, int], Node] = {}
+
+
+def session_of(node_config: Mapping[str, Any], cfg: StudyConfig) -> int:
+    """The session a node holds: node config ``session``, else the ``partition-id``-th of folds.sessions."""
+    if "session" in node_config:
+        return int(node_config["session"])
+    if "partition-id" not in node_config:
+        raise ValueError("node config has neither `session` nor `partition-id`; start the SuperNode with "
+                         "--node-config \"session=N data-root='/path/IEMOCAP_full_release'\"")
+    pid, sessions = int(node_config["partition-id"]), cfg.folds.sessions
+    if pid >= len(sessions):
+        raise ValueError(f"partition-id {pid}: the simulation has more nodes than folds.sessions {list(sessions)}; "
+                         f"run it with num-supernodes={len(sessions)}")
+    return sessions[pid]
+
+
+def node_of(context: Context) -> Node:
+    """This node's session and data (read and featurized once per process)."""
+    cfg = config_from_run(context.run_config)
+    if "data-root" in context.node_config:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": context.node_config["data-root"]})})
+    session = session_of(context.node_config, cfg)
+    key = (cfg.model_dump_json(), session)
+    if key not in _NODES:
+        corpus = load_corpus(cfg, sessions={session})
+        if not corpus.utterances:
+            raise ValueError(f"node for Session{session}: no usable utterances under "
+                             f"{cfg.data.root or cfg.corpus_dir}; check the node's data-root")
+        _NODES[key] = Node(cfg, session, corpus)
+    torch.set_num_threads(cfg.federation.client_cpus)
+    return _NODES[key]
+
+
+def _check_failure(node: Node, handler: str) -> None:
+    """Failure drills: ``federation.failures`` names handlers that raise on given sessions."""
+    if f"{handler}:{node.session}" in node.cfg.federation.failures:
+        raise RuntimeError(f"injected failure: {handler} on Session{node.session} (federation.failures)")
+
+
+def _stats(config: ConfigRecord) -> MinMax:
+    """The server's combined scaling statistics (seed 002 §4.2)."""
+    return MinMax(float(config["lo"]), float(config["hi"]))
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Session id, utterance counts per class, feature min/max: scalars only."""
+    node = node_of(context)
+    _check_failure(node, "query")
+    stats = node.corpus.session_stats()[node.session]
+    counts = {f"count-{c}": sum(u.label == c for u in node.corpus.utterances) for c in node.cfg.data.classes}
+    return Message(RecordDict({
+        "node": ConfigRecord({"session": node.session}),
+        "metrics": MetricRecord({"utterances": len(node.corpus.utterances), **counts,
+                                 "feat-min": stats.lo, "feat-max": stats.hi}),
+    }), reply_to=msg)
+
+
+@app.train("gan")
+def train_gan(msg: Message, context: Context) -> Message:
+    """Fine-tune the received pre-trained GAN on this session; reply with the generator only."""
+    node = node_of(context)
+    _check_failure(node, "train.gan")
+    cfg, start = node.cfg, time.perf_counter()
+    spec = gan_spec(cfg)
+    gen, disc = Generator(spec), Discriminator(spec, head=1)
+    gen.load_state_dict(msg.content["generator"].to_torch_state_dict())
+    disc.load_state_dict(msg.content["discriminator"].to_torch_state_dict())
+    train = node.split("train", _stats(msg.content["config"]))
+    torch.manual_seed(cfg.training.seed + node.session)
+    gen = finetune(cfg, gen, disc, train)
+    state = gen.state_dict()
+    if cfg.federation.generator_fp16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return Message(RecordDict({
+        "generator": ArrayRecord(state),
+        "metrics": MetricRecord({"num-examples": len(train), "seconds": time.perf_counter() - start}),
+    }), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One FedAvg round: start from the received weights, ``local_iterations`` steps on this session."""
+    node = node_of(context)
+    _check_failure(node, "train")
+    cfg, config = node.cfg, msg.content["config"]
+    trainer = build_trainer(cfg, resolve_device(cfg.training.device))
+    trainer.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    data = node.split("train", _stats(config))
+    rnd, local = int(config["server-round"]), cfg.federation.local_iterations
+    # The centralized decay schedule, counted in local steps done so far (seed 002 §4.4).
+    lr = cfg.training.ser_lr * cfg.training.ser_lr_decay ** (((rnd - 1) * local) // cfg.training.ser_lr_decay_every)
+    torch.manual_seed(cfg.training.seed + 1000 * rnd + node.session)
+    sample = PatchSampler(data, gan_spec(cfg).patch, seed=cfg.training.seed + 1000 * rnd + node.session)
+    result = trainer.fit(sample, None, iterations=local, lr=lr,
+                         proximal_mu=float(config.get("proximal-mu", 0.0)))
+    return Message(RecordDict({
+        "arrays": ArrayRecord(trainer.state_dict()),
+        "metrics": MetricRecord({"num-examples": len(data), "loss": result.last.get("loss", 0.0)}),
+    }), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Macro-F1 / UA / WA and the confusion matrix (as ``cm-i-j`` scalars) of the received weights."""
+    node = node_of(context)
+    _check_failure(node, "evaluate")
+    config = msg.content["config"]
+    trainer = build_trainer(node.cfg, resolve_device(node.cfg.training.device))
+    trainer.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    data = node.split(str(config["split"]), _stats(config))
+    metrics = trainer.evaluate(data)
+    cells = {f"cm-{i}-{j}": n for i, row in enumerate(metrics["confusion"]) for j, n in enumerate(row)}
+    return Message(RecordDict({"metrics": MetricRecord({
+        "num-examples": len(data), "f1_macro": metrics["f1_macro"], "ua": metrics["ua"], "wa": metrics["wa"],
+        **cells,
+    })}), reply_to=msg)
