@@ -13,7 +13,7 @@ server's wire audit (server/federation.py) records what every reply held.
 
 Which session a node holds: deployment nodes say so in their node config (``session``, and
 ``data-root`` for where their copy of the corpus is); simulated node ``partition-id`` i holds the
-i-th of ``folds.sessions``.
+i-th of IEMOCAP's five sessions.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common.config import StudyConfig, config_from_run
+from common.config import SESSIONS, StudyConfig, config_from_run
 from common.features import MinMax, resolve_device
 from common.models.sngan import Discriminator, Generator
 from common.pipeline import Corpus, finetune, gan_spec, load_corpus
@@ -60,17 +60,17 @@ _NODES: dict[tuple[str, int], Node] = {}
 
 
 def session_of(node_config: Mapping[str, Any], cfg: StudyConfig) -> int:
-    """The session a node holds: node config ``session``, else the ``partition-id``-th of folds.sessions."""
+    """The session a node holds: node config ``session``, else the ``partition-id``-th of SESSIONS."""
     if "session" in node_config:
         return int(node_config["session"])
     if "partition-id" not in node_config:
         raise ValueError("node config has neither `session` nor `partition-id`; start the SuperNode with "
                          "--node-config \"session=N data-root='/path/IEMOCAP_full_release'\"")
-    pid, sessions = int(node_config["partition-id"]), cfg.folds.sessions
-    if pid >= len(sessions):
-        raise ValueError(f"partition-id {pid}: the simulation has more nodes than folds.sessions {list(sessions)}; "
-                         f"run it with num-supernodes={len(sessions)}")
-    return sessions[pid]
+    pid = int(node_config["partition-id"])
+    if pid >= len(SESSIONS):
+        raise ValueError(f"partition-id {pid}: the simulation has more nodes than IEMOCAP's {len(SESSIONS)} "
+                         f"sessions; run it with num-supernodes={len(SESSIONS)}")
+    return SESSIONS[pid]
 
 
 def node_of(context: Context) -> Node:

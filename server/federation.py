@@ -1,7 +1,7 @@
 """The server's view of the federation: nodes by session, bounded message rounds, the wire audit.
 
 Nothing here waits forever (notes/flower-1.41.md §6): discovery waits ``federation.node_wait``
-seconds for the configured sessions, every round ``federation.timeout`` seconds for replies; a
+seconds for IEMOCAP's five session nodes, every round ``federation.timeout`` seconds for replies; a
 node that fails or stays silent is reported by session and the regime goes on without it.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from common.config import StudyConfig
+from common.config import SESSIONS, StudyConfig
 from common.features import MinMax
 
 log = logging.getLogger("fedser.server")
@@ -149,8 +149,8 @@ class Federation:
         return self.grid.failures
 
     def discover(self) -> dict[int, NodeInfo]:
-        """Query every node until the configured sessions answered or ``node_wait`` passed."""
-        want, deadline = set(self.cfg.folds.sessions), time.monotonic() + self.cfg.federation.node_wait
+        """Query every node until all five sessions answered or ``node_wait`` passed."""
+        want, deadline = set(SESSIONS), time.monotonic() + self.cfg.federation.node_wait
         asked: set[int] = set()
         while True:
             fresh = [n for n in self.grid.get_node_ids() if n not in asked]
@@ -173,9 +173,9 @@ class Federation:
             log.warning("query to node %s failed: %s", request.metadata.dst_node_id, reply.error.reason)
             return
         session = int(reply.content["node"]["session"])
-        if session not in self.cfg.folds.sessions:
-            log.warning("node %s holds Session%s, not in folds.sessions; ignored", request.metadata.dst_node_id,
-                        session)
+        if session not in SESSIONS:
+            log.warning("node %s holds Session%s, not one of %s; ignored", request.metadata.dst_node_id,
+                        session, SESSIONS)
             return
         if session in self.nodes:
             raise ValueError(f"two nodes hold Session{session} ({self.nodes[session].node_id} and "

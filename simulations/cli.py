@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from common.config import ConfigError, StudyConfig, load_config
 from common.corpora import read_corpus
+from simulations.flower import FlowerRunError
 
 app = typer.Typer(
     help="fedser: federated GAN-based speech emotion recognition studies.", no_args_is_help=True, add_completion=False
@@ -40,7 +42,7 @@ def friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError, FlowerRunError) as exc:
             if os.environ.get("FEDSER_DEBUG"):
                 raise
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -252,9 +254,12 @@ def pretrain(config: ConfigArg = None) -> None:
 @friendly
 def study(config: ConfigArg = None) -> None:
     """Run every configured regime over the leave-one-session-out folds, logged to MLflow."""
+    _study(load_config(config))
+
+
+def _study(cfg: StudyConfig) -> None:
     from simulations.study import run_study, summary_table
 
-    cfg = load_config(config)
     start = time.perf_counter()
     rows = run_study(cfg, progress=console.is_terminal, say=lambda line: console.print(line, highlight=False))
     table = Table("regime", "macro-F1 mean ± std", "folds",
@@ -273,10 +278,13 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print rows (regime, fold, f1_macro, ua, wa) as JSON.")] = False,
 ) -> None:
     """Regime x fold macro-F1 / UA / WA from MLflow with mean ± std, beside seed 002 Table 2."""
+    cfg = load_config(config)
+    _report(tracking_uri or cfg.tracking_uri, experiment or cfg.tracking.experiment, as_json)
+
+
+def _report(uri: str, name: str, as_json: bool = False) -> None:
     from server.report import fold_rows, log_report, markdown, paper_protocol
 
-    cfg = load_config(config)
-    uri, name = tracking_uri or cfg.tracking_uri, experiment or cfg.tracking.experiment
     rows = fold_rows(uri, name)
     if not rows:
         raise ValueError(f"experiment {name!r} has no finished fold runs yet")
@@ -295,9 +303,11 @@ def report(
 @app.command("demo")
 @friendly
 def demo(config: ConfigArg = None) -> None:
-    """The embedded default end to end: synthetic corpus -> corpus check -> features -> folds."""
+    """The embedded default end to end: synthetic corpus -> check -> pretrain -> study (every regime,
+    every fold) -> report, then where the MLflow store is and how to open it."""
     from common.corpora.check import summarize
     from common.data import labeled_scan, synthetic_iemocap_root
+    from common.pipeline import pretrain as run_pretrain
 
     cfg = load_config(config)
     start = time.perf_counter()
@@ -305,20 +315,26 @@ def demo(config: ConfigArg = None) -> None:
     root = cfg.data.root or synthetic_iemocap_root(cfg)
     console.print(f"corpus at {root}", highlight=False)
     console.rule("2. corpus check")
-    report = summarize(labeled_scan(cfg), classes=cfg.data.classes, label_map=cfg.data.label_map,
-                       subset=cfg.data.subset)
-    _print_check(report)
-    console.rule(f"3. features ({cfg.features.kind}, {cfg.features.backend})")
-    feats = _features(cfg)
-    console.rule("4. folds")
-    fold_rows = _folds(cfg)
+    _print_check(summarize(labeled_scan(cfg), classes=cfg.data.classes, label_map=cfg.data.label_map,
+                           subset=cfg.data.subset))
+    console.rule("3. folds")
+    _folds(cfg)
+    console.rule(f"4. pre-training the GAN ({cfg.preset} preset)")
+    lap = time.perf_counter()
+    console.print(f"wrote {run_pretrain(cfg, progress=console.is_terminal)} in {time.perf_counter() - lap:.0f} s",
+                  highlight=False)
+    console.rule(f"5. study: {', '.join(cfg.regimes)} x {len(cfg.folds.sessions)} folds")
+    _study(cfg)
+    console.rule("6. report")
+    _report(cfg.tracking_uri, cfg.tracking.experiment)
     console.rule("done")
-    console.print(
-        f"demo finished in {time.perf_counter() - start:.1f} s: wrote/read {report['utterances']} labeled "
-        f"utterances, {len(report['deviations'])} deviations, features for {feats['utterances']} "
-        f"({feats['hits']} cached), {len(fold_rows)} folds. Outputs under {cfg.work_dir}",
-        highlight=False,
-    )
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s. MLflow store: {cfg.tracking_uri} "
+                  f"(experiment {cfg.tracking.experiment!r}, artifacts under {cfg.work_dir / 'mlartifacts'}).\n"
+                  f"Open it with: {_ui_command(cfg)}", highlight=False, soft_wrap=True)
+
+
+def _ui_command(cfg: StudyConfig) -> str:
+    return f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {cfg.tracking_uri} --port 5000"
 
 
 def main() -> None:

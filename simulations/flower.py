@@ -25,10 +25,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from common.config import StudyConfig
+from common.config import SESSIONS, StudyConfig
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the repo root: pyproject.toml with [tool.flwr.app]
 CONNECTION = "fedser"
+
+
+class FlowerRunError(RuntimeError):
+    """The SuperLink did not start or a ``flwr run`` failed (the message names the log files)."""
 
 
 def _bin(name: str) -> str:
@@ -119,7 +123,7 @@ class LocalSuperLink:
         while not self._healthy():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
-                raise RuntimeError(f"flower-superlink did not start; see {self.home / 'superlink.log'}")
+                raise FlowerRunError(f"flower-superlink did not start; see {self.home / 'superlink.log'}")
             time.sleep(0.3)
         return self
 
@@ -142,7 +146,7 @@ class LocalSuperLink:
         run_config.write_text(f"regime = {json.dumps(regime)}\nstudy-config = {json.dumps(cfg.model_dump_json())}\n"
                               f"work-dir = {json.dumps(str(cfg.work_dir))}\n", encoding="utf-8")
         fed = cfg.federation
-        federation = (f"num-supernodes={len(cfg.folds.sessions)} client-resources-num-cpus={fed.client_cpus} "
+        federation = (f"num-supernodes={len(SESSIONS)} client-resources-num-cpus={fed.client_cpus} "
                       f"client-resources-num-gpus={fed.client_gpus}")
         if not os.environ.get("RAY_ADDRESS"):  # an existing cluster refuses num-cpus (notes §3.4)
             federation += f" init-args-num-cpus={os.cpu_count() or 1}"
@@ -161,7 +165,7 @@ class LocalSuperLink:
             code = proc.wait()
         status = self.status()
         if code != 0 or status not in ("finished:completed", None):
-            raise RuntimeError(f"flwr run of {regime} ended with exit code {code}, status {status}; "
+            raise FlowerRunError(f"flwr run of {regime} ended with exit code {code}, status {status}; "
                                f"see {log_path} and {self.home / 'superlink.log'}")
 
     def status(self) -> str | None:

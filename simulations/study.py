@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from common.config import CENTRAL_REGIMES, StudyConfig
+from common.config import CENTRAL_REGIMES, SESSIONS, StudyConfig
 from common.features import MinMax
 from common.metrics import mean_std
 from common.pipeline import Corpus, load_checkpoint, load_corpus
@@ -57,7 +57,7 @@ def run_study(cfg: StudyConfig, progress: bool = True, say: Callable[[str], None
                 continue
             if link is None:  # one SuperLink for all federated regimes of the study
                 link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
-            say(f"{regime}: flwr run on a local simulation ({len(cfg.folds.sessions)} nodes)")
+            say(f"{regime}: flwr run on a local simulation ({len(SESSIONS)} session nodes)")
             link.run(cfg, regime, say)
             rows += fold_rows(cfg.tracking_uri, cfg.tracking.experiment, [regime])
     return rows

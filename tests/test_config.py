@@ -89,3 +89,29 @@ def test_config_is_frozen_and_flattens() -> None:
     flat = cfg.flat()
     assert flat["model.width"] == str(cfg.model.width)
     assert flat["folds.holdout"] == "speaker"
+
+
+def test_federation_settings_are_validated() -> None:
+    cfg = load_config(overrides={"federation": {"failures": ["train.gan:3", "evaluate:1"], "strategy": "fedprox"}})
+    assert cfg.federation.failures == ("train.gan:3", "evaluate:1")
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={"federation": {"failures": ["train.gan:7"], "strategy": "fedsgd"}})
+    assert "federation.failures.0" in str(err.value) and "federation.strategy" in str(err.value)
+    # One node per session: the federated regimes refuse other partitions, naming the fix.
+    with pytest.raises(ConfigError, match='federation.partition = "session"'):
+        load_config(overrides={"federation": {"partition": "speaker"}})
+    assert load_config(overrides={"regimes": ["real-central"], "federation": {"partition": "speaker"}})
+
+
+def test_config_from_run_reads_json_paths_and_the_default(tmp_path: Path) -> None:
+    from common.config import config_from_run
+
+    cfg = load_config(overrides={"name": "sent", "work_dir": str(tmp_path / "a"), "training": {"seed": 5}})
+    assert config_from_run({"study-config": cfg.model_dump_json()}) == cfg  # what fedser study sends
+    path = tmp_path / "study.toml"
+    path.write_text('name = "from-file"\n')
+    from_file = config_from_run({"study-config": str(path), "work-dir": str(tmp_path / "b")})
+    assert (from_file.name, from_file.work_dir) == ("from-file", tmp_path / "b")
+    assert config_from_run({"study-config": "", "work-dir": ""}) == load_config()
+    with pytest.raises(ConfigError, match="run config study-config"):
+        config_from_run({"study-config": '{"training": {"seed": "x"}}'})

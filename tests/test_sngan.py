@@ -231,7 +231,7 @@ def test_normalized_weights_have_unit_spectral_norm(which: str) -> None:
 
 def test_tiny_preset_keeps_table_1_structure(paper_nets) -> None:
     spec = gan_spec(load_config())
-    assert (spec.width, spec.patch, spec.n_z, spec.n_c) == (0.125, 64, 32, 4)
+    assert (spec.width, spec.patch, spec.n_z, spec.n_c) == (0.125, 32, 32, 4)
     gen, disc = Generator(spec), Discriminator(spec, head=spec.n_c + 1)
     paper_gen, paper_disc = paper_nets
     assert len(affine_layers(gen)) == len(affine_layers(paper_gen))
@@ -239,13 +239,13 @@ def test_tiny_preset_keeps_table_1_structure(paper_nets) -> None:
     # Every channel / hidden size is the paper's x 1/8; inputs and outputs keep their sizes.
     gen_rows = table_rows(layer_trace(gen, torch.zeros(1, 32), torch.zeros(1, 4)))
     assert [r[2] for r in gen_rows] == [
-        (512,), (64 * 4 * 4,), (64, 4, 4), (64, 8, 8), (32, 8, 8), (32, 16, 16), (16, 16, 16),
-        (16, 32, 32), (8, 32, 32), (8, 64, 64), (1, 64, 64)]
+        (512,), (64 * 2 * 2,), (64, 2, 2), (64, 4, 4), (32, 4, 4), (32, 8, 8), (16, 8, 8),
+        (16, 16, 16), (8, 16, 16), (8, 32, 32), (1, 32, 32)]
     assert [r[1] for r in gen_rows] == [r[1] for r in GEN_TABLE]
-    disc_rows = table_rows(layer_trace(disc, torch.zeros(1, 1, 64, 64)))
+    disc_rows = table_rows(layer_trace(disc, torch.zeros(1, 1, 32, 32)))
     assert [r[2] for r in disc_rows] == [
-        (8, 64, 64), (8, 32, 32), (16, 32, 32), (16, 16, 16), (32, 16, 16), (32, 8, 8), (64, 8, 8),
-        (64, 4, 4), (512,), (5,)]
+        (8, 32, 32), (8, 16, 16), (16, 16, 16), (16, 8, 8), (32, 8, 8), (32, 4, 4), (64, 4, 4),
+        (64, 2, 2), (512,), (5,)]
     assert [r[1] for r in disc_rows] == [r[1] for r in DISC_TABLE]
     assert all(parametrize.is_parametrized(m, "weight") for m in affine_layers(gen) + affine_layers(disc))
 

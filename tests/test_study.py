@@ -13,6 +13,8 @@ from simulations.cli import app
 
 FAST = """
 name = "e2e"
+regimes = ["real-central", "gan-central", "baseline-gan"]
+workers = 1
 [data.synthetic]
 utterances_per_dialog = 4
 [training]

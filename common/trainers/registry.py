@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from common.trainers.base import LoopResult
-from common.trainers.gan import Sampler
-from common.views import LabeledSet
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # type names only: common.config validates trainer names against this module
     from common.config import StudyConfig
+    from common.trainers.base import LoopResult
+    from common.trainers.gan import Sampler
+    from common.views import LabeledSet
 
 
 class SerTrainer(Protocol):
