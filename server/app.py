@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from flwr.app import Context
@@ -33,7 +34,18 @@ def main(grid: Grid, context: Context) -> None:
     run_regime(grid, cfg, regime, run_id=context.run_id)
 
 
-def audit_path(cfg: StudyConfig, regime: str, run_id: int) -> os.PathLike:
+def _log_to_stderr() -> None:
+    """Our INFO lines on stderr (what `flwr run --stream` shows), without touching Flower's loggers."""
+    mine = logging.getLogger("fedser")
+    if not mine.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s fedser: %(message)s"))
+        mine.addHandler(handler)
+        mine.setLevel(logging.INFO)
+        mine.propagate = False
+
+
+def audit_path(cfg: StudyConfig, regime: str, run_id: int) -> Path:
     """Where the wire audit of a run goes (one JSON line per reply that reached the server)."""
     return cfg.work_dir / "flower" / f"audit-{regime}-{run_id}.jsonl"
 
@@ -43,7 +55,7 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0) -> li
     if regime not in REGIMES:
         raise ValueError(f"run config regime: {regime!r} is not a federated regime; choose from "
                          f"{', '.join(FEDERATED_REGIMES)}")
-    logging.basicConfig(level=logging.INFO)
+    _log_to_stderr()
     torch.set_num_threads(os.cpu_count() or 1)  # the server trains while the nodes idle
     audit = audit_path(cfg, regime, run_id)
     fed = Federation(WireGrid(grid, audit), cfg)
@@ -76,6 +88,6 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0) -> li
         outcomes = REGIMES[regime](fed, cfg, tracker, per_fold)
         log_failures(tracker, fed.failures)
         log_summary(tracker, outcomes)
-        if os.path.exists(audit):
+        if audit.exists():
             tracker.artifact(audit, "flower")
     return outcomes

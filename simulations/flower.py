@@ -184,4 +184,4 @@ class LocalSuperLink:
 
 def _worth_showing(line: str) -> bool:
     """Our own log lines and problems; Flower's round-by-round chatter stays in the log file."""
-    return "fedser." in line or "ERROR" in line or "Traceback" in line or "Error:" in line
+    return "fedser:" in line or "ERROR" in line or "Traceback" in line or "Error:" in line
