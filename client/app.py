@@ -11,9 +11,9 @@ Handlers (message types, notes/flower-1.41.md §1.1):
 Replies carry weights (``ArrayRecord``) and scalars (``MetricRecord``/``ConfigRecord``) only; the
 server's wire audit (server/federation.py) records what every reply held.
 
-Which session a node holds: deployment nodes say so in their node config (``session``, and
-``data-root`` for where their copy of the corpus is); simulated node ``partition-id`` i holds the
-i-th of IEMOCAP's five sessions.
+Which session a node holds: deployment nodes say so in their node config (``session``,
+``data-root`` for where their copy of the corpus is, optionally ``work-dir`` for their feature
+cache); simulated node ``partition-id`` i holds the i-th of IEMOCAP's five sessions.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,8 +77,11 @@ def session_of(node_config: Mapping[str, Any], cfg: StudyConfig) -> int:
 def node_of(context: Context) -> Node:
     """This node's session and data (read and featurized once per process)."""
     cfg = config_from_run(context.run_config)
-    if "data-root" in context.node_config:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": context.node_config["data-root"]})})
+    node = context.node_config
+    if "data-root" in node:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(str(node["data-root"]))})})
+    if "work-dir" in node:  # the node's own outputs (feature cache): not the server's folder
+        cfg = cfg.model_copy(update={"work_dir": Path(str(node["work-dir"])).resolve()})
     session = session_of(context.node_config, cfg)
     key = (cfg.model_dump_json(), session)
     if key not in _NODES:

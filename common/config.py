@@ -313,8 +313,8 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         "features": {"params": {"n_mels": 32}, "patch_frames": 32, "window_hop": 16},
         "model": {"width": 0.125, "n_z": 32},
         "training": {
-            "batch_size": 32, "ae_lr": 1e-3, "ae_iterations": 800, "g_lr": 2e-4, "d_lr": 4e-4,
-            "gan_iterations": 400, "finetune_iterations": 600, "ser_lr": 1e-3, "ser_lr_decay_every": 400,
+            "batch_size": 32, "ae_lr": 1e-3, "ae_iterations": 1000, "g_lr": 2e-4, "d_lr": 4e-4,
+            "gan_iterations": 500, "finetune_iterations": 600, "ser_lr": 1e-3, "ser_lr_decay_every": 400,
             "ser_iterations": 600, "eval_every": 100, "bagan_lr": 2e-4, "bagan_ae_iterations": 250,
             "bagan_gan_iterations": 250,
         },

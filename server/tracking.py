@@ -41,7 +41,10 @@ class Tracker:
         quiet_mlflow()
         mlflow.set_tracking_uri(self.uri)
         found = mlflow.get_experiment_by_name(self.experiment)
-        if found is None:
+        if found is None and self.uri.startswith(("http://", "https://")):
+            # A tracking server stores artifacts itself (`mlflow server --serve-artifacts`).
+            self.experiment_id = mlflow.create_experiment(self.experiment)
+        elif found is None:
             artifacts = (cfg.work_dir / "mlartifacts").resolve()
             artifacts.mkdir(parents=True, exist_ok=True)
             self.experiment_id = mlflow.create_experiment(self.experiment, artifact_location=artifacts.as_uri())

@@ -141,45 +141,60 @@ class LocalSuperLink:
 
     def run(self, cfg: StudyConfig, regime: str, say: Callable[[str], None] = print) -> None:
         """``flwr run`` of ``regime`` with one virtual node per session; raises if the run fails."""
-        run_config = self.home / f"run-{regime}.toml"
-        # json.dumps of a str is a valid TOML basic string (same escapes).
-        run_config.write_text(f"regime = {json.dumps(regime)}\nstudy-config = {json.dumps(cfg.model_dump_json())}\n"
-                              f"work-dir = {json.dumps(str(cfg.work_dir))}\n", encoding="utf-8")
         fed = cfg.federation
         federation = (f"num-supernodes={len(SESSIONS)} client-resources-num-cpus={fed.client_cpus} "
                       f"client-resources-num-gpus={fed.client_gpus}")
         if not os.environ.get("RAY_ADDRESS"):  # an existing cluster refuses num-cpus (notes §3.4)
             federation += f" init-args-num-cpus={os.cpu_count() or 1}"
-        cmd = [_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config", str(run_config),
-               "--federation-config", federation, "--stream"]
-        log_path = self.home / f"flwr-run-{regime}.log"
-        with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
-            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, cwd=APP_DIR,
-        ) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if _worth_showing(line):
-                    say("  " + line.rstrip())
-            code = proc.wait()
-        status = self.status()
-        if code != 0 or status not in ("finished:completed", None):
-            raise FlowerRunError(f"flwr run of {regime} ended with exit code {code}, status {status}; "
-                               f"see {log_path} and {self.home / 'superlink.log'}")
+        run_config = write_run_config(self.home / f"run-{regime}.toml", cfg, regime)
+        flwr_run(self.env, CONNECTION, run_config, self.home / f"flwr-run-{regime}.log", federation, say)
 
-    def status(self) -> str | None:
-        """The last run's status as the SuperLink reports it (``flwr ls``), None if unknown."""
-        out = subprocess.run([_bin("flwr"), "ls", CONNECTION, "--format", "json"], env=self.env,
-                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        try:
-            runs = json.loads(out.stdout).get("runs", [])
-        except json.JSONDecodeError:
-            return None
-        if not runs:
-            return None
-        last = max(runs, key=lambda r: r.get("pending-at", "") or "")
-        return str(last.get("status"))
+
+def write_run_config(path: Path, cfg: StudyConfig, regime: str) -> Path:
+    """The run config of one regime: the resolved study config travels as JSON, so remote nodes
+    need no file (json.dumps of a str is a valid TOML basic string: same escapes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"regime = {json.dumps(regime)}\nstudy-config = {json.dumps(cfg.model_dump_json())}\n"
+                    f"work-dir = {json.dumps(str(cfg.work_dir))}\n", encoding="utf-8")
+    return path
+
+
+def flwr_run(env: dict[str, str], connection: str, run_config: Path, log_path: Path,
+             federation_config: str | None = None, say: Callable[[str], None] = print) -> None:
+    """``flwr run`` of this repository's app on ``connection`` (a simulation or a deployment),
+    streamed; our own log lines are relayed to ``say``, everything goes to ``log_path``. Raises
+    :class:`FlowerRunError` unless the SuperLink reports the run completed."""
+    cmd = [_bin("flwr"), "run", str(APP_DIR), connection, "--run-config", str(run_config), "--stream"]
+    if federation_config:
+        cmd += ["--federation-config", federation_config]
+    with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        text=True, cwd=APP_DIR,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if _worth_showing(line):
+                say("  " + line.rstrip())
+        code = proc.wait()
+    status = run_status(env, connection)
+    if code != 0 or status not in ("finished:completed", None):
+        raise FlowerRunError(f"flwr run ended with exit code {code}, status {status}; see {log_path} "
+                             "and the SuperLink's log")
+
+
+def run_status(env: dict[str, str], connection: str) -> str | None:
+    """The newest run's status as the SuperLink reports it (``flwr ls``), None if unknown."""
+    out = subprocess.run([_bin("flwr"), "ls", connection, "--format", "json"], env=env,
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return None
+    if not runs:
+        return None
+    last = max(runs, key=lambda r: r.get("pending-at", "") or "")
+    return str(last.get("status"))
 
 
 def _worth_showing(line: str) -> bool:

@@ -100,3 +100,24 @@ def iemocap_tree(tmp_path: Path) -> Path:
     wavdir = root / "Session1" / "sentences" / "wav" / "Ses01F_impro01"
     (wavdir / "._Ses01F_impro01_F000.wav").write_bytes(b"\x00\x05\x16\x07")
     return root
+
+
+# The shortest schedules that still run every stage: a study TOML's tables for end-to-end tests
+# (a test puts its own top-level keys before them and its own tables after).
+FAST_STUDY_TABLES = """
+[data.synthetic]
+utterances_per_dialog = 4
+[training]
+ae_iterations = 4
+gan_iterations = 4
+finetune_iterations = 4
+ser_iterations = 12
+eval_every = 6
+bagan_ae_iterations = 4
+bagan_gan_iterations = 4
+[synthesis]
+per_class_central = 8
+per_class_federated = 8
+[folds]
+sessions = [1, 2]
+"""

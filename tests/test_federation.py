@@ -24,22 +24,12 @@ from common.models.sngan import Generator
 from common.pipeline import gan_spec
 from simulations.cli import app
 from simulations.flower import descendants, stop_tree
+from tests.conftest import FAST_STUDY_TABLES
 
 FAST = """
 name = "fed"
 regimes = ["gan-federated", "fedavg"]
-[data.synthetic]
-utterances_per_dialog = 4
-[training]
-ae_iterations = 4
-gan_iterations = 4
-finetune_iterations = 4
-ser_iterations = 12
-eval_every = 6
-[synthesis]
-per_class_federated = 8
-[folds]
-sessions = [1, 2]
+""" + FAST_STUDY_TABLES + """
 [federation]
 strategy = "fedprox"
 rounds = 2

@@ -10,25 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from simulations.cli import app
+from tests.conftest import FAST_STUDY_TABLES
 
 FAST = """
 name = "e2e"
 regimes = ["real-central", "gan-central", "baseline-gan"]
 workers = 1
-[data.synthetic]
-utterances_per_dialog = 4
-[training]
-ae_iterations = 4
-gan_iterations = 4
-finetune_iterations = 4
-ser_iterations = 12
-eval_every = 6
-bagan_ae_iterations = 4
-bagan_gan_iterations = 4
-[synthesis]
-per_class_central = 8
-[folds]
-sessions = [1, 2]
+""" + FAST_STUDY_TABLES + """
 [tracking]
 experiment = "e2e"
 """

@@ -1,0 +1,173 @@
+"""The docker-compose topology without an engine: the compose file validates, and the same services
+run as plain processes on loopback — a TLS SuperLink with SuperNode authentication, five SuperNodes
+each holding only its own session folder, an MLflow tracking server — and the eyes-off regime runs
+through ``flwr run`` against them. A SuperNode with an unregistered key is refused; every process
+the test starts is stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from common.config import SESSIONS, load_config
+from common.data import synthetic_iemocap_root
+from common.pipeline import pretrain
+from simulations.flower import APP_DIR, flwr_run, free_port, stop_tree, write_run_config
+from tests.conftest import FAST_STUDY_TABLES
+from tests.test_federation import flower_processes
+
+BIN = Path(sys.executable).parent
+DEPLOY = APP_DIR / "deploy"
+
+
+def test_compose_file_validates() -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("Debian's docker-compose is not installed (.ci/run installs it)")
+    env = {**os.environ, "IEMOCAP_ROOT": "/data/IEMOCAP_full_release"}
+    for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.insecure.yml"]):
+        args = [a for f in files for a in ("-f", f)]
+        out = subprocess.run([compose, *args, "config"], cwd=APP_DIR, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert all(f"supernode-{s}:" in out.stdout for s in SESSIONS)
+    # Without IEMOCAP_ROOT compose refuses with the variable's own message.
+    env.pop("IEMOCAP_ROOT")
+    out = subprocess.run([compose, "config"], cwd=APP_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "set IEMOCAP_ROOT" in out.stderr
+
+
+class Processes:
+    """Processes started by a test, each in its own session with its output in a log file."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs, self.env, self.procs = logs, env, {}
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self.env, cwd=APP_DIR, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop_tree(proc, grace=10)
+
+
+def wait_for(url: str, context: ssl.SSLContext | None = None, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3, context=context) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_tls_deployment_on_loopback(tmp_path: Path) -> None:
+    before = flower_processes()
+    certs = tmp_path / "certs"
+    subprocess.run(["bash", str(DEPLOY / "make-certs.sh"), str(certs)], check=True, capture_output=True, timeout=120)
+    link_port, mlflow_port = free_port(), free_port()
+    toml = tmp_path / "study.toml"
+    toml.write_text(f'name = "deploy"\nregimes = ["gan-federated"]\nwork_dir = "{tmp_path / "server"}"\n'
+                    + FAST_STUDY_TABLES + f'[tracking]\nuri = "http://127.0.0.1:{mlflow_port}"\nexperiment = "deploy"\n')
+    cfg = load_config(toml)
+    # The pre-trained GAN lives with the server (local sqlite only for pretraining: no MLflow needed).
+    pretrain(cfg)
+    # Each node gets a corpus folder holding nothing but its own session.
+    corpus = synthetic_iemocap_root(cfg)
+    for s in SESSIONS:
+        shutil.copytree(corpus / f"Session{s}", tmp_path / f"node{s}" / "IEMOCAP_full_release" / f"Session{s}")
+
+    flwr_home = tmp_path / "flwr"
+    flwr_home.mkdir()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "tls"\n\n[superlink.tls]\naddress = "127.0.0.1:{link_port}"\n'
+        f'root-certificates = "{certs / "ca.crt"}"\n')
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLWR_HOME": str(flwr_home),
+           "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    procs = Processes(tmp_path / "logs", env)
+    try:
+        procs.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                               "--artifacts-destination", str(tmp_path / "mlartifacts"), "--workers", "1"])
+        procs.start("superlink", [
+            str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(link_port),
+            "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "superlink.crt"),
+            "--ssl-keyfile", str(certs / "superlink.key"), "--enable-supernode-auth",
+            "--isolation", "subprocess", "--disable-runtime-dependency-installation",
+            "--database", str(tmp_path / "superlink.db")])
+        tls = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        wait_for(f"https://127.0.0.1:{link_port}/health", tls)
+        with pytest.raises(OSError):  # TLS only: plain HTTP is not served
+            urllib.request.urlopen(f"http://127.0.0.1:{link_port}/health", timeout=3)
+
+        register = subprocess.run(["bash", str(DEPLOY / "register-supernodes.sh"), f"127.0.0.1:{link_port}",
+                                   str(certs)], env=env, capture_output=True, text=True, timeout=120)
+        assert register.returncode == 0, register.stdout + register.stderr
+        again = subprocess.run(["bash", str(DEPLOY / "register-supernodes.sh"), f"127.0.0.1:{link_port}",
+                                str(certs), "1"], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "already registered" in again.stdout, again.stdout + again.stderr
+
+        def supernode(name: str, key: Path, session: int) -> subprocess.Popen:
+            return procs.start(name, [
+                str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{link_port}",
+                "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(key),
+                "--isolation", "subprocess", "--port", str(free_port()),
+                "--node-config", f"session={session} data-root='{tmp_path / f'node{session}' / 'IEMOCAP_full_release'}' "
+                                 f"work-dir='{tmp_path / f'node{session}' / 'outputs'}'"])
+
+        for s in SESSIONS:
+            supernode(f"supernode-{s}", certs / f"supernode-{s}", s)
+        # A key the SuperLink never registered: the SuperNode is refused and exits.
+        stranger = tmp_path / "stranger"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(stranger)], check=True)
+        refused = supernode("stranger", stranger, 1)
+        assert refused.wait(120) != 0
+        assert "Failed to activate SuperNode" in procs.log("stranger"), procs.log("stranger")[-2000:]
+
+        wait_for(f"http://127.0.0.1:{mlflow_port}/health")
+        start = time.perf_counter()
+        flwr_run(env, "tls", write_run_config(tmp_path / "run.toml", cfg, "gan-federated"),
+                 tmp_path / "logs" / "flwr-run.log", say=lambda line: None)
+        print(f"gan-federated through the TLS SuperLink: {time.perf_counter() - start:.1f} s")
+
+        client = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
+        exp = client.get_experiment_by_name("deploy")
+        runs = client.search_runs([exp.experiment_id])
+        parent = next(r for r in runs if r.data.tags.get("kind") == "regime")
+        folds = sorted((r for r in runs if "fold" in r.data.tags), key=lambda r: r.data.tags["fold"])
+        assert parent.data.tags["regime"] == "gan-federated"
+        assert parent.data.metrics["nodes"] == 5 and parent.data.metrics["generators_received"] == 5
+        assert parent.data.metrics["failed_nodes"] == 0
+        assert [r.data.tags["fold"] for r in folds] == ["1", "2"]
+        assert all({"f1_macro", "ua", "wa", "val_f1_macro"} <= set(r.data.metrics) for r in folds)
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "checkpoints")}
+        assert artifacts == {f"checkpoints/generator_Session{s}.pt" for s in SESSIONS}
+        # The ClientApps ran where the data is: each node cached its own session's features only.
+        assert all(procs.procs[f"supernode-{s}"].poll() is None for s in SESSIONS)
+        for s in SESSIONS:
+            cached = list((tmp_path / f"node{s}" / "outputs" / "cache").rglob("*.npy"))
+            assert 0 < len(cached) <= len(list((tmp_path / f"node{s}").rglob("*.wav")))
+    finally:
+        procs.stop()
+    assert flower_processes() - before == set()
