@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main job on the embedded default (synthetic corpus, tiny preset, local outputs/).
+## The main job on the embedded default: synthetic corpus, pretrain, all five regimes x five folds
+## (federated ones through flwr run on a local Flower/Ray simulation), report; tiny preset, outputs/.
 demo: $(STAMP)
 	$(BIN)/fedser demo
 
@@ -35,11 +36,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/gan.py --skip-paper
+	$(BIN)/python benchmarks/federation.py
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
 
-## The centralized study on the embedded default (tiny preset, all five folds, ~25 min on 2 cores).
+## pretrain + study on the embedded default (what `make demo` does without the corpus steps).
 study: $(STAMP)
 	$(BIN)/fedser pretrain
 	$(BIN)/fedser study

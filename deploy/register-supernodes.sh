@@ -17,13 +17,15 @@ trap 'rm -rf "$FLWR_HOME"' EXIT
 printf '[superlink]\ndefault = "fedser"\n\n[superlink.fedser]\naddress = "%s"\nroot-certificates = "%s"\n' \
     "$address" "$certs/ca.crt" > "$FLWR_HOME/config.toml"
 
-registered=$(flwr supernode list fedser --format json)
 for session in "${sessions[@]}"; do
     key="$certs/supernode-$session.pub"
     [[ -f $key ]] || { echo "error: $key missing; run deploy/make-certs.sh" >&2; exit 2; }
-    if grep -qF "session-$session\"" <<< "$registered"; then
+    if out=$(flwr supernode register "$key" fedser --name "session-$session" 2>&1); then
+        echo "Session$session: registered"
+    elif grep -q "already in use" <<< "$out"; then
         echo "Session$session: already registered"
     else
-        flwr supernode register "$key" fedser --name "session-$session"
+        echo "$out" >&2
+        exit 1
     fi
 done

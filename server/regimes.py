@@ -84,8 +84,11 @@ def gan_federated(fed: Federation, cfg: StudyConfig, tracker: Tracker, per_fold:
             return None
         sample = synthetic_sampler(cfg, sources, cfg.synthesis.per_class_federated, index)
         trainer = build_trainer(cfg, resolve_device(cfg.training.device))
-        return _fit_and_score(fed, cfg, "gan-federated", index, test, stats, trainer,
-                              lambda score: trainer.fit(sample, score))
+        def fit(score: Callable[[], float] | None) -> float | None:
+            result = trainer.fit(sample, score)
+            return result.best_score if result.best_step is not None else None
+
+        return _fit_and_score(fed, cfg, "gan-federated", index, test, stats, trainer, fit)
 
     return per_fold(fold)
 
@@ -113,7 +116,7 @@ def fedavg(fed: Federation, cfg: StudyConfig, tracker: Tracker, per_fold: Callab
             return None
         trainer = build_trainer(cfg, resolve_device(cfg.training.device))
 
-        def fit(score: Callable[[], float] | None) -> None:
+        def fit(score: Callable[[], float] | None) -> float | None:
             best = {"score": -math.inf, "state": None}
 
             def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -134,8 +137,10 @@ def fedavg(fed: Federation, cfg: StudyConfig, tracker: Tracker, per_fold: Callab
                 tracker.metrics({"val_f1_macro_round": float(metrics["val_f1_macro"])}, step=rnd)
             if best["state"] is not None:
                 trainer.load_state_dict(best["state"])  # model selection: the best round
-            elif result.arrays is not None:
+                return best["score"]
+            if result.arrays is not None:
                 trainer.load_state_dict(result.arrays.to_torch_state_dict())
+            return None
 
         return _fit_and_score(fed, cfg, "fedavg", index, test, stats, trainer, fit)
 
@@ -151,8 +156,9 @@ def _pretrain_stats(cfg: StudyConfig) -> MinMax | None:
 
 
 def _fit_and_score(fed: Federation, cfg: StudyConfig, regime: str, index: int, test: int, stats: MinMax,
-                   trainer: SerTrainer, fit: Callable[[Callable[[], float] | None], object]) -> FoldOutcome | None:
-    """Fit with model selection at the held-out node, then score there on the test speaker(s)."""
+                   trainer: SerTrainer, fit: Callable[[Callable[[], float] | None], float | None]) -> FoldOutcome | None:
+    """Fit with model selection at the held-out node (``fit`` returns the selected model's
+    validation macro-F1), then score it there on the test speaker(s)."""
     start = time.perf_counter()
     torch.manual_seed(cfg.training.seed)
     score = None
@@ -160,9 +166,8 @@ def _fit_and_score(fed: Federation, cfg: StudyConfig, regime: str, index: int, t
         def score() -> float:
             return remote_scores(fed, test, trainer.state_dict(), stats, "validation")["f1_macro"]
     try:
-        fit(score)
+        val = fit(score)
         metrics = remote_scores(fed, test, trainer.state_dict(), stats, "test")
-        val = remote_scores(fed, test, trainer.state_dict(), stats, "validation")["f1_macro"] if score else None
     except NodeFailure as exc:
         log.warning("fold %s of %s cannot be scored: %s", index, regime, exc)
         return None
