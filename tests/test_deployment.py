@@ -83,7 +83,6 @@ def wait_for(url: str, context: ssl.SSLContext | None = None, seconds: float = 9
 
 @pytest.mark.slow
 def test_tls_deployment_on_loopback(tmp_path: Path) -> None:
-    before = flower_processes()
     certs = tmp_path / "certs"
     subprocess.run(["bash", str(DEPLOY / "make-certs.sh"), str(certs)], check=True, capture_output=True, timeout=120)
     link_port, mlflow_port = free_port(), free_port()
@@ -170,4 +169,41 @@ def test_tls_deployment_on_loopback(tmp_path: Path) -> None:
             assert 0 < len(cached) <= len(list((tmp_path / f"node{s}").rglob("*.wav")))
     finally:
         procs.stop()
-    assert flower_processes() - before == set()
+    assert flower_processes(flwr_home) == set()
+
+
+@pytest.mark.slow
+def test_study_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
+    """`ray start --head` on loopback, `fedser study` with RAY_ADDRESS, then `ray stop`."""
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    config = tmp_path / "study.toml"
+    config.write_text(f'name = "ray"\nregimes = ["fedavg"]\nwork_dir = "{tmp_path / "out"}"\n' + FAST_STUDY_TABLES
+                      + '[federation]\nrounds = 1\nlocal_iterations = 2\n[tracking]\nexperiment = "ray"\n')
+    started = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(ray_tmp)],
+                             env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        try:
+            result = CliRunner().invoke(app, ["study", str(config)])
+        finally:
+            del os.environ["RAY_ADDRESS"]
+        assert result.exit_code == 0, result.output
+        assert "fedavg" in result.output and "±" in result.output
+        # The simulation ran as a driver of that cluster (its logs are in the cluster's session folder).
+        drivers = list(ray_tmp.glob("session_*/logs/python-core-driver-*.log"))
+        assert drivers, sorted(p.name for p in ray_tmp.glob("session_*/logs/*"))
+    finally:
+        stopped = subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, text=True,
+                                 timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr

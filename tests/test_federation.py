@@ -40,20 +40,22 @@ timeout = 300
 [tracking]
 experiment = "fed"
 """
-FLOWER = re.compile(r"flower-superlink|flower-superexec|flwr-simulation|flwr-serverapp|raylet|gcs_server|ray::")
+FLOWER = re.compile(r"flower-superlink|flower-superexec|flower-supernode|flwr-simulation|flwr-serverapp|flwr-clientapp|raylet|gcs_server|ray::|mlflow")
 
 
-def flower_processes() -> set[int]:
-    """Live Flower and Ray processes on this machine."""
+def flower_processes(flwr_home: Path) -> set[int]:
+    """Live Flower and Ray processes started for ``flwr_home`` (they inherit FLWR_HOME)."""
+    marker = f"FLWR_HOME={flwr_home}".encode()
     found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            text = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if FLOWER.search(text) and state != "Z":
-            found.add(int(cmdline.parent.name))
+        if FLOWER.search(text) and state != "Z" and marker in environ:
+            found.add(int(proc.name))
     return found
 
 
@@ -93,7 +95,6 @@ def assert_eyes_off(lines: list[dict], generator_shapes: dict[str, list]) -> Non
 def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     config = tmp_path / "study.toml"
     config.write_text(f'work_dir = "{tmp_path / "out"}"\n' + FAST)
-    before = flower_processes()
     runner = CliRunner()
     done = runner.invoke(app, ["pretrain", str(config)])
     assert done.exit_code == 0, done.output
@@ -148,7 +149,7 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     assert report.exit_code == 0, report.output
     assert {(r["regime"], r["fold"]) for r in json.loads(report.output)} == {
         (g, f) for g in ("gan-federated", "fedavg") for f in (1, 2)}
-    assert flower_processes() - before == set()
+    assert flower_processes(tmp_path / "out" / "flower" / "home") == set()
     assert load_config(config).federation.failures == ("train.gan:3",)
 
 
