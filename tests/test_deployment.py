@@ -155,6 +155,8 @@ def test_tls_deployment_on_loopback(tmp_path: Path) -> None:
         runs = client.search_runs([exp.experiment_id])
         parent = next(r for r in runs if r.data.tags.get("kind") == "regime")
         folds = sorted((r for r in runs if "fold" in r.data.tags), key=lambda r: r.data.tags["fold"])
+        print(f"train.gan round through the TLS SuperLink: {parent.data.metrics['gan_round_seconds']:.1f} s, "
+              f"{int(parent.data.metrics['generator_bytes']):,} bytes per generator")
         assert parent.data.tags["regime"] == "gan-federated"
         assert parent.data.metrics["nodes"] == 5 and parent.data.metrics["generators_received"] == 5
         assert parent.data.metrics["failed_nodes"] == 0
