@@ -121,3 +121,10 @@ per_class_federated = 8
 [folds]
 sessions = [1, 2]
 """
+
+
+def study_file(tmp_path: Path, toml: str) -> Path:
+    """``toml`` as a study config file whose outputs go to ``tmp_path/out``."""
+    path = tmp_path / "study.toml"
+    path.write_text(f'work_dir = "{tmp_path / "out"}"\n' + toml)
+    return path

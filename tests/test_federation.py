@@ -24,7 +24,7 @@ from common.models.sngan import Generator
 from common.pipeline import gan_spec
 from simulations.cli import app
 from simulations.flower import descendants, stop_tree
-from tests.conftest import FAST_STUDY_TABLES
+from tests.conftest import FAST_STUDY_TABLES, study_file
 
 FAST = """
 name = "fed"
@@ -93,8 +93,7 @@ def assert_eyes_off(lines: list[dict], generator_shapes: dict[str, list]) -> Non
 
 @pytest.mark.slow
 def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
-    config = tmp_path / "study.toml"
-    config.write_text(f'work_dir = "{tmp_path / "out"}"\n' + FAST)
+    config = study_file(tmp_path, FAST)
     runner = CliRunner()
     done = runner.invoke(app, ["pretrain", str(config)])
     assert done.exit_code == 0, done.output

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from simulations.cli import app
-from tests.conftest import FAST_STUDY_TABLES
+from tests.conftest import FAST_STUDY_TABLES, study_file
 
 FAST = """
 name = "e2e"
@@ -24,8 +24,7 @@ experiment = "e2e"
 
 @pytest.mark.slow
 def test_pretrain_then_study_logs_every_regime_and_fold(tmp_path: Path) -> None:
-    config = tmp_path / "study.toml"
-    config.write_text(f'work_dir = "{tmp_path / "out"}"\n' + FAST)
+    config = study_file(tmp_path, FAST)
     runner = CliRunner()
     # Without a pre-trained GAN the GAN regimes refuse with the command that fixes it.
     refused = runner.invoke(app, ["study", str(config)])
