@@ -141,13 +141,20 @@ def pretrain(cfg: StudyConfig, progress: bool = False) -> Path:
     )
 
 
-def load_pretrained(cfg: StudyConfig) -> tuple[Generator, Discriminator, MinMax]:
-    """The pre-trained generator and critic (head 1) and the scaling statistics."""
+def pretrained_checkpoint(cfg: StudyConfig) -> dict[str, Any]:
+    """The pre-trained checkpoint, refused with the fix when it was made for other network sizes."""
     ckpt = load_checkpoint(cfg.pretrained_path)
     spec = GanSpec(**ckpt["spec"])
     if spec != gan_spec(cfg):
         raise ValueError(f"{cfg.pretrained_path} was trained with {spec}, the config asks for "
                          f"{gan_spec(cfg)}; re-run `fedser pretrain` with this config")
+    return ckpt
+
+
+def load_pretrained(cfg: StudyConfig) -> tuple[Generator, Discriminator, MinMax]:
+    """The pre-trained generator and critic (head 1) and the scaling statistics."""
+    ckpt = pretrained_checkpoint(cfg)
+    spec = GanSpec(**ckpt["spec"])
     gen, disc = Generator(spec), Discriminator(spec, head=1)
     gen.load_state_dict(ckpt["generator"])
     disc.load_state_dict(ckpt["discriminator"])

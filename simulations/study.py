@@ -17,7 +17,7 @@ from typing import Any
 from common.config import CENTRAL_REGIMES, SESSIONS, StudyConfig
 from common.features import MinMax
 from common.metrics import mean_std
-from common.pipeline import Corpus, load_checkpoint, load_corpus
+from common.pipeline import Corpus, load_checkpoint, load_corpus, pretrained_checkpoint
 from common.regimes import FoldOutcome, run_central_fold
 from common.splits import Fold, leave_one_session_out
 from server.report import fold_rows
@@ -42,9 +42,11 @@ def workers(cfg: StudyConfig) -> int:
 
 def run_study(cfg: StudyConfig, progress: bool = True, say: Callable[[str], None] = print) -> list[Row]:
     """Run ``cfg.regimes`` over the leave-one-session-out folds; returns one row per regime x fold."""
-    if any(r not in ("real-central", "fedavg") for r in cfg.regimes) and not cfg.pretrained_path.is_file():
-        raise FileNotFoundError(f"{cfg.pretrained_path}: no pre-trained GAN; run `fedser pretrain` with this "
-                                "config first (or set model.pretrained)")
+    if any(r not in ("real-central", "fedavg") for r in cfg.regimes):
+        if not cfg.pretrained_path.is_file():
+            raise FileNotFoundError(f"{cfg.pretrained_path}: no pre-trained GAN; run `fedser pretrain` with this "
+                                    "config first (or set model.pretrained)")
+        pretrained_checkpoint(cfg)  # sizes checked here, before any regime (or a Flower run) starts
     corpus = load_corpus(cfg)
     folds = leave_one_session_out(corpus.utterances, cfg.folds)
     tracker = Tracker(cfg)

@@ -47,3 +47,19 @@ def test_check_json_on_a_real_format_tree(iemocap_tree: Path) -> None:
     assert report["per_label"] == {"neu": 2, "hap": 2, "sad": 1, "ang": 1}
     assert report["per_speaker"] == {"Ses01F": 1, "Ses01M": 1, "Ses03F": 1, "Ses03M": 1, "Ses05F": 1, "Ses05M": 1}
     assert {s["reason"] for s in report["skipped"]} == {"AppleDouble metadata file", "missing audio file"}
+
+
+def test_study_refuses_a_checkpoint_of_other_sizes_before_any_regime(tmp_path: Path) -> None:
+    from common.config import load_config
+    from common.models.sngan import GanSpec
+    from common.pipeline import save_checkpoint
+
+    config = tmp_path / "study.toml"
+    config.write_text(f'work_dir = "{tmp_path}"\nregimes = ["gan-federated"]\n[model]\nwidth = 0.25\n')
+    save_checkpoint(load_config(config).pretrained_path, kind="sngan-pretrained",
+                    spec=GanSpec(n_z=32, n_c=4, width=0.125, patch=32).to_dict())
+    result = runner.invoke(app, ["study", str(config)])
+    assert result.exit_code == 2
+    assert "was trained with GanSpec(n_z=32, n_c=4, width=0.125, patch=32)" in result.output
+    assert "re-run `fedser pretrain`" in result.output
+    assert not (tmp_path / "flower").exists()  # refused before any Flower run started
