@@ -151,9 +151,15 @@ def pretrained_checkpoint(cfg: StudyConfig) -> dict[str, Any]:
     return ckpt
 
 
-def load_pretrained(cfg: StudyConfig) -> tuple[Generator, Discriminator, MinMax]:
-    """The pre-trained generator and critic (head 1) and the scaling statistics."""
-    ckpt = pretrained_checkpoint(cfg)
+def pretrain_stats(ckpt: dict[str, Any]) -> MinMax:
+    """The pre-training corpus's own min/max (older checkpoints: their combined statistics, a superset)."""
+    return MinMax.from_dict(ckpt.get("pretrain_stats", ckpt["stats"]))
+
+
+def load_pretrained(cfg: StudyConfig, ckpt: dict[str, Any] | None = None) -> tuple[Generator, Discriminator, MinMax]:
+    """The pre-trained generator and critic (head 1) and the scaling statistics (from ``ckpt``
+    when the caller already read it)."""
+    ckpt = ckpt or pretrained_checkpoint(cfg)
     spec = GanSpec(**ckpt["spec"])
     gen, disc = Generator(spec), Discriminator(spec, head=1)
     gen.load_state_dict(ckpt["generator"])

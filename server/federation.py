@@ -41,15 +41,24 @@ def describe(content: RecordDict) -> dict[str, Any]:
     return out
 
 
+def failed(reply: Message) -> str:
+    """Why an error reply failed, in one line."""
+    return f"{reply.metadata.message_type or 'message'} failed (code {reply.error.code}): {reply.error.reason}"
+
+
+def silent(message_type: str, timeout: float | None) -> str:
+    """Why a node gave no reply."""
+    return f"{message_type}: no reply within {timeout:.0f} s"
+
+
 class WireGrid:
     """A Grid that writes one JSON line per reply it hands out (who, what type, what shapes), and
     optionally shows only some nodes (a fold's training nodes to a Flower strategy)."""
 
-    def __init__(self, grid: Grid, audit: Path | None, nodes: Iterable[int] | None = None,
-                 sessions: Mapping[int, int] | None = None) -> None:
+    def __init__(self, grid: Grid, audit: Path | None, nodes: Iterable[int] | None = None) -> None:
         self.grid, self.audit = grid, audit
         self.nodes = None if nodes is None else set(nodes)
-        self.sessions = dict(sessions or {})  # node id -> session, for readable audit lines
+        self.sessions: dict[int, int] = {}  # node id -> session, for readable audit lines
         self.sent: dict[str, Message] = {}
         self.failures: dict[int, str] = {}  # session (or node id) -> first failure reason
 
@@ -77,7 +86,12 @@ class WireGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Push, then pull until every message has a reply or ``timeout`` seconds passed."""
-        ids = set(self.push_messages(messages))
+        return self.collect(self.push_messages(messages), timeout)
+
+    def collect(self, message_ids: Iterable[str], timeout: float | None) -> list[Message]:
+        """Replies to ``message_ids`` as they arrive, until all came or ``timeout`` s passed; the
+        nodes that stayed silent are recorded as failed."""
+        ids = set(message_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while ids and (deadline is None or time.monotonic() < deadline):
@@ -87,8 +101,7 @@ class WireGrid:
             if ids:
                 time.sleep(0.1)
         for mid in ids:
-            self.fail(self.sent[mid].metadata.dst_node_id, f"{self.sent[mid].metadata.message_type}: "
-                      f"no reply within {timeout:.0f} s")
+            self.fail(self.sent[mid].metadata.dst_node_id, silent(self.sent[mid].metadata.message_type, timeout))
         return replies
 
     def fail(self, node: int, reason: str) -> None:
@@ -104,7 +117,7 @@ class WireGrid:
                 "type": reply.metadata.message_type, "error": None}
         if reply.has_error():
             line["error"] = {"code": reply.error.code, "reason": reply.error.reason}
-            self.fail(node, f"{line['type'] or 'message'} failed (code {reply.error.code}): {reply.error.reason}")
+            self.fail(node, failed(reply))
         else:
             line |= describe(reply.content)
         if self.audit is None:
@@ -198,20 +211,14 @@ class Federation:
         messages = {s: Message(c, dst_node_id=self.nodes[s].node_id, message_type=message_type)
                     for s, c in targets.items()}
         ids = dict(zip(self.grid.push_messages(messages.values()), messages, strict=True))  # message id -> session
-        deadline, pending = time.monotonic() + self.cfg.federation.timeout, set(ids)
-        while pending and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
-                mid = reply.metadata.reply_to_message_id
-                pending.discard(mid)
-                if reply.has_error():
-                    out.failures[ids[mid]] = f"{message_type} failed (code {reply.error.code}): {reply.error.reason}"
-                else:
-                    out.replies[ids[mid]] = reply.content
-            if pending:
-                time.sleep(0.1)
-        for mid in pending:
-            out.failures[ids[mid]] = f"{message_type}: no reply within {self.cfg.federation.timeout:.0f} s"
-            self.grid.fail(self.nodes[ids[mid]].node_id, out.failures[ids[mid]])
+        for reply in self.grid.collect(ids, self.cfg.federation.timeout):
+            session = ids[reply.metadata.reply_to_message_id]
+            if reply.has_error():
+                out.failures[session] = failed(reply)
+            else:
+                out.replies[session] = reply.content
+        for session in set(ids.values()) - set(out.replies) - set(out.failures):
+            out.failures[session] = silent(message_type, self.cfg.federation.timeout)
         return out
 
     def ask(self, message_type: str, session: int, content: RecordDict) -> RecordDict:

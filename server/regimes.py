@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 from common.config import StudyConfig
 from common.features import MinMax, resolve_device
 from common.models.sngan import Generator
-from common.pipeline import load_checkpoint, load_pretrained
+from common.pipeline import load_checkpoint, load_pretrained, pretrain_stats, pretrained_checkpoint
 from common.regimes import FoldOutcome, synthetic_sampler
 from common.trainers.registry import SerTrainer, build_trainer
 from server.federation import Federation, NodeFailure, confusion_from, restore_fp32, stats_config
@@ -56,10 +56,9 @@ def _selects(cfg: StudyConfig) -> bool:
 
 def gan_federated(fed: Federation, cfg: StudyConfig, tracker: Tracker, per_fold: Callable) -> list[FoldOutcome]:
     """Fine-tune one generator per session node (once), then one SER model per fold on their pool."""
-    gen, disc, _ = load_pretrained(cfg)
-    ckpt = load_checkpoint(cfg.pretrained_path)
-    # Older checkpoints lack the unlabeled-only statistics: their combined ones are a superset.
-    stats = fed.combined_stats(MinMax.from_dict(ckpt.get("pretrain_stats", ckpt["stats"])))
+    ckpt = pretrained_checkpoint(cfg)
+    gen, disc, _ = load_pretrained(cfg, ckpt)
+    stats = fed.combined_stats(pretrain_stats(ckpt))
     start = time.perf_counter()
     content = RecordDict({"generator": ArrayRecord(gen.state_dict()), "discriminator": ArrayRecord(disc.state_dict()),
                           "config": stats_config(stats)})
@@ -106,8 +105,9 @@ STRATEGIES: dict[str, Callable[[StudyConfig], Strategy]] = {
 
 def fedavg(fed: Federation, cfg: StudyConfig, tracker: Tracker, per_fold: Callable) -> list[FoldOutcome]:
     """Per fold: the configured strategy over the training nodes, scored at the held-out node."""
-    ckpt_stats = _pretrain_stats(cfg)
-    stats = fed.combined_stats(ckpt_stats) if ckpt_stats is not None else fed.combined_stats(MinMax.empty())
+    # fedavg needs no GAN; with a checkpoint its pre-training corpus counts as in every regime.
+    has_ckpt = cfg.pretrained_path.is_file()
+    stats = fed.combined_stats(pretrain_stats(load_checkpoint(cfg.pretrained_path)) if has_ckpt else MinMax.empty())
 
     def fold(index: int, test: int) -> FoldOutcome | None:
         train_nodes = [n.node_id for s, n in fed.nodes.items() if s != test]
@@ -145,14 +145,6 @@ def fedavg(fed: Federation, cfg: StudyConfig, tracker: Tracker, per_fold: Callab
         return _fit_and_score(fed, cfg, "fedavg", index, test, stats, trainer, fit)
 
     return per_fold(fold)
-
-
-def _pretrain_stats(cfg: StudyConfig) -> MinMax | None:
-    """The pre-training corpus's min/max when a checkpoint exists (fedavg needs no GAN)."""
-    if not cfg.pretrained_path.is_file():
-        return None
-    ckpt = load_checkpoint(cfg.pretrained_path)
-    return MinMax.from_dict(ckpt.get("pretrain_stats", ckpt["stats"]))
 
 
 def _fit_and_score(fed: Federation, cfg: StudyConfig, regime: str, index: int, test: int, stats: MinMax,

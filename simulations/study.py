@@ -49,13 +49,14 @@ def run_study(cfg: StudyConfig, progress: bool = True, say: Callable[[str], None
         pretrained_checkpoint(cfg)  # sizes checked here, before any regime (or a Flower run) starts
     corpus = load_corpus(cfg)
     folds = leave_one_session_out(corpus.utterances, cfg.folds)
+    stats = scaling_stats(cfg, corpus)
     tracker = Tracker(cfg)
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         link: LocalSuperLink | None = None
         for regime in cfg.regimes:
             if regime in CENTRAL_REGIMES:
-                rows += _central(regime, cfg, corpus, folds, tracker, progress, say)
+                rows += _central(regime, cfg, corpus, stats, folds, tracker, progress, say)
                 continue
             if link is None:  # one SuperLink for all federated regimes of the study
                 link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
@@ -65,12 +66,12 @@ def run_study(cfg: StudyConfig, progress: bool = True, say: Callable[[str], None
     return rows
 
 
-def _central(regime: str, cfg: StudyConfig, corpus: Corpus, folds: list[Fold], tracker: Tracker,
+def _central(regime: str, cfg: StudyConfig, corpus: Corpus, stats: MinMax, folds: list[Fold], tracker: Tracker,
              progress: bool, say: Callable[[str], None]) -> list[Row]:
     rows, outcomes = [], []
     with tracker.run(regime, {"kind": "regime", "regime": regime, "study": cfg.name, "preset": cfg.preset}):
         tracker.params(cfg.flat())
-        for outcome in _fold_outcomes(regime, cfg, corpus, folds, progress, say):
+        for outcome in _fold_outcomes(regime, cfg, corpus, stats, folds, progress, say):
             tags = {"regime": regime, "fold": outcome.fold, "session": outcome.test_session, "study": cfg.name}
             with tracker.run(f"{regime}/fold{outcome.fold}", tags, nested=True):
                 log_fold(tracker, cfg.data.classes, outcome)
@@ -83,10 +84,9 @@ def _central(regime: str, cfg: StudyConfig, corpus: Corpus, folds: list[Fold], t
     return sorted(rows, key=lambda r: r["fold"])
 
 
-def _fold_outcomes(regime: str, cfg: StudyConfig, corpus: Corpus, folds: list[Fold], progress: bool,
-                   say: Callable[[str], None]) -> Iterator[FoldOutcome]:
+def _fold_outcomes(regime: str, cfg: StudyConfig, corpus: Corpus, stats: MinMax, folds: list[Fold],
+                   progress: bool, say: Callable[[str], None]) -> Iterator[FoldOutcome]:
     """Each fold's outcome as it finishes: in-process with one worker, else in a process pool."""
-    stats = scaling_stats(cfg, corpus)
     n = min(workers(cfg), len(folds))
     if n <= 1:
         for fold in folds:
