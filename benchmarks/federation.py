@@ -57,7 +57,7 @@ def through_flower(link: LocalSuperLink, cfg: StudyConfig) -> dict[str, float]:
     link.run(cfg, "gan-federated", say=lambda line: None)
     wall = time.perf_counter() - start
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    run = latest_parents(cfg.tracking.experiment)["gan-federated"]
+    run = latest_parents(cfg.tracking.experiment)[("gan-federated", cfg.training.trainer)]
     return {"round_s": run.data.metrics["gan_round_seconds"], "bytes": run.data.metrics["generator_bytes"],
             "received": run.data.metrics["generators_received"], "flwr_run_s": wall}
 

@@ -60,11 +60,12 @@ def rss_child(pool_size: int, iterations: int) -> None:
     from common.trainers.ser import SerCnnTrainer
 
     spec, batch = SIZES["tiny"]
-    cfg = load_config(overrides={"training": {"batch_size": batch}}).training
+    cfg = load_config(overrides={"training": {"batch_size": batch}, "features": {
+        "params": {"n_mels": spec.patch}, "patch_frames": spec.patch}, "model": {"width": spec.width, "n_z": spec.n_z}})
     torch.manual_seed(0)
     gen = Generator(spec)
     pool = SyntheticPool([gen], per_class=pool_size // spec.n_c, n_classes=spec.n_c, seed=0)
-    trainer = SerCnnTrainer(spec, cfg)
+    trainer = SerCnnTrainer(cfg)
     trainer.fit(pool.sampler(seed=0), iterations=1)  # warm-up: allocator and autograd caches
     before = _status_kib("VmRSS")
     start = time.perf_counter()
@@ -145,7 +146,8 @@ def bench_steps(name: str, device: torch.device, repeat: int) -> list[tuple[str,
     rows = [("generator fwd+bwd", timed(g_step, device, repeat)),
             ("discriminator fwd+bwd", timed(d_step, device, repeat))]
     if device.type == "cuda" or name == "tiny":
-        cfg = load_config(overrides={"training": {"batch_size": batch}}).training
+        cfg = load_config(overrides={"training": {"batch_size": batch}, "features": {
+        "params": {"n_mels": spec.patch}, "patch_frames": spec.patch}, "model": {"width": spec.width, "n_z": spec.n_z}})
         step = wgan_gp_step(gen, critic, lambda b: (x[:b], torch.zeros(b, dtype=torch.long)), cfg, device)
         rows.append(("whole WGAN-GP step (D + GP, G)", timed(lambda: step(0), device, repeat)))
     return rows

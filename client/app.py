@@ -31,10 +31,9 @@ from flwr.clientapp import ClientApp
 from common.config import SESSIONS, StudyConfig, config_from_run
 from common.features import MinMax, resolve_device
 from common.models.sngan import Discriminator, Generator
-from common.pipeline import Corpus, finetune, gan_spec, load_corpus
+from common.pipeline import Corpus, finetune, gan_spec, iemocap_speakers, load_corpus
 from common.splits import holdout_split
 from common.trainers.registry import build_trainer
-from common.views import PatchSampler
 
 app = ClientApp()
 
@@ -47,13 +46,14 @@ class Node:
     session: int
     corpus: Corpus
 
-    def split(self, name: str, stats: MinMax):  # noqa: ANN201 - a LabeledSet
-        """The scaled ``train`` (the whole session), ``validation`` or ``test`` set."""
+    def split(self, name: str, stats: MinMax, speakers: tuple[str, ...] = ()):  # noqa: ANN201 - a LabeledSet
+        """The scaled ``train`` (the whole session), ``validation`` or ``test`` set; ``speakers``
+        is the fold's speaker vocabulary for trainers with a speaker head."""
         utts = self.corpus.utterances
         if name != "train":
             validation, test, _ = holdout_split(utts, self.session, self.cfg.folds)
             utts = {"validation": validation, "test": test}[name]
-        return self.corpus.labeled_set(list(utts), stats)
+        return self.corpus.labeled_set(list(utts), stats, speakers)
 
 
 # Ray actors serve many messages: keep each node's features once per process.
@@ -149,13 +149,15 @@ def train(msg: Message, context: Context) -> Message:
     cfg, config = node.cfg, msg.content["config"]
     trainer = build_trainer(cfg, resolve_device(cfg.training.device))
     trainer.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    data = node.split("train", _stats(config))
+    # Speaker indices (seed 001's speaker head) from the fold's training sessions alone: every
+    # node derives the same vocabulary without seeing another node's data (common.pipeline).
+    speakers = iemocap_speakers([int(s) for s in config["train-sessions"]]) if "train-sessions" in config else ()
+    data = node.split("train", _stats(config), speakers)
     rnd, local = int(config["server-round"]), cfg.federation.local_iterations
-    # The centralized decay schedule, counted in local steps done so far (seed 002 §4.4).
-    lr = cfg.training.ser_lr * cfg.training.ser_lr_decay ** (((rnd - 1) * local) // cfg.training.ser_lr_decay_every)
-    torch.manual_seed(cfg.training.seed + 1000 * rnd + node.session)
-    sample = PatchSampler(data, gan_spec(cfg).patch, seed=cfg.training.seed + 1000 * rnd + node.session)
-    result = trainer.fit(sample, None, iterations=local, lr=lr,
+    seed = cfg.training.seed + 1000 * rnd + node.session
+    torch.manual_seed(seed)
+    # The centralized lr schedule continues, counted in local steps done so far (seed 002 §4.4).
+    result = trainer.fit(trainer.sampler(data, seed=seed), None, iterations=local, start_step=(rnd - 1) * local,
                          proximal_mu=float(config.get("proximal-mu", 0.0)))
     return Message(RecordDict({
         "arrays": ArrayRecord(trainer.state_dict()),
@@ -174,7 +176,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     data = node.split(str(config["split"]), _stats(config))
     metrics = trainer.evaluate(data)
     cells = {f"cm-{i}-{j}": n for i, row in enumerate(metrics["confusion"]) for j, n in enumerate(row)}
-    return Message(RecordDict({"metrics": MetricRecord({
-        "num-examples": len(data), "f1_macro": metrics["f1_macro"], "ua": metrics["ua"], "wa": metrics["wa"],
-        **cells,
-    })}), reply_to=msg)
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": len(data), **scalars, **cells})}),
+                   reply_to=msg)

@@ -109,6 +109,90 @@ class FeatureConfig(Section):
         return value
 
 
+class ChangConfig(Section):
+    """Seed 000 (Chang & Scherer 2017): BasicCNN, MultitaskCNN, BasicDCGAN, MultitaskDCGAN.
+
+    The paper tuned sizes by random search and does not list them; the four stride-2 layers follow
+    the DCGAN discriminator it builds on (Radford et al. 2016: 5x5 kernels, 64-512 channels,
+    batch-norm, leaky ReLU 0.2, Adam 2e-4 with beta1 0.5).
+    """
+
+    # "valence": the paper's 5-point fuzzy valence (+ activation for the multitask variants);
+    # "emotion": the platform's classes, e.g. to train on GAN-synthetic data (which has no valence).
+    task: Literal["valence", "emotion"] = "valence"
+    channels: tuple[int, int, int, int] = (64, 128, 256, 512)
+    kernel: int = Field(5, ge=1)
+    hidden: int = Field(256, ge=1, description="the fully connected layer before the task heads")
+    n_z: int = Field(100, ge=1, description="DCGAN generator noise size")
+    lr: float = Field(2e-4, gt=0)
+    # §5: validation accuracy after every epoch; stop after 5 consecutive epochs below the best.
+    patience: int = Field(5, ge=1)
+    oversample: bool = True  # §4: oversample under-represented valence levels
+    # Where the DCGAN variants draw unlabeled speech: the pre-training corpus (data.pretrain_*) or
+    # the labeled training set's own audio without labels (what a federated node has).
+    unlabeled: Literal["pretrain", "train"] = "pretrain"
+
+
+class TuConfig(Section):
+    """Seed 001 (Tu et al. 2019) Table 1, IEMOCAP column; SGD with Nesterov momentum (§3.2)."""
+
+    tdnn: tuple[tuple[int, int, int], ...] = ((128, 5, 2), (64, 3, 4))  # (channels, kernel, dilation)
+    lstm: int = Field(64, ge=1, description="Bi-LSTM cells per direction")
+    embedding: int = Field(256, ge=1, description="FC after the Bi-LSTM; pooling gives 2x this")
+    head_hidden: int = Field(64, ge=1, description="FC 512-64-64-N: both hidden layers")
+    speakers: int = Field(8, ge=1, description="speaker head outputs: the training speakers of a fold")
+    dropout: float = Field(0.5, ge=0, lt=1, description="on the Bi-LSTM output (0.5 keep probability)")
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    # Not given in the paper: lambda of the gradient reversal (eq. 1); CrossGrad's epsilon and
+    # alpha (eq. 2-4; Shankar et al. 2018 use alpha = 0.5).
+    dat_lambda: float = Field(0.1, ge=0)
+    cgt_epsilon: float = Field(0.5, ge=0)
+    cgt_alpha: float = Field(0.5, ge=0, le=1)
+
+
+class TripathiConfig(Section):
+    """Seed 003 (Tripathi et al. 2019) §2: four parallel convolution paths, softmax/center/MSE losses."""
+
+    filters: int = Field(200, ge=1)
+    kernels: tuple[tuple[int, int], ...] = ((4, 6), (6, 8), (8, 10), (10, 12))
+    # FC size is not stated; 64 gives the 0.26M parameters the paper reports for S+C (§4).
+    hidden: int = Field(64, ge=1)
+    decoder: tuple[int, ...] = (256,)  # "even more FC layers" of the decoder: not specified
+    dropout: float = Field(0.5, ge=0, lt=1, description="tried 25-75% (§2.1)")
+    center_weight: float = Field(4.0, ge=0, description="lambda_1 of eq. 2 (best at 4)")
+    reconstruction_weight: float = Field(1.0, ge=0, description="lambda_2 of eq. 3-4 (not given)")
+    center_alpha: float = Field(0.5, gt=0, le=1, description="center update rate (Wen et al. 2016)")
+    lr: float = Field(1.0, gt=0, description="Adadelta's rate (its default)")
+
+
+class FcnConfig(Section):
+    """Seed 004 (Gans et al.): 1-D FCN + attention; Zhang et al. (2019): 2-D attention FCN."""
+
+    channels: tuple[int, ...] = (5, 10, 20, 30)
+    kernels: tuple[int, ...] = (11, 5, 3, 3)
+    strides: tuple[int, ...] = (4, 1, 1, 1)
+    pool_after: tuple[int, ...] = (0, 1, 3)  # max-pool 3/2 after these layers (AlexNet's places)
+    attention_lambda: float = Field(0.8, gt=0, description="scaled softmax (Zhang et al.: 0.3)")
+    # "valid": no padding (the 259-value mean spectrum); "same": k // 2, for short inputs.
+    padding: Literal["valid", "same"] = "valid"
+    lr: float = Field(1e-3, gt=0)
+    # Zhang et al. 2019: AlexNet's five convolutions (with AlexNet's paddings), attention lambda 0.3.
+    zhang_channels: tuple[int, ...] = (96, 256, 384, 384, 256)
+    zhang_kernels: tuple[int, ...] = (11, 5, 3, 3, 3)
+    zhang_strides: tuple[int, ...] = (4, 1, 1, 1, 1)
+    zhang_pool_after: tuple[int, ...] = (0, 1)
+    zhang_lambda: float = Field(0.3, gt=0)
+
+    @model_validator(mode="after")
+    def _layers(self) -> FcnConfig:
+        for prefix in ("", "zhang_"):
+            sizes = {len(getattr(self, f"{prefix}{k}")) for k in ("channels", "kernels", "strides")}
+            if len(sizes) != 1:
+                raise ValueError(f"{prefix}channels, {prefix}kernels and {prefix}strides need one entry per layer")
+        return self
+
+
 class ModelConfig(Section):
     """Model sizes; the preset fills them (``paper`` = the papers' tables)."""
 
@@ -118,6 +202,11 @@ class ModelConfig(Section):
     n_z: int = Field(128, ge=1)
     # Pre-trained GAN checkpoint (``fedser pretrain``); None = work_dir/checkpoints/pretrained.pt.
     pretrained: Path | None = None
+    # The other papers' trainer families (seeds 000, 001, 003, 004).
+    chang: ChangConfig = ChangConfig()
+    tu: TuConfig = TuConfig()
+    tripathi: TripathiConfig = TripathiConfig()
+    fcn: FcnConfig = FcnConfig()
 
 
 class TrainingConfig(Section):
@@ -183,7 +272,12 @@ SESSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 
 class FoldConfig(Section):
-    """Leave-one-session-out folds (seed 002 §4.4)."""
+    """Leave-one-session-out folds (seed 002 §4.4), or k stratified folds for corpora without
+    sessions (seed 004's RAVDESS protocol: five folds, 80/20 train/test)."""
+
+    scheme: Literal["session", "kfold"] = "session"
+    k: int = Field(5, ge=2, description="kfold: number of folds (seed 004: 5)")
+    seed: int = Field(0, description="kfold: shuffling seed")
 
     # "speaker": one speaker of the held-out session validates, the other tests;
     # "session": the whole held-out session is the test set (no validation set).
@@ -253,6 +347,9 @@ class StudyConfig(Section):
     regimes: tuple[Regime, ...] = ALL_REGIMES
     # Centralized folds run in this many processes at once (0 = one per CPU core, 1 = in-process).
     workers: int = Field(0, ge=0)
+    # Every regime runs once per trainer listed here (empty = just ``training.trainer``): a
+    # paper's variants side by side, each a parent run tagged ``trainer`` in MLflow.
+    trainers: tuple[str, ...] = ()
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
@@ -264,10 +361,29 @@ class StudyConfig(Section):
 
     @model_validator(mode="after")
     def _federated_by_session(self) -> StudyConfig:
+        if any(r in FEDERATED_REGIMES for r in self.regimes) and self.folds.scheme != "session":
+            raise ValueError("the federated regimes hold out one session node per fold: folds.scheme = \"kfold\" "
+                             "runs centralized regimes only; drop gan-federated/fedavg from regimes")
         if any(r in FEDERATED_REGIMES for r in self.regimes) and self.federation.partition != "session":
             raise ValueError("the federated regimes run one node per session: set federation.partition = "
                              "\"session\" or drop gan-federated/fedavg from regimes")
         return self
+
+    @field_validator("trainers")
+    @classmethod
+    def _trainers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            TrainingConfig._trainer(name)
+        return value
+
+    def with_trainer(self, name: str) -> StudyConfig:
+        """This study with ``training.trainer = name``."""
+        return self.model_copy(update={"training": self.training.model_copy(update={"trainer": name})})
+
+    @property
+    def study_trainers(self) -> tuple[str, ...]:
+        """The trainers the study runs each regime with."""
+        return self.trainers or (self.training.trainer,)
 
     @field_validator("work_dir")
     @classmethod
@@ -311,7 +427,13 @@ PRESETS: dict[Preset, dict[str, Any]] = {
     # undiverse for SER trained on it alone.
     "tiny": {
         "features": {"params": {"n_mels": 32}, "patch_frames": 32, "window_hop": 16},
-        "model": {"width": 0.125, "n_z": 32},
+        "model": {
+            "width": 0.125, "n_z": 32,
+            "chang": {"channels": [8, 16, 32, 64], "hidden": 32, "n_z": 16, "lr": 1e-3},
+            "tu": {"tdnn": [[32, 5, 2], [16, 3, 4]], "lstm": 16, "embedding": 32, "head_hidden": 16, "lr": 1e-2},
+            "tripathi": {"filters": 16, "hidden": 32, "decoder": [64]},
+            "fcn": {"padding": "same", "zhang_channels": [8, 16, 24, 24, 16], "lr": 1e-2},
+        },
         "training": {
             "batch_size": 32, "ae_lr": 1e-3, "ae_iterations": 1000, "g_lr": 2e-4, "d_lr": 4e-4,
             "gan_iterations": 500, "finetune_iterations": 600, "ser_lr": 1e-3, "ser_lr_decay_every": 400,
@@ -321,6 +443,14 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         "synthesis": {"per_class_federated": 250, "per_class_central": 1000, "batch_size": 64},
         "federation": {"rounds": 6, "local_iterations": 50},
     },
+}
+
+
+# The tiny preset's extractor sizes for the other papers' features (``features.kind``); the paper
+# preset keeps each extractor's paper defaults. A file that sets ``features.params`` replaces these.
+TINY_FEATURE_PARAMS: dict[str, dict[str, int | float]] = {
+    "logmel": {"n_mels": 32}, "stft": {"n_bins": 32}, "mel6s": {"n_mels": 32}, "mfcc6s": {"n_mfcc": 20},
+    "mfcc_vad": {}, "mean_spectrum": {},
 }
 
 
@@ -343,8 +473,15 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
     preset = data.get("preset", "tiny")
     if preset not in PRESETS:
         raise ConfigError(f"{source}: preset: must be one of {sorted(PRESETS)}, got {preset!r}")
+    base = PRESETS[preset]
+    features = data.get("features", {})
+    if preset == "tiny" and isinstance(features, Mapping) and features.get("kind", "logmel") != "logmel":
+        params = TINY_FEATURE_PARAMS.get(str(features["kind"]), {})
+        base = {**base, "features": {**base["features"], "params": params}}
+    if isinstance(features, Mapping) and "params" in features:  # the file's params replace the preset's
+        base = {**base, "features": {k: v for k, v in base.get("features", {}).items() if k != "params"}}
     try:
-        return StudyConfig.model_validate(_merge(PRESETS[preset], data))
+        return StudyConfig.model_validate(_merge(base, data))
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors()]
         raise ConfigError(

@@ -29,6 +29,9 @@ def _ensure(target: Path, write: Callable[[Path], Path]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=target.parent))
     try:
         os.replace(write(tmp), target)
+    except OSError:
+        if not target.is_dir():  # another process (a simulated node) finished it first: fine
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

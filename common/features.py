@@ -406,6 +406,21 @@ EXTRACTORS: dict[str, type[Extractor]] = {
 }
 
 
+def feature_rows(extractor: Extractor) -> int:
+    """Rows F of the extractor's (F, T) output (the length of ``mean_spectrum``'s vector)."""
+    if isinstance(extractor, MfccVad):
+        return 3 * extractor.n_mfcc  # MFCC + deltas + delta-deltas
+    if isinstance(extractor, Mfcc6s):
+        return extractor.n_mfcc
+    if isinstance(extractor, _Mel):
+        return extractor.n_mels
+    if isinstance(extractor, Stft):
+        return extractor.n_bins
+    if isinstance(extractor, MeanSpectrum):
+        return extractor.n_fft // 2 + 1
+    raise TypeError(f"no row count known for extractor {extractor.name!r}")
+
+
 def build_extractor(name: str, **params: Any) -> Extractor:
     """The extractor registered as ``name`` with ``params`` overriding its paper defaults."""
     if name not in EXTRACTORS:

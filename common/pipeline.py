@@ -7,8 +7,8 @@ the Flower apps (federated) call them, and only they talk to MLflow or Flower.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 
 from common.config import StudyConfig
 from common.corpora import Utterance
+from common.corpora.iemocap import word_spans
 from common.data import labeled_scan, pretrain_scan
 from common.features import FeatureCache, MinMax, build_extractor, extract_corpus, resolve_device
 from common.models.sngan import Discriminator, GanSpec, Generator
@@ -33,6 +34,7 @@ class Corpus:
     utterances: list[Utterance]
     feats: dict[str, np.ndarray]
     classes: tuple[str, ...]
+    words: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)  # read on first use
 
     def session_stats(self) -> dict[int, MinMax]:
         """Per-session min/max scalars: what each federated node reports (seed 002 §4.2)."""
@@ -42,14 +44,56 @@ class Corpus:
                 stats[u.session] = stats.get(u.session, MinMax.empty()).update(self.feats[u.id])
         return stats
 
-    def labeled_set(self, utterances: list[Utterance] | tuple[Utterance, ...], stats: MinMax) -> LabeledSet:
-        """Scaled features and class indices of ``utterances``."""
+    def labeled_set(self, utterances: list[Utterance] | tuple[Utterance, ...], stats: MinMax,
+                    speakers: Sequence[str] = ()) -> LabeledSet:
+        """Scaled features (F, T) (a vector becomes (F, 1)) and class indices of ``utterances``.
+
+        ``aux`` carries what the other papers' trainers use: ``speaker`` (index into ``speakers``,
+        the fold's training speakers, -1 for others; seed 001), ``valence``/``activation`` (the
+        annotators' means, when every utterance has them; seed 000) and ``words`` (IEMOCAP word
+        spans in seconds; seed 000's crops).
+        """
         index = {c: i for i, c in enumerate(self.classes)}
+        aux: dict[str, tuple] = {}
+        if speakers:
+            position = {s: i for i, s in enumerate(speakers)}
+            aux["speaker"] = tuple(position.get(u.speaker, -1) for u in utterances)
+        for dim in ("valence", "activation"):
+            values = [getattr(u, dim) for u in utterances]
+            if values and all(v is not None for v in values):
+                aux[dim] = tuple(values)
+        if utterances and all(u.corpus == "iemocap" for u in utterances):
+            aux["words"] = tuple(self._words(u) for u in utterances)
         return LabeledSet(
-            tuple(stats.scale(self.feats[u.id]) for u in utterances),
+            tuple(_as_matrix(stats.scale(self.feats[u.id])) for u in utterances),
             tuple(index[u.label] for u in utterances),  # type: ignore[index]
             tuple(u.id for u in utterances),
+            aux,
         )
+
+    def _words(self, u: Utterance) -> tuple[tuple[float, float], ...]:
+        if u.id not in self.words:
+            self.words[u.id] = word_spans(u.path)
+        return self.words[u.id]
+
+
+def _as_matrix(feat: np.ndarray) -> np.ndarray:
+    return feat[:, None] if feat.ndim == 1 else feat
+
+
+def training_speakers(utterances: Sequence[Utterance]) -> tuple[str, ...]:
+    """The speaker vocabulary of a fold: its training speakers, sorted (seed 001's speaker head).
+
+    For IEMOCAP this is ``SesNN{F,M}`` of the training sessions in order, which a federated node
+    computes from the list of training sessions alone (:func:`iemocap_speakers`): no node ever
+    learns another node's speakers from data.
+    """
+    return tuple(sorted({u.speaker for u in utterances}))
+
+
+def iemocap_speakers(sessions: Sequence[int]) -> tuple[str, ...]:
+    """IEMOCAP's training speakers of ``sessions``: what :func:`training_speakers` gives for them."""
+    return tuple(f"Ses{s:02d}{g}" for s in sorted(sessions) for g in "FM")
 
 
 def extract(cfg: StudyConfig, utterances: list[Utterance]) -> dict[str, np.ndarray]:

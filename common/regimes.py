@@ -21,14 +21,13 @@ import torch
 
 from common.config import StudyConfig
 from common.features import MinMax, resolve_device
-from common.pipeline import Corpus, finetune, gan_spec, load_pretrained
+from common.pipeline import Corpus, finetune, gan_spec, load_pretrained, training_speakers
 from common.splits import Fold
 from common.synthesis import ClassConditionalGenerator, SyntheticPool
 from common.trainers.bagan import train_bagan
 from common.trainers.gan import Sampler
 from common.trainers.registry import SerTrainer, build_trainer
-from common.trainers.ser import Validation
-from common.views import LabeledSet, PatchSampler
+from common.views import LabeledSet
 
 
 @dataclass
@@ -44,6 +43,8 @@ class FoldOutcome:
     # The generator(s) the SER network was trained from (empty for real-central).
     generators: list[torch.nn.Module] = field(default_factory=list)
     train: LabeledSet | None = None
+    # What ``validation_f1`` measures: the trainer's selection score (macro-F1 but for seed 000's UA).
+    selection: str = "f1_macro"
 
     # Outcomes cross process boundaries (parallel folds); spectral-norm parametrized modules do not
     # pickle, so generators travel as (class, spec, weights) and are rebuilt on arrival.
@@ -61,13 +62,6 @@ class FoldOutcome:
         self.__dict__.update(state, generators=rebuilt)
 
 
-def train_ser(cfg: StudyConfig, sample: Sampler, validation: Validation, progress: bool = False) -> SerTrainer:
-    """The configured SER trainer fitted on ``sample``, selected on ``validation``."""
-    trainer = build_trainer(cfg, resolve_device(cfg.training.device))
-    trainer.fit(sample, validation, progress=progress)
-    return trainer
-
-
 def synthetic_sampler(cfg: StudyConfig, generators: list[ClassConditionalGenerator], per_class: int,
                       fold: int) -> Sampler:
     """Batches from the streamed pool of ``generators`` (``per_class`` samples per emotion each)."""
@@ -76,24 +70,29 @@ def synthetic_sampler(cfg: StudyConfig, generators: list[ClassConditionalGenerat
     return pool.sampler(seed=cfg.training.seed)
 
 
-def _real(cfg: StudyConfig, train: LabeledSet, fold: Fold, progress: bool) -> tuple[Sampler, list]:
-    return PatchSampler(train, gan_spec(cfg).patch, seed=cfg.training.seed), []
+def _real(cfg: StudyConfig, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+          progress: bool) -> tuple[Sampler, list]:
+    return trainer.sampler(train, seed=cfg.training.seed), []
 
 
-def _gan_central(cfg: StudyConfig, train: LabeledSet, fold: Fold, progress: bool) -> tuple[Sampler, list]:
+def _gan_central(cfg: StudyConfig, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+                 progress: bool) -> tuple[Sampler, list]:
     gen, disc, _ = load_pretrained(cfg)
     gen = finetune(cfg, gen, disc, train, progress)
     gen.to(resolve_device(cfg.training.device))
     return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
 
 
-def _baseline(cfg: StudyConfig, train: LabeledSet, fold: Fold, progress: bool) -> tuple[Sampler, list]:
+def _baseline(cfg: StudyConfig, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+              progress: bool) -> tuple[Sampler, list]:
     device = resolve_device(cfg.training.device)
     gen = train_bagan(gan_spec(cfg), cfg.training, train, device, progress=progress)
     return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
 
 
-CENTRAL: dict[str, Callable[[StudyConfig, LabeledSet, Fold, bool], tuple[Sampler, list]]] = {
+# Each regime makes the batches the SER trainer fits on: real windows cut as the trainer's paper
+# cuts them, or samples of generators (which every trainer takes: (B, 1, P, P) log-mel).
+CENTRAL: dict[str, Callable[[StudyConfig, SerTrainer, LabeledSet, Fold, bool], tuple[Sampler, list]]] = {
     "real-central": _real,
     "gan-central": _gan_central,
     "baseline-gan": _baseline,
@@ -108,11 +107,13 @@ def run_central_fold(
         raise ValueError(f"unknown centralized regime {regime!r}; choose from {sorted(CENTRAL)}")
     start = time.perf_counter()
     torch.manual_seed(cfg.training.seed)
-    train = corpus.labeled_set(fold.train, stats)
+    speakers = training_speakers(fold.train)
+    train = corpus.labeled_set(fold.train, stats, speakers)
     validation = corpus.labeled_set(fold.validation, stats)
-    sample, generators = CENTRAL[regime](cfg, train, fold, progress)
-    trainer = train_ser(cfg, sample, validation, progress)
+    trainer = build_trainer(cfg, resolve_device(cfg.training.device))
+    sample, generators = CENTRAL[regime](cfg, trainer, train, fold, progress)
+    trainer.fit(sample, validation, progress=progress)
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
-    val_f1 = trainer.evaluate(validation)["f1_macro"] if len(validation) else None
-    return FoldOutcome(regime, fold.index, fold.test_session, metrics, val_f1, time.perf_counter() - start,
-                       generators, train)
+    val = trainer.evaluate(validation)[trainer.selection] if len(validation) else None
+    return FoldOutcome(regime, fold.index, fold.test_session, metrics, val, time.perf_counter() - start,
+                       generators, train, trainer.selection)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from common.config import FederationConfig, FoldConfig
 from common.corpora.base import Utterance
 
@@ -53,6 +55,31 @@ def leave_one_session_out(utterances: Sequence[Utterance], cfg: FoldConfig) -> l
             validation_speaker=speaker, test_speakers=tuple(sorted({u.speaker for u in test})),
         ))
     return folds
+
+
+def stratified_kfold(utterances: Sequence[Utterance], cfg: FoldConfig) -> list[Fold]:
+    """``cfg.k`` folds, each testing on a different 1/k of the utterances, class proportions kept
+    (seed 004 §2.1: five folds, "80-20 train-test split with a different section ... as test").
+    No validation set: the paper trains a fixed schedule and reports the last model."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = [u.label for u in utterances]
+    smallest = min((labels.count(c) for c in set(labels)), default=0)
+    if smallest < cfg.k:
+        raise SplitError(f"folds.k = {cfg.k} but a class has only {smallest} utterances; lower folds.k")
+    split = StratifiedKFold(n_splits=cfg.k, shuffle=True, random_state=cfg.seed)
+    folds = []
+    for index, (train, test) in enumerate(split.split(np.zeros(len(labels)), labels), start=1):
+        test_set = tuple(utterances[i] for i in test)
+        folds.append(Fold(index=index, test_session=index, train=tuple(utterances[i] for i in train), validation=(),
+                          test=test_set, validation_speaker=None,
+                          test_speakers=tuple(sorted({u.speaker for u in test_set}))))
+    return folds
+
+
+def make_folds(utterances: Sequence[Utterance], cfg: FoldConfig) -> list[Fold]:
+    """The study's folds: leave-one-session-out (default) or stratified k-fold."""
+    return stratified_kfold(utterances, cfg) if cfg.scheme == "kfold" else leave_one_session_out(utterances, cfg)
 
 
 def holdout_split(

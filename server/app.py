@@ -60,7 +60,8 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0) -> li
     audit = audit_path(cfg, regime, run_id)
     fed = Federation(WireGrid(grid, audit), cfg)
     tracker = Tracker(cfg)
-    tags = {"kind": "regime", "regime": regime, "study": cfg.name, "preset": cfg.preset, "flwr_run_id": run_id}
+    tags = {"kind": "regime", "regime": regime, "trainer": cfg.training.trainer, "study": cfg.name,
+            "preset": cfg.preset, "flwr_run_id": run_id}
     with tracker.run(regime, tags):
         tracker.params(cfg.flat())
         nodes = fed.discover()
@@ -73,7 +74,8 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0) -> li
         def per_fold(fold: Callable[[int, int], FoldOutcome | None]) -> list[FoldOutcome]:
             outcomes = []
             for session in cfg.folds.sessions:
-                tags = {"regime": regime, "fold": session, "session": session, "study": cfg.name}
+                tags = {"regime": regime, "trainer": cfg.training.trainer, "fold": session, "session": session,
+                        "study": cfg.name}
                 with tracker.run(f"{regime}/fold{session}", tags, nested=True):
                     outcome = fold(session, session)
                     if outcome is None:

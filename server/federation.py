@@ -251,7 +251,8 @@ def restore_fp32(record: ArrayRecord) -> dict[str, Any]:
     return {k: v.float() if v.is_floating_point() else v for k, v in record.to_torch_state_dict().items()}
 
 
-def confusion_from(metrics: MetricRecord, n_c: int) -> list[list[int]]:
-    """The confusion matrix back from its ``cm-i-j`` scalars."""
-    return [[int(metrics.get(f"cm-{i}-{j}", 0)) for j in range(n_c)] for i in range(n_c)]
+def confusion_from(metrics: MetricRecord) -> list[list[int]]:
+    """The confusion matrix back from its ``cm-i-j`` scalars (its size from the keys)."""
+    n = sum(1 for k in metrics if k.startswith("cm-0-"))
+    return [[int(metrics.get(f"cm-{i}-{j}", 0)) for j in range(n)] for i in range(n)]
 

@@ -44,9 +44,8 @@ def remote_scores(fed: Federation, session: int, state: dict[str, torch.Tensor],
         "arrays": ArrayRecord(state), "config": stats_config(stats, split=split),
     }))
     m = reply["metrics"]
-    n_c = len(fed.cfg.data.classes)
-    return {"f1_macro": float(m["f1_macro"]), "ua": float(m["ua"]), "wa": float(m["wa"]),
-            "confusion": confusion_from(m, n_c)}
+    scores = {k: float(v) for k, v in m.items() if not k.startswith("cm-") and k != "num-examples"}
+    return {**scores, "confusion": confusion_from(m)}
 
 
 def _selects(cfg: StudyConfig) -> bool:
@@ -126,15 +125,18 @@ def fedavg(fed: Federation, cfg: StudyConfig, tracker: Tracker, per_fold: Callab
                 value = score()
                 if value > best["score"]:
                     best.update(score=value, state={k: v.clone() for k, v in trainer.state_dict().items()})
-                return MetricRecord({"val_f1_macro": value})
+                return MetricRecord({f"val_{trainer.selection}": value})
 
+            # The fold's training sessions (public metadata, no data): nodes derive speaker indices.
+            sessions = [s for s in fed.nodes if s != test]
             result = STRATEGIES[cfg.federation.strategy](cfg).start(
                 grid=fed.grid.restrict(train_nodes), initial_arrays=ArrayRecord(trainer.state_dict()),
                 num_rounds=cfg.federation.rounds, timeout=cfg.federation.timeout,
-                train_config=stats_config(stats), evaluate_fn=evaluate_fn,
+                train_config=stats_config(stats, **{"train-sessions": sessions}), evaluate_fn=evaluate_fn,
             )
             for rnd, metrics in result.evaluate_metrics_serverapp.items():
-                tracker.metrics({"val_f1_macro_round": float(metrics["val_f1_macro"])}, step=rnd)
+                key = f"val_{trainer.selection}"
+                tracker.metrics({f"{key}_round": float(metrics[key])}, step=rnd)
             if best["state"] is not None:
                 trainer.load_state_dict(best["state"])  # model selection: the best round
                 return best["score"]
@@ -156,14 +158,15 @@ def _fit_and_score(fed: Federation, cfg: StudyConfig, regime: str, index: int, t
     score = None
     if _selects(cfg):
         def score() -> float:
-            return remote_scores(fed, test, trainer.state_dict(), stats, "validation")["f1_macro"]
+            return remote_scores(fed, test, trainer.state_dict(), stats, "validation")[trainer.selection]
     try:
         val = fit(score)
         metrics = remote_scores(fed, test, trainer.state_dict(), stats, "test")
     except NodeFailure as exc:
         log.warning("fold %s of %s cannot be scored: %s", index, regime, exc)
         return None
-    return FoldOutcome(regime, index, test, metrics, val, time.perf_counter() - start)
+    return FoldOutcome(regime, index, test, metrics, val, time.perf_counter() - start,
+                       selection=trainer.selection)
 
 
 REGIMES: dict[str, Callable[[Federation, StudyConfig, Tracker, Callable], list[FoldOutcome]]] = {

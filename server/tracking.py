@@ -87,10 +87,13 @@ SCORES = ("f1_macro", "ua", "wa")
 def log_fold(tracker: Tracker, classes: Sequence[str], outcome: FoldOutcome) -> None:
     """A fold run's metrics, its confusion-matrix plot, and for GAN regimes a spectrogram grid
     (real patches beside generated ones where the server has real data) and the generator."""
-    tracker.metrics({**{k: outcome.metrics[k] for k in SCORES}, **confusion_metrics(outcome.metrics["confusion"]),
-                     "seconds": outcome.seconds})
+    # Every scalar the trainer reports (seed 000 adds ua3 and pearson_r to SCORES).
+    scalars = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
+    tracker.metrics({**scalars, **confusion_metrics(outcome.metrics["confusion"]), "seconds": outcome.seconds})
+    n = len(outcome.metrics["confusion"])
+    classes = classes if len(classes) == n else [str(level) for level in range(1, n + 1)]  # valence levels
     if outcome.validation_f1 is not None:
-        tracker.metrics({"val_f1_macro": outcome.validation_f1})
+        tracker.metrics({f"val_{outcome.selection}": outcome.validation_f1})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         tracker.artifact(confusion_png(outcome.metrics["confusion"], classes, folder / "confusion.png",

@@ -202,16 +202,16 @@ def folds(
     config: ConfigArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the folds as JSON.")] = False,
 ) -> None:
-    """Print the leave-one-session-out folds of the configured corpus."""
+    """Print the folds of the configured corpus (leave-one-session-out, or k-fold)."""
     _folds(load_config(config), as_json)
 
 
 def _folds(cfg: StudyConfig, as_json: bool = False) -> list[dict[str, Any]]:
     from common.data import labeled_scan
-    from common.splits import leave_one_session_out
+    from common.splits import make_folds
 
     rows = []
-    for fold in leave_one_session_out(labeled_scan(cfg).utterances, cfg.folds):
+    for fold in make_folds(labeled_scan(cfg).utterances, cfg.folds):
         rows.append({
             "fold": fold.index, "test_session": fold.test_session, "train_sessions": list(fold.train_sessions),
             "train": len(fold.train), "validation_speaker": fold.validation_speaker,
@@ -222,7 +222,7 @@ def _folds(cfg: StudyConfig, as_json: bool = False) -> list[dict[str, Any]]:
         print(json.dumps(rows, indent=2))
         return rows
     table = Table("fold", "train sessions", "train", "validation", "test", "train labels",
-                  title=f"leave-one-session-out folds (holdout: {cfg.folds.holdout})")
+                  title=f"{cfg.folds.scheme} folds (holdout: {cfg.folds.holdout})")
     for r in rows:
         table.add_row(
             str(r["fold"]), ",".join(map(str, r["train_sessions"])), str(r["train"]),
@@ -262,10 +262,10 @@ def _study(cfg: StudyConfig) -> None:
 
     start = time.perf_counter()
     rows = run_study(cfg, progress=console.is_terminal, say=lambda line: console.print(line, highlight=False))
-    table = Table("regime", "macro-F1 mean ± std", "folds",
+    table = Table("regime", "trainer", "macro-F1 mean ± std", "folds",
                   title=f"{cfg.name}: {time.perf_counter() - start:.0f} s, MLflow {cfg.tracking_uri}")
-    for regime, mean, std, n in summary_table(rows):
-        table.add_row(regime, f"{mean:.3f} ± {std:.3f}", str(n))
+    for regime, trainer, mean, std, n in summary_table(rows):
+        table.add_row(regime, trainer, f"{mean:.3f} ± {std:.3f}", str(n))
     console.print(table)
 
 
@@ -275,7 +275,7 @@ def report(
     experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default: the config's).")] = None,  # noqa: UP045
     config: Annotated[Optional[Path], typer.Option(help="Study config for the tracking URI/experiment.")] = None,  # noqa: UP045
     tracking_uri: Annotated[Optional[str], typer.Option(help="Overrides the config's tracking URI.")] = None,  # noqa: UP045
-    as_json: Annotated[bool, typer.Option("--json", help="Print rows (regime, fold, f1_macro, ua, wa) as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows (regime, trainer, fold, f1_macro, ua, wa, ...) as JSON.")] = False,
 ) -> None:
     """Regime x fold macro-F1 / UA / WA from MLflow with mean ± std, beside seed 002 Table 2."""
     cfg = load_config(config)

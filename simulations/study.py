@@ -19,7 +19,7 @@ from common.features import MinMax
 from common.metrics import mean_std
 from common.pipeline import Corpus, load_checkpoint, load_corpus, pretrained_checkpoint
 from common.regimes import FoldOutcome, run_central_fold
-from common.splits import Fold, leave_one_session_out
+from common.splits import Fold, make_folds
 from server.report import fold_rows
 from server.tracking import SCORES, Tracker, log_fold, log_summary
 from simulations.flower import LocalSuperLink
@@ -32,7 +32,10 @@ def scaling_stats(cfg: StudyConfig, corpus: Corpus) -> MinMax:
     else the combined per-session min/max of the labeled corpus."""
     if cfg.pretrained_path.is_file():
         return MinMax.from_dict(load_checkpoint(cfg.pretrained_path)["stats"])
-    return MinMax.combine(*corpus.session_stats().values())
+    per_session = corpus.session_stats().values()
+    # Corpora without sessions (RAVDESS): the min/max of every utterance.
+    return MinMax.combine(*per_session) if per_session else MinMax.combine(
+        *(MinMax.empty().update(f) for f in corpus.feats.values()))
 
 
 def workers(cfg: StudyConfig) -> int:
@@ -48,36 +51,42 @@ def run_study(cfg: StudyConfig, progress: bool = True, say: Callable[[str], None
                                     "config first (or set model.pretrained)")
         pretrained_checkpoint(cfg)  # sizes checked here, before any regime (or a Flower run) starts
     corpus = load_corpus(cfg)
-    folds = leave_one_session_out(corpus.utterances, cfg.folds)
+    folds = make_folds(corpus.utterances, cfg.folds)
     stats = scaling_stats(cfg, corpus)
     tracker = Tracker(cfg)
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         link: LocalSuperLink | None = None
-        for regime in cfg.regimes:
-            if regime in CENTRAL_REGIMES:
-                rows += _central(regime, cfg, corpus, stats, folds, tracker, progress, say)
-                continue
-            if link is None:  # one SuperLink for all federated regimes of the study
-                link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
-            say(f"{regime}: flwr run on a local simulation ({len(SESSIONS)} session nodes)")
-            link.run(cfg, regime, say)
-            rows += fold_rows(cfg.tracking_uri, cfg.tracking.experiment, [regime])
+        for trainer in cfg.study_trainers:
+            tcfg = cfg.with_trainer(trainer)
+            for regime in cfg.regimes:
+                if regime in CENTRAL_REGIMES:
+                    rows += _central(regime, tcfg, corpus, stats, folds, tracker, progress, say)
+                    continue
+                if link is None:  # one SuperLink for all federated regimes of the study
+                    link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
+                say(f"{regime} [{trainer}]: flwr run on a local simulation ({len(SESSIONS)} session nodes)")
+                link.run(tcfg, regime, say)
+                rows += fold_rows(cfg.tracking_uri, cfg.tracking.experiment, [regime], [trainer])
     return rows
 
 
 def _central(regime: str, cfg: StudyConfig, corpus: Corpus, stats: MinMax, folds: list[Fold], tracker: Tracker,
              progress: bool, say: Callable[[str], None]) -> list[Row]:
     rows, outcomes = [], []
-    with tracker.run(regime, {"kind": "regime", "regime": regime, "study": cfg.name, "preset": cfg.preset}):
+    trainer = cfg.training.trainer
+    tags = {"kind": "regime", "regime": regime, "trainer": trainer, "study": cfg.name, "preset": cfg.preset}
+    with tracker.run(regime, tags):
         tracker.params(cfg.flat())
         for outcome in _fold_outcomes(regime, cfg, corpus, stats, folds, progress, say):
-            tags = {"regime": regime, "fold": outcome.fold, "session": outcome.test_session, "study": cfg.name}
+            tags = {"regime": regime, "trainer": trainer, "fold": outcome.fold, "session": outcome.test_session,
+                    "study": cfg.name}
             with tracker.run(f"{regime}/fold{outcome.fold}", tags, nested=True):
                 log_fold(tracker, cfg.data.classes, outcome)
             outcomes.append(outcome)
-            rows.append({"regime": regime, "fold": outcome.fold, **{k: outcome.metrics[k] for k in SCORES}})
-            say(f"{regime}: fold {outcome.fold} (test Session{outcome.test_session}): macro-F1 "
+            rows.append({"regime": regime, "trainer": trainer, "fold": outcome.fold,
+                         **{k: outcome.metrics[k] for k in SCORES}})
+            say(f"{regime} [{trainer}]: fold {outcome.fold} (test Session{outcome.test_session}): macro-F1 "
                 f"{outcome.metrics['f1_macro']:.3f}  UA {outcome.metrics['ua']:.3f}  "
                 f"WA {outcome.metrics['wa']:.3f}  ({outcome.seconds:.0f} s)")
         log_summary(tracker, outcomes)
@@ -110,7 +119,7 @@ def _worker_init(cfg: StudyConfig, corpus: Corpus, stats: MinMax) -> None:
 
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
     _WORKER.update(cfg=cfg, corpus=corpus, stats=stats,
-                   folds=leave_one_session_out(corpus.utterances, cfg.folds))
+                   folds=make_folds(corpus.utterances, cfg.folds))
 
 
 def _worker_fold(regime: str, index: int) -> FoldOutcome:
@@ -118,11 +127,11 @@ def _worker_fold(regime: str, index: int) -> FoldOutcome:
     return run_central_fold(regime, w["cfg"], w["corpus"], w["stats"], w["folds"][index])
 
 
-def summary_table(rows: list[Row]) -> list[tuple[str, float, float, int]]:
-    """(regime, mean macro-F1, std, folds) in the order the regimes ran."""
+def summary_table(rows: list[Row]) -> list[tuple[str, str, float, float, int]]:
+    """(regime, trainer, mean macro-F1, std, folds) in the order the regimes ran."""
     out = []
-    for regime in dict.fromkeys(r["regime"] for r in rows):
-        scores = [r["f1_macro"] for r in rows if r["regime"] == regime]
+    for regime, trainer in dict.fromkeys((r["regime"], r["trainer"]) for r in rows):
+        scores = [r["f1_macro"] for r in rows if (r["regime"], r["trainer"]) == (regime, trainer)]
         mean, std = mean_std(scores)
-        out.append((regime, mean, std, len(scores)))
+        out.append((regime, trainer, mean, std, len(scores)))
     return out

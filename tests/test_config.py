@@ -61,7 +61,7 @@ def test_bad_file_reports_every_error_with_key_and_allowed_values(tmp_path: Path
     assert "data.classes: classes must be non-empty and unique" in message
     assert "features.kind: Input should be 'logmel'" in message
     assert "features.window_hop: Input should be greater than or equal to 1 (got 0)" in message
-    assert "model.widht: unknown key; allowed here: n_z, pretrained, width" in message
+    assert "model.widht: unknown key; allowed here: chang, fcn, n_z, pretrained, tripathi, tu, width" in message
 
 
 def test_label_map_must_target_classes(tmp_path: Path) -> None:

@@ -20,8 +20,12 @@ from common.views import LabeledSet, PatchSampler
 N_C = 4
 
 
-def training_cfg(**overrides):  # noqa: ANN003, ANN201
-    return load_config(overrides={"training": {"batch_size": 16, **overrides}}).training
+def ser_trainer(patch: int = 32, hop: int = 32, **training) -> SerCnnTrainer:  # noqa: ANN003
+    """The ser-cnn trainer at width 1/16 on ``patch``-square windows (``training`` overrides)."""
+    return SerCnnTrainer(load_config(overrides={
+        "features": {"params": {"n_mels": patch}, "patch_frames": patch, "window_hop": hop},
+        "model": {"width": 0.0625, "n_z": 8}, "training": {"batch_size": 16, **training},
+    }))
 
 
 class MarkerNet(nn.Module):
@@ -52,8 +56,8 @@ def ramp(t: int, offset: int, rows: int = 8) -> np.ndarray:
     return np.tile((offset + np.arange(t, dtype=np.float32)) / 1000, (rows, 1))
 
 
-def stub_trainer(patch: int, class_of: Callable[[int], int]) -> tuple[SerCnnTrainer, MarkerNet]:
-    trainer = SerCnnTrainer(GanSpec(n_z=8, n_c=N_C, width=0.0625, patch=patch), training_cfg())
+def stub_trainer(patch: int, class_of: Callable[[int], int], hop: int = 32) -> tuple[SerCnnTrainer, MarkerNet]:
+    trainer = ser_trainer(patch, hop)
     trainer.net = MarkerNet(class_of)
     return trainer, trainer.net
 
@@ -104,8 +108,7 @@ def test_predict_proba_averages_window_probabilities() -> None:
 
 
 def test_predict_proba_matches_patches_for_another_hop() -> None:
-    trainer, net = stub_trainer(32, lambda m: (m // 10) % N_C)
-    trainer.window_hop = 10
+    trainer, net = stub_trainer(32, lambda m: (m // 10) % N_C, hop=10)
     probs = trainer.predict_proba([ramp(75, 0)])
     starts = [round(v * 1000) for v in patches(ramp(75, 0), 32, hop=10)[:, 0, 0]]
     assert starts == [0, 10, 20, 30, 40, 43]
@@ -179,8 +182,7 @@ def emotion_set(per_class: int, seed: int, t_range: tuple[int, int] = (40, 120))
 
 def test_ser_trainer_learns_a_tiny_synthetic_set() -> None:
     spec = GanSpec(n_z=8, n_c=N_C, width=0.0625, patch=32)
-    cfg = training_cfg(ser_lr=1e-3, eval_every=50, seed=0)
-    trainer = SerCnnTrainer(spec, cfg)
+    trainer = ser_trainer(ser_lr=1e-3, eval_every=50, seed=0)
     # Files shorter than a patch (padded with -1) in every split.
     train = emotion_set(6, seed=0, t_range=(20, 120))
     val, test = emotion_set(2, seed=1, t_range=(20, 150)), emotion_set(5, seed=2, t_range=(20, 150))
@@ -208,7 +210,7 @@ class ScriptedScores:
 
 def test_fit_keeps_the_best_validation_weights() -> None:
     spec = GanSpec(n_z=8, n_c=N_C, width=0.0625, patch=32)
-    trainer = SerCnnTrainer(spec, training_cfg(ser_lr=1e-3, eval_every=5))
+    trainer = ser_trainer(ser_lr=1e-3, eval_every=5)
     scripted = ScriptedScores(trainer, [0.2, 0.9, 0.4, 0.3])
     trainer.evaluate = scripted  # type: ignore[method-assign]
     data = emotion_set(1, seed=0)
@@ -221,7 +223,7 @@ def test_fit_keeps_the_best_validation_weights() -> None:
 
 def test_fit_without_validation_keeps_the_last_weights() -> None:
     spec = GanSpec(n_z=8, n_c=N_C, width=0.0625, patch=32)
-    trainer = SerCnnTrainer(spec, training_cfg(ser_lr=1e-3, eval_every=5))
+    trainer = ser_trainer(ser_lr=1e-3, eval_every=5)
     data = emotion_set(1, seed=0)
     result = trainer.fit(PatchSampler(data, spec.patch, seed=0), iterations=5)
     assert result.steps == 5 and result.evals == [] and result.best_step is None

@@ -77,3 +77,29 @@ def test_dirichlet_label_skew_covers_every_utterance_once_and_skews_labels() -> 
     assert max(shares) > 0.5
     again = partition(utts, FederationConfig(partition="dirichlet", num_clients=4, dirichlet_alpha=0.1), seed=3)
     assert {k: [u.id for u in v] for k, v in again.items()} == {k: [u.id for u in v] for k, v in parts.items()}
+
+
+def test_stratified_kfold_tests_every_utterance_once_with_class_proportions() -> None:
+    from common.splits import make_folds
+
+    utts = corpus()  # 80 utterances, 20 per class
+    folds = make_folds(utts, FoldConfig(scheme="kfold", k=5, seed=0))
+    assert [f.index for f in folds] == [1, 2, 3, 4, 5]
+    tested = [u.id for f in folds for u in f.test]
+    assert sorted(tested) == sorted(u.id for u in utts)  # each utterance tested exactly once
+    for f in folds:
+        assert len(f.test) == 16 and len(f.train) == 64 and not f.validation  # 80/20 (seed 004 §2.1)
+        assert Counter(u.label for u in f.test) == dict.fromkeys(LABELS, 4)
+        assert not {u.id for u in f.test} & {u.id for u in f.train}
+    assert make_folds(utts, FoldConfig(scheme="kfold", seed=1))[0].test != folds[0].test
+    with pytest.raises(SplitError, match="lower folds.k"):
+        make_folds(utts[:6], FoldConfig(scheme="kfold", k=5))
+
+
+def test_training_speakers_are_what_a_node_derives_from_the_session_list() -> None:
+    """Seed 001's speaker head under FedAvg: nodes know only the fold's training sessions."""
+    from common.pipeline import iemocap_speakers, training_speakers
+
+    for fold in leave_one_session_out(corpus(), FoldConfig()):
+        assert training_speakers(fold.train) == iemocap_speakers(fold.train_sessions)
+        assert len(iemocap_speakers(fold.train_sessions)) == 8  # Table 1: speaker head FC 512-64-64-8

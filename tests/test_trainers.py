@@ -1,5 +1,6 @@
 """The SER trainer contract, run over every registered trainer: fit, evaluate, weights through
-Flower's ArrayRecord, learning a tiny set, remote model selection, FedProx's proximal term."""
+Flower's ArrayRecord, learning a tiny set, training on GAN-synthetic batches, remote model
+selection, FedProx's proximal term."""
 
 from __future__ import annotations
 
@@ -11,14 +12,32 @@ import torch
 from flwr.app import ArrayRecord
 
 from common.config import load_config
+from common.models.sngan import GanSpec, Generator
+from common.synthesis import SyntheticPool
 from common.trainers.registry import TRAINERS, build_trainer
-from common.trainers.ser import proximal_term
-from common.views import PatchSampler
-from tests.test_ser import emotion_set
+from common.trainers.supervised import proximal_term
+from common.views import LabeledSet
+from tests.test_ser import emotion_set as patterns
 
+
+def emotion_set(per_class: int, seed: int) -> LabeledSet:
+    """test_ser's four patterns (low band, high band, temporal stripes, checkerboard) with a weak
+    band of its own for the two temporal classes, so that a model of the utterance-mean spectrum
+    (seed 004) has a cue too: stripes and checkerboard have the same time-mean."""
+    data = patterns(per_class, seed)
+    feats = []
+    for f, y in zip(data.feats, data.labels, strict=True):
+        f = f.copy()
+        if y >= 2:
+            rows = slice(12, 16) if y == 2 else slice(16, 20)
+            f[rows] = np.clip(f[rows] + 0.6, -1, 1)
+        feats.append(f)
+    return LabeledSet(tuple(feats), data.labels)
+
+# Every trainer on 32 x 32 log-mel windows: the shape of the tiny GAN's synthetic samples.
 SMALL = {
     "features": {"params": {"n_mels": 32}, "patch_frames": 32},
-    "model": {"width": 0.0625, "n_z": 8},
+    "model": {"width": 0.0625, "n_z": 8, "chang": {"task": "emotion", "unlabeled": "train"}},
     "training": {"batch_size": 16, "ser_lr": 1e-3, "eval_every": 50, "ser_lr_decay_every": 10_000},
 }
 
@@ -44,7 +63,7 @@ def name(request: pytest.FixtureRequest) -> str:
 def test_unknown_trainer_is_refused_with_the_registered_names() -> None:
     from common.config import ConfigError
 
-    with pytest.raises(ConfigError, match="training.trainer: unknown trainer; registered: ser-cnn"):
+    with pytest.raises(ConfigError, match="training.trainer: unknown trainer; registered: chang-cnn, "):
         load_config(overrides={"training": {"trainer": "nope"}})
 
 
@@ -52,7 +71,7 @@ def test_learns_a_tiny_set_and_evaluates(name: str) -> None:
     trainer = build_trainer(small_cfg(name))
     train, test = emotion_set(6, seed=0), emotion_set(4, seed=2)
     before = trainer.evaluate(test)
-    trainer.fit(PatchSampler(train, 32, seed=0), iterations=150)
+    trainer.fit(trainer.sampler(train, seed=0), iterations=150)
     after = trainer.evaluate(test)
     assert set(after) >= {"f1_macro", "ua", "wa", "confusion"}
     assert np.asarray(after["confusion"]).sum() == len(test)
@@ -62,7 +81,7 @@ def test_learns_a_tiny_set_and_evaluates(name: str) -> None:
 def test_weights_round_trip_through_an_array_record(name: str) -> None:
     cfg = small_cfg(name)
     trained = build_trainer(cfg)
-    trained.fit(PatchSampler(emotion_set(2, seed=0), 32, seed=0), iterations=20)
+    trained.fit(trained.sampler(emotion_set(2, seed=0)), iterations=20)
     record = ArrayRecord(trained.state_dict())
     fresh = build_trainer(small_cfg(name, seed=7))  # other initial weights
     data = emotion_set(2, seed=3)
@@ -80,18 +99,32 @@ def test_a_scoring_function_selects_the_model(name: str) -> None:
         seen.append(params(trainer).clone())
         return next(scores)
 
-    result = trainer.fit(PatchSampler(emotion_set(2, seed=0), 32, seed=0), score, iterations=15)
-    assert [s for s, _ in result.evals] == [5, 10, 15] and result.best_step == 10
+    sample = trainer.sampler(emotion_set(2, seed=0))
+    every = trainer.eval_every(sample)  # training.eval_every = 5, or one epoch (seed 000)
+    result = trainer.fit(sample, score, iterations=3 * every)
+    assert [s for s, _ in result.evals] == [every, 2 * every, 3 * every] and result.best_step == 2 * every
     torch.testing.assert_close(params(trainer), seen[1])
 
 
-def test_lr_override_sets_the_starting_rate(name: str) -> None:
+def test_trains_on_gan_synthetic_batches(name: str) -> None:
+    """The GAN regimes feed every trainer the generators' (B, 1, 32, 32) log-mel samples."""
+    trainer = build_trainer(small_cfg(name))
+    start = params(trainer).clone()
+    gen = Generator(GanSpec(n_z=8, n_c=4, width=0.0625, patch=32)).eval()
+    result = trainer.fit(SyntheticPool([gen], per_class=8, n_classes=4, seed=0).sampler(seed=0), iterations=3)
+    assert result.steps == 3 and not torch.equal(params(trainer), start)
+    probs = trainer.predict_proba(emotion_set(1, seed=0).feats)
+    assert probs.shape == (4, 4) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_start_step_continues_the_decay_schedule() -> None:
+    """FedAvg rounds continue the centralized lr decay: after 10 decays (x0.1) nothing moves."""
     data = emotion_set(2, seed=0)
     moved = []
-    for lr in (1e-3, 1e-9):
-        trainer = build_trainer(small_cfg(name))
+    for start_step in (0, 10 * 50):
+        trainer = build_trainer(small_cfg("ser-cnn", ser_lr_decay_every=50))
         start = params(trainer).clone()
-        trainer.fit(PatchSampler(data, 32, seed=0), iterations=10, lr=lr)
+        trainer.fit(trainer.sampler(data), iterations=10, start_step=start_step)
         moved.append((params(trainer) - start).norm().item())
     assert moved[1] < moved[0] / 100
 
@@ -102,7 +135,7 @@ def test_fedprox_keeps_local_weights_near_the_global_model(name: str) -> None:
     for mu in (0.0, 100.0):
         trainer = build_trainer(small_cfg(name))
         start = params(trainer).clone()
-        trainer.fit(PatchSampler(data, 32, seed=0), iterations=40, proximal_mu=mu)
+        trainer.fit(trainer.sampler(data), iterations=40, proximal_mu=mu)
         drift.append((params(trainer) - start).norm().item())
     assert drift[1] < drift[0] / 2
 

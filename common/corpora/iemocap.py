@@ -127,6 +127,26 @@ def is_improvised(utterance: str) -> bool:
     return "_impro" in utterance
 
 
+_NOT_WORDS = {"<s>", "</s>", "<sil>"}
+
+
+def word_spans(wav: Path) -> tuple[tuple[float, float], ...]:
+    """(start, end) seconds of each spoken word of an IEMOCAP utterance, from its forced alignment
+    ``sentences/ForcedAlignment/<dialog>/<utt>.wdseg`` (frames of 10 ms; silence markers left out);
+    () when there is no alignment. Seed 000 centres its training crops on these words."""
+    path = wav.parent.parent.parent / "ForcedAlignment" / wav.parent.name / f"{wav.stem}.wdseg"
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ()
+    spans = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 4 and parts[0].isdigit() and parts[1].isdigit() and parts[3] not in _NOT_WORDS:
+            spans.append((int(parts[0]) / 100, (int(parts[1]) + 1) / 100))
+    return tuple(spans)
+
+
 def _in_subset(utterance: str, subset: Subset) -> bool:
     return subset == "all" or is_improvised(utterance) == (subset == "improvised")
 

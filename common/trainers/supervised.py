@@ -1,0 +1,182 @@
+"""The base of every SER trainer: one network, one step built from a family's loss, the one loop.
+
+A family (seed 002's CNN, the papers 000/001/003/004) subclasses :class:`NetTrainer` and supplies
+``build`` (its network, sized from the config) and, where it differs from plain cross-entropy with
+Adam, ``loss`` / ``optimizer`` / ``lr_factor`` / ``sampler`` / ``evaluate``. Fitting, FedProx,
+model selection, early stopping and file-level scoring live here once.
+
+Every network takes scaled feature windows ``(B, 1, F, T)`` — the platform's log-mel patches, which
+is what the GAN-synthetic pools produce, or the paper's own features (``features.kind``) — and
+returns class scores ``(B, N_out)`` from :meth:`NetTrainer.logits`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.config import StudyConfig
+from common.features import build_extractor, feature_rows, patches
+from common.metrics import classification_metrics
+from common.trainers.base import Hook, KeepBest, Logs, LoopResult, run
+from common.trainers.gan import Sampler
+from common.views import LabeledSet, PatchSampler, SerBatch
+
+# Model selection: a held-out set, or a function scoring the current weights (in the federated
+# regimes the held-out session's node scores them, so its data never leaves it).
+Validation = LabeledSet | Callable[[], float] | None
+
+
+def proximal_term(net: nn.Module, mu: float) -> Callable[[], torch.Tensor | float]:
+    """FedProx's mu/2 ||w - w_0||^2 with w_0 the weights now (the global model of the round)."""
+    if mu <= 0:
+        return lambda: 0.0
+    start = [p.detach().clone() for p in net.parameters()]
+    return lambda: mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(net.parameters(), start, strict=True))
+
+
+def input_shape(cfg: StudyConfig) -> tuple[int, int]:
+    """(F, T) of one network input: feature rows and window frames (1 for utterance-level vectors)."""
+    extractor = build_extractor(cfg.features.kind, **cfg.features.params)
+    rows = feature_rows(extractor)
+    return rows, 1 if cfg.features.kind == "mean_spectrum" else cfg.features.patch_frames
+
+
+class NetTrainer:
+    """One network fitted by :func:`common.trainers.base.run` on batches from any sampler."""
+
+    name: ClassVar[str] = ""
+    # The score model selection maximizes (a key of :meth:`evaluate`).
+    selection: ClassVar[str] = "f1_macro"
+    # Networks with global pooling score a whole file in one pass instead of averaging windows.
+    whole_utterance: ClassVar[bool] = False
+
+    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu") -> None:
+        self.cfg, self.device = cfg, torch.device(device)
+        self.rows, self.frames = input_shape(cfg)
+        self.n_out = len(cfg.data.classes)
+        with torch.random.fork_rng():  # seeded initialization without resetting the caller's RNG
+            torch.manual_seed(cfg.training.seed)
+            self.net = self.build().to(self.device)
+
+    # --- what a family supplies -----------------------------------------------------------------
+
+    def build(self) -> nn.Module:
+        """The network for inputs (B, 1, ``rows``, ``frames``) and ``n_out`` classes."""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, N_out) of the primary task."""
+        return self.net(x)
+
+    def loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
+        """The training loss of one batch and what to log (default: cross-entropy)."""
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        loss = F.cross_entropy(self.logits(x), y)
+        return loss, {"loss": loss.item()}
+
+    def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam (beta 0.5, 0.99) at ``training.ser_lr`` (seed 002 §4.4)."""
+        t = self.cfg.training
+        return torch.optim.Adam(params, lr=t.ser_lr, betas=t.betas)
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier after ``step`` steps (seed 002: x``ser_lr_decay`` every N)."""
+        t = self.cfg.training
+        return t.ser_lr_decay ** (step // t.ser_lr_decay_every)
+
+    def sampler(self, data: LabeledSet, seed: int = 0) -> Sampler:
+        """Training batches from real data: random windows of ``frames`` frames."""
+        return PatchSampler(data, self.frames, seed=seed)
+
+    def eval_every(self, sample: Sampler) -> int:
+        """Steps between validations (``training.eval_every``)."""
+        return self.cfg.training.eval_every
+
+    def keep_best(self) -> KeepBest:
+        """Model selection (and early stopping, with a patience)."""
+        return KeepBest(self.net)
+
+    def hooks(self) -> list[Hook]:
+        """Further loop hooks of the family (none by default)."""
+        return []
+
+    # --- the same for every family --------------------------------------------------------------
+
+    def fit(self, sample: Sampler, validation: Validation = None, iterations: int | None = None,
+            progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0) -> LoopResult:
+        """Train for ``iterations`` (default ``training.ser_iterations``) batches from ``sample``.
+
+        ``start_step``: steps already done elsewhere (FedAvg rounds continue the lr schedule);
+        ``proximal_mu`` > 0 adds FedProx's mu/2 ||w - w_start||^2 (Li et al. 2020, eq. 2).
+        """
+        opt = self.optimizer(list(self.net.parameters()))
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(start_step + s))
+        prox = proximal_term(self.net, proximal_mu)
+
+        def step(_: int) -> Logs:
+            self.net.train()
+            loss, logs = self.loss(sample(self.cfg.training.batch_size))
+            opt.zero_grad(set_to_none=True)
+            (loss + prox()).backward()
+            opt.step()
+            schedule.step()
+            return logs
+
+        score = self._scorer(validation)
+        every = self.eval_every(sample) if score else 0
+        return run(step, self.cfg.training.ser_iterations if iterations is None else iterations, desc=self.name,
+                   evaluate=score, eval_every=every, hooks=[*([self.keep_best()] if score else []), *self.hooks()],
+                   progress=progress)
+
+    def _scorer(self, validation: Validation) -> Callable[[], float] | None:
+        if validation is None or self.cfg.training.eval_every <= 0:
+            return None
+        if callable(validation):
+            return validation
+        if not len(validation):
+            return None
+        return lambda: float(self.evaluate(validation)[self.selection])
+
+    @torch.no_grad()
+    def predict_proba(self, feats: Sequence[np.ndarray], chunk: int = 256) -> np.ndarray:
+        """Per-file class probabilities (N, N_out): the window probabilities averaged (seed 002 §4.3,
+        hop ``features.window_hop``), or one pass over the whole file (``whole_utterance``)."""
+        if not feats:
+            raise ValueError("no files to score")
+        self.net.eval()
+        if self.whole_utterance:
+            return np.concatenate([self._probs(patches(f, max(self.frames, f.shape[1]), 1, -1.0)) for f in feats])
+        windows = [patches(f, self.frames, self.cfg.features.window_hop, pad_value=-1.0) for f in feats]
+        flat = np.concatenate(windows)  # (sum n_i, F, frames)
+        probs = np.concatenate([self._probs(flat[i:i + chunk]) for i in range(0, len(flat), chunk)])
+        bounds = np.cumsum([0, *(len(w) for w in windows)])
+        return np.stack([probs[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+    def _probs(self, windows: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(windows)).unsqueeze(1).to(self.device)
+        return F.softmax(self.logits(x), dim=1).cpu().numpy()
+
+    def evaluate(self, data: LabeledSet) -> dict[str, Any]:
+        """File-level macro-F1, UA, WA and confusion matrix on ``data``."""
+        pred = self.predict_proba(data.feats).argmax(axis=1)
+        return classification_metrics(list(data.labels), pred.tolist(), self.n_out)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The network weights (what FedAvg averages and what travels)."""
+        return self.net.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace the network weights."""
+        self.net.load_state_dict(state)
+
+
+def epochs_to_steps(epochs: float, n: int, batch_size: int) -> int:
+    """Iterations of ``epochs`` passes over ``n`` utterances (papers count epochs, the loop steps)."""
+    return max(1, math.ceil(epochs * n / batch_size))

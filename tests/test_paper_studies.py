@@ -1,0 +1,105 @@
+"""The papers' experiment files: they validate and build at both presets, a federated study runs a
+speaker-head trainer end to end through Flower, and seed 004's RAVDESS k-fold protocol runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from common.audio import write_wav
+from common.config import load_config
+from common.corpora.synthetic import UtteranceSpec, make_voice, prosody_for, synthesize
+from common.trainers.registry import TRAINERS, build_trainer
+from simulations.cli import app
+from simulations.study import run_study
+from tests.conftest import FAST_STUDY_TABLES, study_file
+
+EXPERIMENTS = Path(__file__).parent.parent / "simulations" / "experiments"
+PAPERS = ("chang2017", "tu2019", "tripathi2019", "gans2020", "gans2020-ravdess", "zhang2019")
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_paper_experiment_builds_its_trainers(paper: str, preset: str) -> None:
+    cfg = load_config(EXPERIMENTS / f"{paper}.toml", overrides={"preset": preset})
+    assert cfg.study_trainers and set(cfg.study_trainers) <= set(TRAINERS)
+    for name in cfg.study_trainers:
+        trainer = build_trainer(cfg.with_trainer(name))
+        assert trainer.name == name
+
+
+def test_every_registered_trainer_has_a_paper_experiment() -> None:
+    covered = {t for p in PAPERS for t in load_config(EXPERIMENTS / f"{p}.toml").study_trainers}
+    assert covered | {"ser-cnn"} == set(TRAINERS)
+
+
+@pytest.mark.slow
+def test_a_speaker_head_trainer_runs_centralized_and_federated_and_is_reported(tmp_path: Path) -> None:
+    """tu-dat (seed 001) in real-central and fedavg: the speaker head's indices reach the nodes as
+    the fold's training sessions; the report lists the trainer beside the regime."""
+    config = study_file(tmp_path, """
+name = "papers"
+regimes = ["real-central", "fedavg"]
+trainers = ["tu-dat", "chang-multitask-cnn"]
+workers = 1
+[features]
+kind = "mfcc_vad"
+patch_frames = 40
+[model.chang]
+task = "valence"
+[federation]
+rounds = 2
+local_iterations = 3
+""" + FAST_STUDY_TABLES.replace("sessions = [1, 2]", "sessions = [1]") + """
+[tracking]
+experiment = "papers"
+""")
+    runner = CliRunner()
+    result = runner.invoke(app, ["study", str(config)])
+    assert result.exit_code == 0, result.output
+    report = runner.invoke(app, ["report", "--config", str(config), "--json"])
+    assert report.exit_code == 0, report.output
+    rows = json.loads(report.output)
+    assert {(r["regime"], r["trainer"], r["fold"]) for r in rows} == {
+        (regime, trainer, 1) for regime in ("real-central", "fedavg") for trainer in ("tu-dat", "chang-multitask-cnn")}
+    # Seed 000's valence measures travel from the held-out node and reach the report.
+    chang = [r for r in rows if r["trainer"] == "chang-multitask-cnn"]
+    assert all({"ua3", "pearson_r"} <= set(r) for r in chang)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    folds = [r for r in mlflow.search_runs(experiment_names=["papers"], output_format="list") if "fold" in r.data.tags]
+    valence = [r for r in folds if r.data.tags["trainer"] == "chang-multitask-cnn"]
+    assert all("val_ua" in r.data.metrics and "cm_4_4" in r.data.metrics for r in valence)  # 5 x 5 levels
+
+
+def write_ravdess(root: Path, actors: int = 4, seconds: float = 1.2) -> None:
+    """RAVDESS-named audio-only speech files (neutral, happy, sad, angry) from the synthesizer."""
+    codes = {"01": "neu", "03": "hap", "04": "sad", "05": "ang"}
+    for actor in range(1, actors + 1):
+        gender = "M" if actor % 2 else "F"
+        rng = np.random.default_rng(actor)
+        voice = make_voice(f"Actor_{actor:02d}", gender, rng)
+        for code, label in codes.items():
+            for statement in ("01", "02"):
+                for rep in ("01", "02"):
+                    spec = UtteranceSpec(f"{actor}-{code}", voice, prosody_for(label, rng),
+                                         ("kids", "are", "talking"), seconds)
+                    wav, _ = synthesize(spec, rng)
+                    name = f"03-01-{code}-01-{statement}-{rep}-{actor:02d}"
+                    write_wav(root / f"Actor_{actor:02d}" / f"{name}.wav", wav)
+
+
+def test_seed_004_ravdess_protocol_five_stratified_folds(tmp_path: Path) -> None:
+    root = tmp_path / "RAVDESS"
+    write_ravdess(root)
+    cfg = load_config(EXPERIMENTS / "gans2020-ravdess.toml", overrides={
+        "preset": "tiny", "work_dir": str(tmp_path / "out"), "workers": 1, "data": {"root": str(root)},
+        "training": {"ser_iterations": 30, "batch_size": 16}, "model": {"fcn": {"padding": "valid"}}})
+    rows = run_study(cfg, progress=False, say=lambda _: None)
+    assert [(r["regime"], r["trainer"], r["fold"]) for r in rows] == [
+        ("real-central", "fcn1d-attention", k) for k in range(1, 6)]
+    assert all(0 <= r["ua"] <= 1 and 0 <= r["wa"] <= 1 for r in rows)
