@@ -1,0 +1,137 @@
+"""Seed 001 (Tu et al. 2019): TDNN + Bi-LSTM + statistics pooling, emotion and speaker heads, and the
+gradient reversal layer of domain adversarial training (Fig. 1, Table 1, §2.1-2.2, §3.2).
+
+Pure torch: sizes come in as arguments (the trainer reads them from ``model.tu``). The network takes
+the platform's scaled windows ``(B, 1, F, T)`` and reads them as ``F``-dimensional frame sequences
+(F = 39 for the paper's MFCC + delta + delta-delta, §3.1; 32 for the tiny log-mel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+# Variance floor of the statistics pooling: keeps sqrt differentiable on constant inputs (a
+# zero-padded or silent window); Kaldi's x-vector pooling floors the variance the same way.
+VARIANCE_FLOOR = 1e-5
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by ``-lambda`` (§2.2, Ganin et al.)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lambd: float) -> torch.Tensor:  # noqa: ANN401
+        ctx.lambd = lambd
+        return x.view_as(x)  # a new tensor (not ``x`` itself), so autograd records this node
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN401
+        return -ctx.lambd * grad, None  # no gradient for lambda
+
+
+def reverse_gradient(x: torch.Tensor, lambd: float) -> torch.Tensor:
+    """``x`` unchanged; the gradient flowing back through it is scaled by ``-lambd``."""
+    return _ReverseGradient.apply(x, lambd)
+
+
+class GradientReversal(nn.Module):
+    """The GRL between the embedding and the speaker head in DAT (§2.2, eq. 1): no parameters."""
+
+    def __init__(self, lambd: float) -> None:
+        super().__init__()
+        self.lambd = float(lambd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, D), identity."""
+        return reverse_gradient(x, self.lambd)
+
+    def extra_repr(self) -> str:
+        return f"lambd={self.lambd}"
+
+
+def receptive_field(tdnn: Sequence[tuple[int, int, int]]) -> int:
+    """Frames one output frame of the (unpadded) TDNN stack sees: 1 + sum (K - 1) * D (17 for Table 1)."""
+    return 1 + sum((k - 1) * d for _, k, d in tdnn)
+
+
+class Embedding(nn.Module):
+    """The embedding sub-network (Fig. 1, Table 1 "Embedding sub-network" + "Statistics Pooling").
+
+    (B, 1, F, T) -> TDNN layers (Conv1d N-K-D, ReLU, BatchNorm; §3.2) -> (B, C, T') with
+    T' = T - (receptive field - 1) (no padding: every frame has its full context, as in Kaldi's
+    x-vector TDNN the paper builds on) -> Bi-LSTM (N cells per direction) -> dropout -> FC to
+    ``embedding`` dims (ReLU, BatchNorm: "FC layers (except for output layers) are followed by ReLU
+    ... batch normalization", §3.2) -> (B, E, T') -> mean and standard deviation over time -> (B, 2E).
+    """
+
+    def __init__(self, n_in: int, tdnn: Sequence[tuple[int, int, int]], lstm: int, embedding: int,
+                 dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = n_in
+        for out, kernel, dilation in tdnn:  # Table 1: "TDNN N-K-D" = N outputs, K x 1 kernel, dilation D
+            layers += [nn.Conv1d(channels, out, kernel, dilation=dilation), nn.BatchNorm1d(out), nn.ReLU()]
+            channels = out
+        self.tdnn = nn.Sequential(*layers)
+        self.context = receptive_field(tdnn)
+        self.lstm = nn.LSTM(channels, lstm, batch_first=True, bidirectional=True)  # Table 1: "Bi-LSTM N"
+        self.dropout = nn.Dropout(dropout)  # §3.2: 0.5 keep probability, on the RNN
+        # §3.2: an FC after the Bi-LSTM "to increase the feature dimension" before pooling.
+        self.fc = nn.Linear(2 * lstm, embedding)
+        self.fc_norm = nn.BatchNorm1d(embedding)
+        self.dim = 2 * embedding  # Table 1: "256-dim mean + 256-dim std"
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Frame-level features (B, E, T') of windows (B, 1, F, T)."""
+        if x.shape[-1] < self.context:
+            raise ValueError(f"{x.shape[-1]} frames is shorter than the TDNN context of {self.context} frames")
+        h = self.tdnn(x.flatten(1, 2) if x.dim() == 4 else x)  # (B, F, T) -> (B, C, T')
+        h, _ = self.lstm(h.transpose(1, 2))  # (B, T', C) -> (B, T', 2N)
+        h = self.fc(self.dropout(h)).transpose(1, 2)  # (B, T', E) -> (B, E, T')
+        return torch.relu(self.fc_norm(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Utterance embeddings e (B, 2E) of windows (B, 1, F, T): statistics pooling over time (§2.1)."""
+        h = self.frames(x)
+        mean = h.mean(dim=2)
+        std = h.var(dim=2, unbiased=False).clamp_min(VARIANCE_FLOOR).sqrt()
+        return torch.cat([mean, std], dim=1)
+
+
+def head(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    """Table 1's "FC D1-D2-D3-D4": two hidden layers (ReLU, BatchNorm; §3.2), a linear output."""
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, n_out),
+    )
+
+
+class TuNet(nn.Module):
+    """Embedding sub-network with an emotion head and (optionally) a speaker head (Fig. 1).
+
+    ``speakers`` = 0: no speaker head (SER only). ``reversal`` = lambda > 0 puts a gradient reversal
+    layer in front of the speaker head (DAT, §2.2); None connects it directly (MTL, CGT).
+    """
+
+    def __init__(self, n_in: int, n_emotions: int, speakers: int, *, tdnn: Sequence[tuple[int, int, int]],
+                 lstm: int, embedding: int, head_hidden: int, dropout: float,
+                 reversal: float | None = None) -> None:
+        super().__init__()
+        self.embed = Embedding(n_in, tdnn, lstm, embedding, dropout)
+        self.emotion = head(self.embed.dim, head_hidden, n_emotions)  # Table 1: FC 512-64-64-4
+        self.speaker = head(self.embed.dim, head_hidden, speakers) if speakers else None  # FC 512-64-64-8
+        self.reversal: nn.Module = nn.Identity() if reversal is None else GradientReversal(reversal)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Emotion scores (B, N_emotions) of windows (B, 1, F, T)."""
+        return self.emotion(self.embed(x))
+
+    def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Emotion scores (B, N_emotions) and speaker scores (B, N_speakers) (None without a speaker head)
+        from one pass of the embedding network."""
+        e = self.embed(x)
+        return self.emotion(e), None if self.speaker is None else self.speaker(self.reversal(e))

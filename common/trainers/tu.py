@@ -1,0 +1,159 @@
+"""Seed 001 (Tu et al. 2019) as trainers: SER only, multi-task with speaker recognition (MTL),
+domain adversarial training (DAT, eq. 1) and cross-gradient training (CGT, eq. 2-4).
+
+One network (:class:`common.models.tu.TuNet`) for all four; the variants differ only in whether a
+speaker head exists, whether a gradient reversal layer sits in front of it, and (CGT) the loss.
+SGD with Nesterov momentum at a constant rate (§3.2); model selection by the base class on the
+validation set (§3.2: "the epoch with the best performance on validation set is saved"). Whole
+utterances are scored in one pass, since statistics pooling spans the utterance (§2.1).
+
+Speaker labels come as the batch's third element ``aux["speaker"]`` (B,): each utterance's index
+among the fold's training speakers, -1 where unknown. Unknown speakers (and batches with no speaker
+labels at all, e.g. GAN-synthetic samples) contribute to the emotion terms only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.models.tu import TuNet, receptive_field
+from common.trainers.base import Logs
+from common.trainers.gan import Sampler
+from common.trainers.supervised import NetTrainer
+from common.views import LabeledSet, PatchSampler, SerBatch
+
+UNKNOWN = -1  # speaker index of an utterance without a (training) speaker label
+
+
+class TuTrainer(NetTrainer):
+    """The family's shared trainer: the network, SGD, speaker targets and the MTL/DAT loss."""
+
+    # Whether the network has the speaker classification sub-network (Fig. 1, right).
+    speaker_head: ClassVar[bool] = True
+    # Whether a gradient reversal layer (lambda = ``model.tu.dat_lambda``) precedes it (DAT, §2.2).
+    adversarial: ClassVar[bool] = False
+    whole_utterance = True
+
+    def build(self) -> nn.Module:
+        """TuNet sized by ``model.tu`` (Table 1) for ``rows``-dimensional frames."""
+        t = self.cfg.model.tu
+        tdnn = [tuple(layer) for layer in t.tdnn]
+        if self.frames < receptive_field(tdnn):
+            raise ValueError(f"features.patch_frames = {self.frames} is shorter than the TDNN context of "
+                             f"{receptive_field(tdnn)} frames (model.tu.tdnn)")
+        return TuNet(self.rows, self.n_out, t.speakers if self.speaker_head else 0, tdnn=tdnn, lstm=t.lstm,
+                     embedding=t.embedding, head_hidden=t.head_hidden, dropout=t.dropout,
+                     reversal=t.dat_lambda if self.adversarial else None)
+
+    def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+        """SGD at ``tu.lr`` with Nesterov momentum ``tu.momentum`` (§3.2: 1e-3, 0.9)."""
+        t = self.cfg.model.tu
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
+
+    def lr_factor(self, step: int) -> float:
+        """Constant: the paper gives no decay (§3.2)."""
+        return 1.0
+
+    def sampler(self, data: LabeledSet, seed: int = 0) -> Sampler:
+        """Random windows, with each utterance's speaker index when the set has them (and the model a
+        speaker head)."""
+        if self.speaker_head and "speaker" in data.aux:
+            self._check_speakers(torch.as_tensor(data.aux["speaker"]), "the training set")
+            return PatchSampler(data, self.frames, seed=seed, aux=["speaker"])
+        return PatchSampler(data, self.frames, seed=seed)
+
+    # --- the pieces of the losses ---------------------------------------------------------------
+
+    def targets(self, batch: SerBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs x (B, 1, F, T), emotions y (B,) and speakers s (B,) (-1 = unknown) on the device."""
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        aux = batch[2] if len(batch) > 2 else {}
+        if "speaker" in aux:
+            s = aux["speaker"].to(self.device).long().reshape(-1)
+            self._check_speakers(s, "the batch")
+        else:  # GAN-synthetic samples, or a set without speakers: emotion terms only
+            s = torch.full_like(y, UNKNOWN, dtype=torch.long)
+        return x, y, s
+
+    def _check_speakers(self, s: torch.Tensor, where: str) -> None:
+        n = self.cfg.model.tu.speakers
+        if s.numel() and int(s.max()) >= n:
+            raise ValueError(f"model.tu.speakers = {n} but {where} has speaker index {int(s.max())}; set "
+                             "model.tu.speakers to the number of training speakers of a fold")
+        if s.numel() and int(s.min()) < UNKNOWN:
+            raise ValueError(f"{where} has speaker index {int(s.min())}; expected 0..{n - 1}, or -1 for unknown")
+
+    def terms(self, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Emotion and speaker cross-entropies L_y, L_s of one forward pass on ``x``.
+
+        L_s covers the samples with a known speaker only; with none (or no speaker head) it is 0,
+        still attached to the graph so that gradients of it are zeros rather than errors.
+        """
+        emotion, speaker = self.net.both(x)
+        l_y = F.cross_entropy(emotion, y)
+        if speaker is None:
+            return l_y, emotion.sum() * 0.0
+        if not bool((s != UNKNOWN).any()):
+            return l_y, speaker.sum() * 0.0
+        return l_y, F.cross_entropy(speaker, s, ignore_index=UNKNOWN)
+
+    def loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
+        """L_y + L_s. Under DAT the reversal layer turns the embedding's share into eq. 1's
+        L_y - lambda L_s while the speaker head still minimizes L_s."""
+        l_y, l_s = self.terms(*self.targets(batch))
+        loss = l_y + l_s
+        return loss, {"loss": loss.item(), "emotion": l_y.item(), "speaker": l_s.item()}
+
+
+class SerOnly(TuTrainer):
+    """SER_only (Table 2): the embedding and emotion sub-networks, emotion cross-entropy alone."""
+
+    name = "tu-ser"
+    speaker_head = False
+
+
+class MultiTask(TuTrainer):
+    """SER_SR_MTL: emotion and speaker heads trained jointly, L_y + L_s (§2.1, [18])."""
+
+    name = "tu-mtl"
+
+
+class Adversarial(TuTrainer):
+    """SER_SR_DAT (§2.2, eq. 1): the speaker head behind a gradient reversal layer of ``tu.dat_lambda``."""
+
+    name = "tu-dat"
+    adversarial = True
+
+
+class CrossGradient(TuTrainer):
+    """SER_SR_CGT (§2.3, Shankar et al. 2018): each task trains on inputs perturbed along the other
+    task's input gradient.
+
+    X^s = X + eps grad_X L_s (eq. 2), X^y = X + eps grad_X L_y (eq. 3), both from the current weights
+    and detached; the loss is (1 - alpha)(L_y(X) + L_s(X)) + alpha (L_y(X^s) + L_s(X^y)) (eq. 4), with
+    eps = ``tu.cgt_epsilon`` and alpha = ``tu.cgt_alpha``. The gradients are of each utterance's own
+    loss (eq. 2-3 are per utterance i), i.e. of the batch sum, so eps does not shrink with the batch.
+    """
+
+    name = "tu-cgt"
+
+    def loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
+        """Eq. 4 on one batch; eq. 2-3 from the same forward pass as L_y(X), L_s(X)."""
+        x, y, s = self.targets(batch)
+        x = x.detach().requires_grad_(True)
+        l_y, l_s = self.terms(x, y, s)
+        # The batch means times their counts are the per-utterance sums (ignored speakers count 0).
+        sums = (l_s * (s != UNKNOWN).sum(), l_y * len(y))
+        g_s, g_y = (torch.autograd.grad(total, x, retain_graph=True)[0] for total in sums)
+        eps, alpha = self.cfg.model.tu.cgt_epsilon, self.cfg.model.tu.cgt_alpha
+        x_s, x_y = (x + eps * g_s).detach(), (x + eps * g_y).detach()  # eq. 2, eq. 3
+        l_y_xs, _ = self.terms(x_s, y, s)  # emotion loss on the speaker-perturbed input
+        _, l_s_xy = self.terms(x_y, y, s)  # speaker loss on the emotion-perturbed input
+        loss = (1 - alpha) * (l_y + l_s) + alpha * (l_y_xs + l_s_xy)
+        return loss, {"loss": loss.item(), "emotion": l_y.item(), "speaker": l_s.item(),
+                      "emotion_xs": l_y_xs.item(), "speaker_xy": l_s_xy.item()}
