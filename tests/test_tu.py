@@ -1,0 +1,216 @@
+"""Seed 001 (Tu et al. 2019): the gradient reversal of DAT, CGT's perturbations and eq. 4, Table 1's
+sizes, and training with and without speaker labels. The contract (learning, weights, FedProx, GAN
+batches) is tests/test_trainers.py's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.config import load_config
+from common.models.tu import TuNet, reverse_gradient
+from common.trainers.registry import build_trainer
+from common.trainers.tu import Adversarial, CrossGradient, MultiTask, SerOnly, TuTrainer
+from common.views import LabeledSet
+
+SPEAKERS = ("tu-mtl", "tu-dat", "tu-cgt")  # the variants with a speaker head
+
+
+def tiny(trainer: str, **tu: object) -> TuTrainer:
+    """A tiny-preset trainer (32 x 32 windows) with ``model.tu`` overrides."""
+    cfg = load_config(overrides={"model": {"tu": tu}, "training": {"trainer": trainer, "batch_size": 8}})
+    return build_trainer(cfg)  # type: ignore[return-value]
+
+
+def batch(n: int = 8, seed: int = 0, speakers: list[int] | None = None) -> tuple:
+    """Random (n, 1, 32, 32) windows, emotions 0..3 and speakers (default: 0..7, one unknown)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
+    y = torch.arange(n) % 4
+    s = torch.tensor(speakers if speakers is not None else [0, 1, 2, 3, -1, 5, 6, 7][:n])
+    return x, y, {"speaker": s}
+
+
+def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: (p.grad if p.grad is not None else torch.zeros_like(p)).clone() for k, p in module.named_parameters()}
+
+
+# --- DAT: the gradient reversal layer -------------------------------------------------------------
+
+
+def test_reverse_gradient_is_identity_forward_and_negated_scaled_backward() -> None:
+    x = torch.randn(3, 4, requires_grad=True)
+    out = reverse_gradient(x, 0.3)
+    torch.testing.assert_close(out, x)
+    (out * torch.arange(4.0)).sum().backward()
+    torch.testing.assert_close(x.grad, -0.3 * torch.arange(4.0).expand(3, 4))
+
+
+def test_dat_reverses_the_speaker_gradient_into_the_embedding_only() -> None:
+    """Eq. 1: the embedding receives -lambda dL_s/dtheta; the speaker head itself still minimizes L_s."""
+    lam = 0.3
+    mtl, dat = tiny("tu-mtl", dropout=0.0, dat_lambda=lam), tiny("tu-dat", dropout=0.0, dat_lambda=lam)
+    dat.load_state_dict(mtl.state_dict())
+    x, y, aux = batch()
+    seen = {}
+    for name, trainer in (("mtl", mtl), ("dat", dat)):
+        trainer.net.train()
+        _, l_s = trainer.terms(x, y, aux["speaker"])
+        l_s.backward()
+        seen[name] = (l_s.item(), grads(trainer.net.embed), grads(trainer.net.speaker))
+    assert seen["dat"][0] == pytest.approx(seen["mtl"][0])  # identity forward
+    # Biases in front of a BatchNorm get (numerically) zero gradient: tolerance on the overall scale.
+    scale = max(float(g.abs().max()) for g in seen["mtl"][1].values())
+    for key, g in seen["mtl"][1].items():
+        torch.testing.assert_close(seen["dat"][1][key], -lam * g, rtol=1e-4, atol=1e-5 * scale, msg=key)
+    assert scale > 0 and not torch.allclose(seen["dat"][1]["lstm.weight_ih_l0"], seen["mtl"][1]["lstm.weight_ih_l0"])
+    for key, g in seen["mtl"][2].items():
+        torch.testing.assert_close(seen["dat"][2][key], g)
+
+
+# --- CGT: eq. 2-4 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_cgt_perturbs_along_each_task_gradient_and_mixes_the_losses_as_eq_4(alpha: float) -> None:
+    eps = 0.7
+    trainer = tiny("tu-cgt", dropout=0.0, cgt_epsilon=eps, cgt_alpha=alpha)
+    x, y, aux = batch()
+    s = aux["speaker"]
+    inputs: list[torch.Tensor] = []
+    terms = trainer.terms
+
+    def spy(xs: torch.Tensor, ys: torch.Tensor, ss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs.append(xs.detach().clone())
+        return terms(xs, ys, ss)
+
+    trainer.terms = spy  # type: ignore[method-assign]
+    trainer.net.train()
+    loss, _ = trainer.loss((x, y, aux))
+
+    # Independently: per-utterance input gradients (eq. 2-3 are per utterance i: the batch sum).
+    net = trainer.net
+    leaf = x.clone().requires_grad_(True)
+    emotion, speaker = net.both(leaf)
+    (g_s,) = torch.autograd.grad(F.cross_entropy(speaker, s, ignore_index=-1, reduction="sum"), leaf, retain_graph=True)
+    (g_y,) = torch.autograd.grad(F.cross_entropy(emotion, y, reduction="sum"), leaf)
+    x_s, x_y = x + eps * g_s, x + eps * g_y
+    assert g_s.abs().sum() > 0 and g_y.abs().sum() > 0 and not torch.allclose(g_s, g_y)
+
+    assert len(inputs) == 3
+    torch.testing.assert_close(inputs[0], x)
+    torch.testing.assert_close(inputs[1], x_s)  # eq. 2
+    torch.testing.assert_close(inputs[2], x_y)  # eq. 3
+
+    def ce(xx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e, sp = net.both(xx)
+        return F.cross_entropy(e, y), F.cross_entropy(sp, s, ignore_index=-1)
+
+    with torch.no_grad():
+        (l_y, l_s), (l_y_xs, _), (_, l_s_xy) = ce(x), ce(x_s), ce(x_y)
+    expected = (1 - alpha) * (l_y + l_s) + alpha * (l_y_xs + l_s_xy)  # eq. 4
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(((l_y + l_s) if alpha else (l_y_xs + l_s_xy)).item(), rel=1e-5)
+
+
+# --- Table 1 sizes ----------------------------------------------------------------------------------
+
+
+def test_paper_sizes_are_table_1_iemocap() -> None:
+    cfg = load_config(overrides={"preset": "paper", "features": {"kind": "mfcc_vad", "patch_frames": 300},
+                                 "training": {"trainer": "tu-mtl"}})
+    trainer = build_trainer(cfg)
+    net = trainer.net
+    assert isinstance(trainer, MultiTask) and isinstance(net, TuNet) and trainer.rows == 39  # 13 MFCC + d + dd
+    convs = [m for m in net.embed.tdnn if isinstance(m, torch.nn.Conv1d)]
+    # TDNN 128-5-2, TDNN 64-3-4
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.dilation) for c in convs] == [
+        (39, 128, (5,), (2,)), (128, 64, (3,), (4,))]
+    lstm = net.embed.lstm  # Bi-LSTM 64
+    assert (lstm.input_size, lstm.hidden_size, lstm.bidirectional, lstm.num_layers) == (64, 64, True, 1)
+    assert (net.embed.fc.in_features, net.embed.fc.out_features) == (128, 256)  # FC 256
+    for head, n_out in ((net.emotion, 4), (net.speaker, 8)):  # FC 512-64-64-4, FC 512-64-64-8
+        linears = [m for m in head if isinstance(m, torch.nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(512, 64), (64, 64), (64, n_out)]
+    net.eval()
+    with torch.no_grad():
+        assert net.embed(torch.zeros(2, 1, 39, 300)).shape == (2, 512)  # 256 mean + 256 std
+        emotion, speaker = net.both(torch.zeros(2, 1, 39, 300))
+    assert emotion.shape == (2, 4) and speaker is not None and speaker.shape == (2, 8)
+    # By hand (weights + biases; BatchNorm: scale + shift):
+    #   TDNN 1: 39*128*5 + 128 = 25_088, BN 256;  TDNN 2: 128*64*3 + 64 = 24_640, BN 128
+    #   Bi-LSTM: 2 directions x (4*64*(64 + 64) + 2*4*64) = 2 x 33_280 = 66_560
+    #   FC 256: 128*256 + 256 = 33_024, BN 512            -> embedding 150_208
+    #   head: 512*64 + 64 = 32_832, BN 128, 64*64 + 64 = 4_160, BN 128, 64*N + N
+    #     emotion (N = 4): 37_508;  speaker (N = 8): 37_768
+    #   total 150_208 + 37_508 + 37_768 = 225_484 (SER only: 187_716)
+    assert sum(p.numel() for p in net.parameters()) == 225_484
+    ser = build_trainer(cfg.model_copy(update={"training": cfg.training.model_copy(update={"trainer": "tu-ser"})}))
+    assert isinstance(ser, SerOnly) and ser.net.speaker is None
+    assert sum(p.numel() for p in ser.net.parameters()) == 187_716
+
+
+def test_sgd_with_nesterov_momentum_at_a_constant_rate_and_whole_utterances() -> None:
+    trainer = tiny("tu-ser", lr=0.05, momentum=0.8)
+    opt = trainer.optimizer(list(trainer.net.parameters()))
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.defaults["lr"] == 0.05 and opt.defaults["momentum"] == 0.8 and opt.defaults["nesterov"]
+    assert trainer.lr_factor(0) == trainer.lr_factor(10**6) == 1.0
+    assert trainer.whole_utterance
+
+
+# --- speaker labels ---------------------------------------------------------------------------------
+
+
+def speaker_set(speakers: tuple[int, ...]) -> LabeledSet:
+    rng = np.random.default_rng(0)
+    feats = tuple(rng.uniform(-1, 1, (32, 40)).astype(np.float32) for _ in speakers)
+    return LabeledSet(feats, tuple(i % 4 for i in range(len(speakers))), aux={"speaker": speakers})
+
+
+@pytest.mark.parametrize("name", SPEAKERS)
+def test_batches_without_speakers_train_the_emotion_part_only(name: str) -> None:
+    trainer = tiny(name)
+    x, y, _ = batch()
+    emotion0 = [p.detach().clone() for p in trainer.net.emotion.parameters()]
+    speaker0 = [p.detach().clone() for p in trainer.net.speaker.parameters()]
+    result = trainer.fit(lambda n: (x[:n], y[:n]), iterations=2)  # 2-tuples: GAN-synthetic style
+    assert result.steps == 2 and result.last["speaker"] == 0.0
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.net.emotion.parameters(), emotion0, strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(trainer.net.speaker.parameters(), speaker0, strict=True))
+
+
+def test_unknown_speakers_are_left_out_of_the_speaker_loss() -> None:
+    trainer = tiny("tu-mtl", dropout=0.0)
+    x, y, aux = batch(speakers=[0, -1, 2, -1, 4, 5, -1, 7])
+    s = aux["speaker"]
+    trainer.net.train()
+    _, l_s = trainer.terms(x, y, s)
+    known = s >= 0
+    _, speaker = trainer.net.both(x)
+    torch.testing.assert_close(l_s, F.cross_entropy(speaker[known], s[known]))
+
+
+def test_the_sampler_carries_speakers_for_the_speaker_head() -> None:
+    data = speaker_set((0, 1, 2, 3))
+    x, y, aux = tiny("tu-dat").sampler(data, seed=0)(5)
+    assert x.shape == (5, 1, 32, 32) and aux["speaker"].shape == (5,)
+    assert torch.equal(aux["speaker"], y)  # speaker i has utterance i, label i % 4
+    assert len(tiny("tu-ser").sampler(data, seed=0)(5)) == 2  # no speaker head, no speakers needed
+
+
+@pytest.mark.parametrize("name", SPEAKERS)
+def test_a_speaker_index_beyond_the_head_is_refused(name: str) -> None:
+    trainer = tiny(name, speakers=8)
+    with pytest.raises(ValueError, match=r"model.tu.speakers = 8 but the training set has speaker index 9"):
+        trainer.sampler(speaker_set((0, 9, -1, 3)))
+    x, y, _ = batch()
+    with pytest.raises(ValueError, match=r"model.tu.speakers = 8 but the batch has speaker index 8"):
+        trainer.loss((x, y, {"speaker": torch.tensor([0, 1, 2, 3, 4, 5, 6, 8])}))
+
+
+def test_classes_are_the_registered_ones() -> None:
+    assert [type(tiny(n)) for n in ("tu-ser", "tu-mtl", "tu-dat", "tu-cgt")] == [
+        SerOnly, MultiTask, Adversarial, CrossGradient]
