@@ -38,12 +38,12 @@ class FoldOutcome:
     fold: int
     test_session: int
     metrics: dict[str, Any]
-    validation_f1: float | None
+    validation_score: float | None
     seconds: float
     # The generator(s) the SER network was trained from (empty for real-central).
     generators: list[torch.nn.Module] = field(default_factory=list)
     train: LabeledSet | None = None
-    # What ``validation_f1`` measures: the trainer's selection score (macro-F1 but for seed 000's UA).
+    # What ``validation_score`` measures: the trainer's selection key (macro-F1; seed 000: UA).
     selection: str = "f1_macro"
 
     # Outcomes cross process boundaries (parallel folds); spectral-norm parametrized modules do not

@@ -92,8 +92,8 @@ def log_fold(tracker: Tracker, classes: Sequence[str], outcome: FoldOutcome) -> 
     tracker.metrics({**scalars, **confusion_metrics(outcome.metrics["confusion"]), "seconds": outcome.seconds})
     n = len(outcome.metrics["confusion"])
     classes = classes if len(classes) == n else [str(level) for level in range(1, n + 1)]  # valence levels
-    if outcome.validation_f1 is not None:
-        tracker.metrics({f"val_{outcome.selection}": outcome.validation_f1})
+    if outcome.validation_score is not None:
+        tracker.metrics({f"val_{outcome.selection}": outcome.validation_score})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         tracker.artifact(confusion_png(outcome.metrics["confusion"], classes, folder / "confusion.png",
