@@ -69,7 +69,8 @@ def test_pretrain_then_study_logs_every_regime_and_fold(tmp_path: Path) -> None:
     assert {(r["regime"], r["fold"]) for r in rows} == {
         (g, f) for g in ("real-central", "gan-central", "baseline-gan") for f in (1, 2)
     }
-    assert all(set(r) == {"regime", "fold", "f1_macro", "ua", "wa"} for r in rows)
+    assert all(set(r) == {"regime", "trainer", "fold", "f1_macro", "ua", "wa"} for r in rows)
+    assert {r["trainer"] for r in rows} == {"ser-cnn"}  # training.trainer, tagged on every run
     table = runner.invoke(app, ["report", "--config", str(config)])
     assert table.exit_code == 0, table.output
     assert "0.4854 ± 0.0389" in table.output and "protocol differs from the paper" in table.output
