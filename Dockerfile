@@ -10,10 +10,12 @@
 ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 FROM ${BASE_IMAGE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    FLWR_HOME=/app/.flwr FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FLWR_HOME=/app/.flwr FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+    GIT_PYTHON_REFRESH=quiet
 
-# Flower's images run as uid 49999 with HOME=/app; mounted certificates and state follow that.
+# Flower's images run as uid 49999 with HOME=/app; the services here do too (deploy/entrypoint.sh).
+# GIT_PYTHON_REFRESH: the image has no git, and MLflow would print GitPython's warning on every run.
 RUN useradd --uid 49999 --create-home --home-dir /app --shell /bin/bash app
 WORKDIR /app
 
@@ -27,7 +29,12 @@ COPY client client
 COPY server server
 COPY simulations simulations
 COPY deploy deploy
-RUN pip install --no-deps . && mkdir -p /app/outputs /app/.flwr && chown -R app:app /app
+# The folders that compose mounts named volumes on exist here, owned by the app user: a new named
+# volume takes the ownership of the folder it is mounted on (else root, and the app cannot write).
+RUN pip install --no-deps . \
+    && mkdir -p /app/outputs /app/.flwr /app/state /app/mlartifacts && chown -R app:app /app
 
-USER app
+# Starts as root only to hand mounted private keys (0600, owned by whoever made them) to the app
+# user, then runs the command as uid 49999 (deploy/entrypoint.sh).
+ENTRYPOINT ["/app/deploy/entrypoint.sh"]
 CMD ["fedser", "--help"]

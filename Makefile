@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedser-installed
 
-.PHONY: demo test test-fast lint bench study venv clean
+.PHONY: demo test test-fast test-containers lint bench study venv clean
 
 # Fresh machine -> virtual environment -> install (re-run when pyproject.toml changes).
 $(STAMP): pyproject.toml
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+## The docker-compose stack for real: engine (dockerd started if needed), image build, up, two
+## regimes through the TLS SuperLink, down -v (tests/test_containers.py; skips without an engine).
+test-containers: $(STAMP)
+	$(BIN)/python -m pytest -m containers -rP
 
 ## Without the slow end-to-end tests.
 test-fast: $(STAMP)

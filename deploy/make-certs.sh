@@ -43,5 +43,6 @@ for session in 1 2 3 4 5; do
         echo "wrote $out/supernode-$session(.pub)"
     fi
 done
-# Containers run as uid 49999 (the image's user); keys must be readable by it, by nobody else.
+# Private keys: their owner alone. The image's entrypoint hands a mounted key to its container user
+# (uid 49999) through a private tmpfs copy (deploy/entrypoint.sh), so nothing here names that uid.
 chmod 600 ./*.key supernode-? 2>/dev/null || true

@@ -29,20 +29,22 @@ BIN = Path(sys.executable).parent
 DEPLOY = APP_DIR / "deploy"
 
 
-def test_compose_file_validates() -> None:
+def test_compose_file_validates(tmp_path: Path) -> None:
     compose = shutil.which("docker-compose")
     if compose is None:
         pytest.skip("Debian's docker-compose is not installed (.ci/run installs it)")
     env = {**os.environ, "IEMOCAP_ROOT": "/data/IEMOCAP_full_release"}
+    (tmp_path / "empty.env").write_text("")  # not the user's .env, which may set IEMOCAP_ROOT
     for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.insecure.yml"]):
-        args = [a for f in files for a in ("-f", f)]
+        args = ["--env-file", str(tmp_path / "empty.env"), *(a for f in files for a in ("-f", f))]
         out = subprocess.run([compose, *args, "config"], cwd=APP_DIR, env=env, capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 0, out.stderr
         assert all(f"supernode-{s}:" in out.stdout for s in SESSIONS)
     # Without IEMOCAP_ROOT compose refuses with the variable's own message.
     env.pop("IEMOCAP_ROOT")
-    out = subprocess.run([compose, "config"], cwd=APP_DIR, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([compose, "--env-file", str(tmp_path / "empty.env"), "config"], cwd=APP_DIR, env=env,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "set IEMOCAP_ROOT" in out.stderr
 
 
@@ -81,6 +83,16 @@ def wait_for(url: str, context: ssl.SSLContext | None = None, seconds: float = 9
         time.sleep(0.5)
 
 
+def tls_connection(flwr_home: Path, name: str, address: str, ca: Path) -> dict[str, str]:
+    """An environment whose Flower config (``FLWR_HOME``) has one TLS connection ``name``; the
+    user's own ~/.flwr stays untouched."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+                                           f'address = "{address}"\nroot-certificates = "{ca}"\n')
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLWR_HOME": str(flwr_home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
 @pytest.mark.slow
 def test_tls_deployment_on_loopback(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
@@ -98,12 +110,7 @@ def test_tls_deployment_on_loopback(tmp_path: Path) -> None:
         shutil.copytree(corpus / f"Session{s}", tmp_path / f"node{s}" / "IEMOCAP_full_release" / f"Session{s}")
 
     flwr_home = tmp_path / "flwr"
-    flwr_home.mkdir()
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "tls"\n\n[superlink.tls]\naddress = "127.0.0.1:{link_port}"\n'
-        f'root-certificates = "{certs / "ca.crt"}"\n')
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLWR_HOME": str(flwr_home),
-           "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    env = tls_connection(flwr_home, "tls", f"127.0.0.1:{link_port}", certs / "ca.crt")
     procs = Processes(tmp_path / "logs", env)
     try:
         procs.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
