@@ -19,11 +19,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN useradd --uid 49999 --create-home --home-dir /app --shell /bin/bash app
 WORKDIR /app
 
-# Dependencies first (a layer that survives source edits), then the source.
-COPY pyproject.toml README.md ./
+# Dependencies first, in a layer that only a pyproject.toml edit invalidates (placeholder package
+# folders and README, which the build backend wants to see), then the source.
+COPY pyproject.toml ./
 RUN mkdir -p common client server simulations \
-    && touch common/__init__.py client/__init__.py server/__init__.py simulations/__init__.py \
+    && touch README.md common/__init__.py client/__init__.py server/__init__.py simulations/__init__.py \
     && pip install ".[deploy]" && pip uninstall -y fedser
+COPY README.md ./
 COPY common common
 COPY client client
 COPY server server
