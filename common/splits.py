@@ -1,4 +1,5 @@
-"""Leave-one-session-out folds and client partitions (by session, by speaker, Dirichlet label skew)."""
+"""Leave-one-session-out and stratified k-fold folds, and the held-out session's validation/test split.
+(Client partitions need Flower Datasets: client/partitions.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.config import FederationConfig, FoldConfig
+from common.config import FoldConfig
 from common.corpora.base import Utterance
 
 
@@ -99,42 +100,3 @@ def holdout_split(
         raise SplitError(f"fold {session}: Session{session} needs utterances of both speakers "
                          "for holdout='speaker'; use folds.holdout = \"session\"")
     return validation, test, speaker
-
-
-def partition(utterances: Sequence[Utterance], cfg: FederationConfig, seed: int = 0) -> dict[str, list[Utterance]]:
-    """Split utterances into clients: by session (default), by speaker, or Dirichlet label skew.
-
-    Session and speaker clients use flwr-datasets' ``NaturalIdPartitioner``; label skew its
-    ``DirichletPartitioner`` over ``cfg.num_clients`` virtual clients with concentration ``alpha``.
-    """
-    # flwr-datasets pulls in HF datasets/pyarrow: import only when partitioning.
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, NaturalIdPartitioner, Partitioner
-
-    if not utterances:
-        raise SplitError("nothing to partition: the utterance list is empty")
-    table = Dataset.from_dict({
-        "row": list(range(len(utterances))),
-        "session": [f"session{u.session}" for u in utterances],
-        "speaker": [u.speaker for u in utterances],
-        "label": [u.label or "" for u in utterances],
-    })
-    partitioner: Partitioner
-    if cfg.partition == "dirichlet":
-        if cfg.num_clients > len(utterances):
-            raise SplitError(f"federation.num_clients={cfg.num_clients} exceeds {len(utterances)} utterances")
-        partitioner = DirichletPartitioner(
-            num_partitions=cfg.num_clients, partition_by="label", alpha=cfg.dirichlet_alpha,
-            # Small corpora cannot guarantee 10 per client (the library default); keep it feasible.
-            min_partition_size=min(10, len(utterances) // (2 * cfg.num_clients)),
-            self_balancing=False, shuffle=True, seed=seed,
-        )
-    else:
-        partitioner = NaturalIdPartitioner(partition_by=cfg.partition)
-    partitioner.dataset = table
-    clients: dict[str, list[Utterance]] = {}
-    for pid in range(partitioner.num_partitions):
-        part = partitioner.load_partition(pid)
-        name = f"client{pid}" if cfg.partition == "dirichlet" else str(part[cfg.partition][0])
-        clients[name] = [utterances[i] for i in part["row"]]
-    return dict(sorted(clients.items()))

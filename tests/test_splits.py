@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from client.partitions import partition
 from common.config import FederationConfig, FoldConfig
 from common.corpora import Utterance
-from common.splits import SplitError, leave_one_session_out, partition
+from common.splits import SplitError, leave_one_session_out
 
 LABELS = ("neu", "hap", "ang", "sad")
 
