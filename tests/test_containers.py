@@ -104,16 +104,11 @@ def ensure_base_images() -> None:
 
 def repository_copy(dest: Path) -> Path:
     """The repository as a fresh clone has it (tracked and unignored files), without .venv or outputs."""
-    listed = sh("git", "ls-files", "-co", "--exclude-standard", "-z", cwd=APP_DIR, check=False)
-    if listed.returncode == 0:
-        for name in filter(None, listed.stdout.split("\0")):
-            src = APP_DIR / name
-            if src.is_file():
-                (dest / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest / name)
-    else:  # not a git checkout: copy what .dockerignore would not send
-        shutil.copytree(APP_DIR, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-            ".venv", ".git", "outputs", "certs", "__pycache__", ".pytest_cache", ".ruff_cache"))
+    listed = sh("git", "ls-files", "-co", "--exclude-standard", "-z", cwd=APP_DIR)
+    for name in filter(None, listed.stdout.split("\0")):
+        if (APP_DIR / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(APP_DIR / name, dest / name)
     return dest
 
 
