@@ -32,11 +32,13 @@ if str(ROOT) not in sys.path:  # run as a script: make the repository's packages
 import mlflow  # noqa: E402
 import torch  # noqa: E402
 
-from common.config import SESSIONS, StudyConfig, load_config  # noqa: E402
+from common.config import SESSIONS, StudyConfig  # noqa: E402
+from common.data import load_corpus  # noqa: E402
 from common.features import MinMax  # noqa: E402
-from common.pipeline import finetune, load_checkpoint, load_corpus, load_pretrained, pretrain  # noqa: E402
-from server.report import latest_parents  # noqa: E402
+from common.pipeline import finetune, pretrain, pretrained  # noqa: E402
+from common.schema import load_config  # noqa: E402
 from simulations.flower import LocalSuperLink  # noqa: E402
+from simulations.report import latest_parents  # noqa: E402
 
 
 def config(work_dir: Path, iterations: int, **federation: object) -> StudyConfig:
@@ -64,13 +66,12 @@ def through_flower(link: LocalSuperLink, cfg: StudyConfig) -> dict[str, float]:
 
 def in_process(cfg: StudyConfig) -> float:
     """The five fine-tunings in a plain loop in this process (features already cached)."""
-    ckpt = load_checkpoint(cfg.pretrained_path)
+    gan = pretrained(cfg)
     corpora = {s: load_corpus(cfg, {s}) for s in SESSIONS}
-    stats = MinMax.combine(MinMax.from_dict(ckpt["pretrain_stats"]),
-                           *(c.session_stats()[s] for s, c in corpora.items()))
+    stats = MinMax.combine(gan.pretrain_stats, *(c.session_stats()[s] for s, c in corpora.items()))
     start = time.perf_counter()
     for session, corpus in corpora.items():
-        gen, disc, _ = load_pretrained(cfg)
+        gen, disc = gan.networks()
         torch.manual_seed(cfg.training.seed + session)
         finetune(cfg, gen, disc, corpus.labeled_set(corpus.utterances, stats))
     return time.perf_counter() - start

@@ -32,8 +32,8 @@ if str(ROOT) not in sys.path:  # run as a script: make the repository's packages
 
 import torch  # noqa: E402
 
-from common.config import load_config  # noqa: E402
 from common.models.sngan import Discriminator, GanSpec, Generator  # noqa: E402
+from common.schema import load_config  # noqa: E402
 
 SIZES = {
     "tiny": (GanSpec(n_z=32, n_c=4, width=0.125, patch=64), 16),

@@ -18,9 +18,10 @@ cache); simulated node ``partition-id`` i holds the i-th of IEMOCAP's five sessi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +29,47 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common.config import SESSIONS, StudyConfig, config_from_run
+from common.config import SESSIONS, StudyConfig
+from common.data import Corpus, load_corpus
 from common.features import MinMax, resolve_device
-from common.models.sngan import Discriminator, Generator
-from common.pipeline import Corpus, finetune, gan_spec, iemocap_speakers, load_corpus
+from common.metrics import confusion_cells
+from common.models.sngan import Discriminator, GanSpec, Generator
+from common.pipeline import finetune, iemocap_speakers
+from common.schema import config_from_run
 from common.splits import holdout_split
 from common.trainers.registry import build_trainer
+from common.views import LabeledSet
 
 app = ClientApp()
 
 
 @dataclass
 class Node:
-    """What this node holds: the study config, its session and that session's features."""
+    """What this node holds in one run: the study config, its session, that session's features,
+    and the scaled splits built so far (each once per run and scaling)."""
 
     cfg: StudyConfig
     session: int
     corpus: Corpus
+    splits: dict[tuple[str, MinMax, tuple[str, ...]], LabeledSet] = field(default_factory=dict)
 
-    def split(self, name: str, stats: MinMax, speakers: tuple[str, ...] = ()):  # noqa: ANN201 - a LabeledSet
+    def split(self, name: str, stats: MinMax, speakers: tuple[str, ...] = ()) -> LabeledSet:
         """The scaled ``train`` (the whole session), ``validation`` or ``test`` set; ``speakers``
         is the fold's speaker vocabulary for trainers with a speaker head."""
-        utts = self.corpus.utterances
-        if name != "train":
-            validation, test, _ = holdout_split(utts, self.session, self.cfg.folds)
-            utts = {"validation": validation, "test": test}[name]
-        return self.corpus.labeled_set(list(utts), stats, speakers)
+        key = (name, stats, speakers)
+        if key not in self.splits:
+            utts = self.corpus.utterances
+            if name != "train":
+                validation, test, _ = holdout_split(utts, self.session, self.cfg.folds)
+                utts = {"validation": validation, "test": test}[name]
+            self.splits[key] = self.corpus.labeled_set(list(utts), stats, speakers)
+        return self.splits[key]
 
 
-# Ray actors serve many messages: keep each node's features once per process.
-_NODES: dict[tuple[str, int], Node] = {}
+# Simulated nodes are Ray actors that serve every message of a run: the config is validated and
+# the session's features read once per run and node. (A deployed SuperNode starts a process per
+# message; there the prepared corpus manifest and feature cache keep that start cheap.)
+_NODES: dict[tuple[int, str], Node] = {}
 
 
 def session_of(node_config: Mapping[str, Any], cfg: StudyConfig) -> int:
@@ -75,22 +87,23 @@ def session_of(node_config: Mapping[str, Any], cfg: StudyConfig) -> int:
 
 
 def node_of(context: Context) -> Node:
-    """This node's session and data (read and featurized once per process)."""
-    cfg = config_from_run(context.run_config)
-    node = context.node_config
-    if "data-root" in node:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(str(node["data-root"]))})})
-    if "work-dir" in node:  # the node's own outputs (feature cache): not the server's folder
-        cfg = cfg.model_copy(update={"work_dir": Path(str(node["work-dir"])).resolve()})
-    session = session_of(context.node_config, cfg)
-    key = (cfg.model_dump_json(), session)
+    """This node's session and data (validated and read once per run)."""
+    key = (context.run_id, json.dumps(dict(context.node_config), sort_keys=True, default=str))
     if key not in _NODES:
+        cfg = config_from_run(context.run_config)
+        node = context.node_config
+        if "data-root" in node:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(str(node["data-root"]))})})
+        if "work-dir" in node:  # the node's own outputs (feature cache): not the server's folder
+            cfg = cfg.model_copy(update={"work_dir": Path(str(node["work-dir"])).resolve()})
+        session = session_of(node, cfg)
         corpus = load_corpus(cfg, sessions={session})
         if not corpus.utterances:
             raise ValueError(f"node for Session{session}: no usable utterances under "
                              f"{cfg.data.root or cfg.corpus_dir}; check the node's data-root")
+        _NODES.clear()  # one run at a time per process: drop an earlier run's features
         _NODES[key] = Node(cfg, session, corpus)
-    torch.set_num_threads(cfg.federation.client_cpus)
+    torch.set_num_threads(_NODES[key].cfg.federation.client_cpus)
     return _NODES[key]
 
 
@@ -125,7 +138,7 @@ def train_gan(msg: Message, context: Context) -> Message:
     node = node_of(context)
     _check_failure(node, "train.gan")
     cfg, start = node.cfg, time.perf_counter()
-    spec = gan_spec(cfg)
+    spec = GanSpec.of(cfg)
     gen, disc = Generator(spec), Discriminator(spec, head=1)
     gen.load_state_dict(msg.content["generator"].to_torch_state_dict())
     disc.load_state_dict(msg.content["discriminator"].to_torch_state_dict())
@@ -167,7 +180,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Macro-F1 / UA / WA and the confusion matrix (as ``cm-i-j`` scalars) of the received weights."""
+    """Macro-F1 / UA / WA and the confusion matrix (as ``cm_i_j`` scalars) of the received weights."""
     node = node_of(context)
     _check_failure(node, "evaluate")
     config = msg.content["config"]
@@ -175,7 +188,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     trainer.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     data = node.split(str(config["split"]), _stats(config))
     metrics = trainer.evaluate(data)
-    cells = {f"cm-{i}-{j}": n for i, row in enumerate(metrics["confusion"]) for j, n in enumerate(row)}
     scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-    return Message(RecordDict({"metrics": MetricRecord({"num-examples": len(data), **scalars, **cells})}),
-                   reply_to=msg)
+    return Message(RecordDict({"metrics": MetricRecord({
+        "num-examples": len(data), **scalars, **confusion_cells(metrics["confusion"])})}), reply_to=msg)

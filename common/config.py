@@ -11,7 +11,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -23,9 +23,13 @@ from pydantic import (
     model_validator,
 )
 
-from common.corpora.iemocap import CLASSES_4, DEFAULT_LABEL_MAP
-
 Preset = Literal["paper", "tiny"]
+S = TypeVar("S", bound="Section")
+
+# Seed 002 §4.1: neutral, happy (excited merged into it), angry, sad; IEMOCAP's reader maps with these
+# (notes §0.2: every peer toolkit drops fru, sur, fea, dis, oth, xxx).
+CLASSES_4: tuple[str, ...] = ("neu", "hap", "ang", "sad")
+DEFAULT_LABEL_MAP: dict[str, str] = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
 
 
 class Section(BaseModel):
@@ -33,6 +37,9 @@ class Section(BaseModel):
 
     # validate_default: defaults go through the same validators (e.g. work_dir made absolute).
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # Sizes the ``tiny`` preset gives this section (a family's section declares its own).
+    tiny: ClassVar[dict[str, Any]] = {}
 
 
 class SyntheticConfig(Section):
@@ -82,7 +89,8 @@ class DataConfig(Section):
 class FeatureConfig(Section):
     """Which features, computed how, and how they are cut into network inputs."""
 
-    kind: Literal["logmel", "stft", "mfcc_vad", "mel6s", "mfcc6s", "mean_spectrum"] = "logmel"
+    # A name in common.features.EXTRACTORS (the study schema checks it and ``params``).
+    kind: str = "logmel"
     # Overrides of the extractor's paper defaults, e.g. {n_mels = 64} (checked against the extractor).
     params: dict[str, int | float] = Field(default_factory=dict)
     backend: Literal["torch", "librosa"] = "torch"
@@ -93,13 +101,6 @@ class FeatureConfig(Section):
     # None = work_dir/cache/features.
     cache_dir: Path | None = None
 
-    @model_validator(mode="after")
-    def _params_fit_extractor(self) -> FeatureConfig:
-        from common.features import build_extractor  # torch-heavy: only when a config is validated
-
-        build_extractor(self.kind, **self.params)  # ValueError names the valid parameters
-        return self
-
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -109,92 +110,12 @@ class FeatureConfig(Section):
         return value
 
 
-class ChangConfig(Section):
-    """Seed 000 (Chang & Scherer 2017): BasicCNN, MultitaskCNN, BasicDCGAN, MultitaskDCGAN.
-
-    The paper tuned sizes by random search and does not list them; the four stride-2 layers follow
-    the DCGAN discriminator it builds on (Radford et al. 2016: 5x5 kernels, 64-512 channels,
-    batch-norm, leaky ReLU 0.2, Adam 2e-4 with beta1 0.5).
-    """
-
-    # "valence": the paper's 5-point fuzzy valence (+ activation for the multitask variants);
-    # "emotion": the platform's classes, e.g. to train on GAN-synthetic data (which has no valence).
-    task: Literal["valence", "emotion"] = "valence"
-    channels: tuple[int, int, int, int] = (64, 128, 256, 512)
-    kernel: int = Field(5, ge=1)
-    hidden: int = Field(256, ge=1, description="the fully connected layer before the task heads")
-    n_z: int = Field(100, ge=1, description="DCGAN generator noise size")
-    lr: float = Field(2e-4, gt=0)
-    # §5: validation accuracy after every epoch; stop after 5 consecutive epochs below the best.
-    patience: int = Field(5, ge=1)
-    oversample: bool = True  # §4: oversample under-represented valence levels
-    # Where the DCGAN variants draw unlabeled speech: the pre-training corpus (data.pretrain_*) or
-    # the labeled training set's own audio without labels (what a federated node has).
-    unlabeled: Literal["pretrain", "train"] = "pretrain"
-
-
-class TuConfig(Section):
-    """Seed 001 (Tu et al. 2019) Table 1, IEMOCAP column; SGD with Nesterov momentum (§3.2)."""
-
-    tdnn: tuple[tuple[int, int, int], ...] = ((128, 5, 2), (64, 3, 4))  # (channels, kernel, dilation)
-    lstm: int = Field(64, ge=1, description="Bi-LSTM cells per direction")
-    embedding: int = Field(256, ge=1, description="FC after the Bi-LSTM; pooling gives 2x this")
-    head_hidden: int = Field(64, ge=1, description="FC 512-64-64-N: both hidden layers")
-    speakers: int = Field(8, ge=1, description="speaker head outputs: the training speakers of a fold")
-    dropout: float = Field(0.5, ge=0, lt=1, description="on the Bi-LSTM output (0.5 keep probability)")
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    # Not given in the paper: lambda of the gradient reversal (eq. 1); CrossGrad's epsilon and
-    # alpha (eq. 2-4; Shankar et al. 2018 use alpha = 0.5).
-    dat_lambda: float = Field(0.1, ge=0)
-    cgt_epsilon: float = Field(0.5, ge=0)
-    cgt_alpha: float = Field(0.5, ge=0, le=1)
-
-
-class TripathiConfig(Section):
-    """Seed 003 (Tripathi et al. 2019) §2: four parallel convolution paths, softmax/center/MSE losses."""
-
-    filters: int = Field(200, ge=1)
-    kernels: tuple[tuple[int, int], ...] = ((4, 6), (6, 8), (8, 10), (10, 12))
-    # FC size is not stated; 64 gives the 0.26M parameters the paper reports for S+C (§4).
-    hidden: int = Field(64, ge=1)
-    decoder: tuple[int, ...] = (256,)  # "even more FC layers" of the decoder: not specified
-    dropout: float = Field(0.5, ge=0, lt=1, description="tried 25-75% (§2.1)")
-    center_weight: float = Field(4.0, ge=0, description="lambda_1 of eq. 2 (best at 4)")
-    reconstruction_weight: float = Field(1.0, ge=0, description="lambda_2 of eq. 3-4 (not given)")
-    center_alpha: float = Field(0.5, gt=0, le=1, description="center update rate (Wen et al. 2016)")
-    lr: float = Field(1.0, gt=0, description="Adadelta's rate (its default)")
-
-
-class FcnConfig(Section):
-    """Seed 004 (Gans et al.): 1-D FCN + attention; Zhang et al. (2019): 2-D attention FCN."""
-
-    channels: tuple[int, ...] = (5, 10, 20, 30)
-    kernels: tuple[int, ...] = (11, 5, 3, 3)
-    strides: tuple[int, ...] = (4, 1, 1, 1)
-    pool_after: tuple[int, ...] = (0, 1, 3)  # max-pool 3/2 after these layers (AlexNet's places)
-    attention_lambda: float = Field(0.8, gt=0, description="scaled softmax (Zhang et al.: 0.3)")
-    # "valid": no padding (the 259-value mean spectrum); "same": k // 2, for short inputs.
-    padding: Literal["valid", "same"] = "valid"
-    lr: float = Field(1e-3, gt=0)
-    # Zhang et al. 2019: AlexNet's five convolutions (with AlexNet's paddings), attention lambda 0.3.
-    zhang_channels: tuple[int, ...] = (96, 256, 384, 384, 256)
-    zhang_kernels: tuple[int, ...] = (11, 5, 3, 3, 3)
-    zhang_strides: tuple[int, ...] = (4, 1, 1, 1, 1)
-    zhang_pool_after: tuple[int, ...] = (0, 1)
-    zhang_lambda: float = Field(0.3, gt=0)
-
-    @model_validator(mode="after")
-    def _layers(self) -> FcnConfig:
-        for prefix in ("", "zhang_"):
-            sizes = {len(getattr(self, f"{prefix}{k}")) for k in ("channels", "kernels", "strides")}
-            if len(sizes) != 1:
-                raise ValueError(f"{prefix}channels, {prefix}kernels and {prefix}strides need one entry per layer")
-        return self
-
-
 class ModelConfig(Section):
-    """Model sizes; the preset fills them (``paper`` = the papers' tables)."""
+    """Model sizes; the preset fills them (``paper`` = the papers' tables).
+
+    The seed 002 GAN's sizes live here; every other model family's section (``[model.chang]``, ...)
+    is declared beside its trainer and added by the study schema (common/schema.py).
+    """
 
     # Width multiplier on every channel count (1.0 = Table 1 of seed 002).
     width: float = Field(1.0, gt=0, le=4)
@@ -202,11 +123,14 @@ class ModelConfig(Section):
     n_z: int = Field(128, ge=1)
     # Pre-trained GAN checkpoint (``fedser pretrain``); None = work_dir/checkpoints/pretrained.pt.
     pretrained: Path | None = None
-    # The other papers' trainer families (seeds 000, 001, 003, 004).
-    chang: ChangConfig = ChangConfig()
-    tu: TuConfig = TuConfig()
-    tripathi: TripathiConfig = TripathiConfig()
-    fcn: FcnConfig = FcnConfig()
+
+    def section(self, kind: type[S]) -> S:
+        """The family section of type ``kind`` (a registered trainer's ``[model.<family>]``)."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if type(value) is kind:
+                return value
+        raise LookupError(f"the model config has no {kind.__name__} section: is its trainer registered?")
 
 
 class TrainingConfig(Section):
@@ -238,17 +162,8 @@ class TrainingConfig(Section):
     bagan_lr: float = Field(5e-5, gt=0)
     bagan_ae_iterations: int = Field(20_000, ge=1)
     bagan_gan_iterations: int = Field(20_000, ge=1)
-    # The SER model every regime trains (a name in common/trainers/registry.py).
+    # The SER model every regime trains (a name in common/trainers/registry.py; the schema checks it).
     trainer: str = "ser-cnn"
-
-    @field_validator("trainer")
-    @classmethod
-    def _trainer(cls, value: str) -> str:
-        from common.trainers.registry import TRAINERS  # the registry imports this module
-
-        if value not in TRAINERS:
-            raise ValueError(f"unknown trainer; registered: {', '.join(sorted(TRAINERS))}")
-        return value
 
     @field_validator("device")
     @classmethod
@@ -369,13 +284,6 @@ class StudyConfig(Section):
                              "\"session\" or drop gan-federated/fedavg from regimes")
         return self
 
-    @field_validator("trainers")
-    @classmethod
-    def _trainers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            TrainingConfig._trainer(name)
-        return value
-
     def with_trainer(self, name: str) -> StudyConfig:
         """This study with ``training.trainer = name``."""
         return self.model_copy(update={"training": self.training.model_copy(update={"trainer": name})})
@@ -411,6 +319,11 @@ class StudyConfig(Section):
         """The feature cache folder."""
         return self.features.cache_dir or self.work_dir / "cache" / "features"
 
+    @classmethod
+    def preset_values(cls, preset: Preset, feature_kind: str) -> dict[str, Any]:
+        """What ``preset`` sets before an experiment file is applied (the schema adds its families')."""
+        return PRESETS[preset]
+
     def flat(self) -> dict[str, str]:
         """``{"data.subset": "all", ...}``: the validated config as flat strings (MLflow params)."""
         return _flatten(self.model_dump(mode="json"))
@@ -426,14 +339,9 @@ PRESETS: dict[Preset, dict[str, Any]] = {
     # cost 2.5x per GAN step (109 vs 44 ms); a batch of 16 left the conditional generator too
     # undiverse for SER trained on it alone.
     "tiny": {
-        "features": {"params": {"n_mels": 32}, "patch_frames": 32, "window_hop": 16},
-        "model": {
-            "width": 0.125, "n_z": 32,
-            "chang": {"channels": [8, 16, 32, 64], "hidden": 32, "n_z": 16, "lr": 1e-3},
-            "tu": {"tdnn": [[32, 5, 2], [16, 3, 4]], "lstm": 16, "embedding": 32, "head_hidden": 16, "lr": 1e-2},
-            "tripathi": {"filters": 16, "hidden": 32, "decoder": [64]},
-            "fcn": {"padding": "same", "zhang_channels": [8, 16, 24, 24, 16], "lr": 1e-2},
-        },
+        # + the extractor's ``tiny`` params (common/schema.py), e.g. 32 mels for logmel.
+        "features": {"patch_frames": 32, "window_hop": 16},
+        "model": {"width": 0.125, "n_z": 32},  # + each family section's ``tiny`` (common/schema.py)
         "training": {
             "batch_size": 32, "ae_lr": 1e-3, "ae_iterations": 1000, "g_lr": 2e-4, "d_lr": 4e-4,
             "gan_iterations": 500, "finetune_iterations": 600, "ser_lr": 1e-3, "ser_lr_decay_every": 400,
@@ -446,20 +354,17 @@ PRESETS: dict[Preset, dict[str, Any]] = {
 }
 
 
-# The tiny preset's extractor sizes for the other papers' features (``features.kind``); the paper
-# preset keeps each extractor's paper defaults. A file that sets ``features.params`` replaces these.
-TINY_FEATURE_PARAMS: dict[str, dict[str, int | float]] = {
-    "logmel": {"n_mels": 32}, "stft": {"n_bins": 32}, "mel6s": {"n_mels": 32}, "mfcc6s": {"n_mfcc": 20},
-    "mfcc_vad": {}, "mean_spectrum": {},
-}
-
-
 class ConfigError(ValueError):
     """A config file with one or more problems; the message lists all of them."""
 
 
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
-    """Load a study config: defaults <- preset <- TOML file at ``path`` <- ``overrides``."""
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                schema: type[StudyConfig] = StudyConfig) -> StudyConfig:
+    """Load a study config: defaults <- preset <- TOML file at ``path`` <- ``overrides``.
+
+    ``schema``: the class to validate with; common/schema.py binds the full one (every registered
+    trainer family's section), which is what callers use.
+    """
     source = str(path) if path is not None else "<defaults>"
     data: dict[str, Any] = {}
     if path is not None:
@@ -473,35 +378,38 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
     preset = data.get("preset", "tiny")
     if preset not in PRESETS:
         raise ConfigError(f"{source}: preset: must be one of {sorted(PRESETS)}, got {preset!r}")
-    base = PRESETS[preset]
     features = data.get("features", {})
-    if preset == "tiny" and isinstance(features, Mapping) and features.get("kind", "logmel") != "logmel":
-        params = TINY_FEATURE_PARAMS.get(str(features["kind"]), {})
-        base = {**base, "features": {**base["features"], "params": params}}
+    kind = str(features.get("kind", "logmel")) if isinstance(features, Mapping) else "logmel"
+    base = schema.preset_values(preset, kind)
     if isinstance(features, Mapping) and "params" in features:  # the file's params replace the preset's
         base = {**base, "features": {k: v for k, v in base.get("features", {}).items() if k != "params"}}
+    return validate(schema, _merge(base, data), source)
+
+
+def validate(schema: type[StudyConfig], data: Mapping[str, Any], source: str) -> StudyConfig:
+    """``data`` validated by ``schema``; every problem in one ConfigError, one line per key."""
     try:
-        return StudyConfig.model_validate(_merge(base, data))
+        return schema.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err) for err in exc.errors()]
+        lines = [_describe(err, schema) for err in exc.errors()]
         raise ConfigError(
             f"{source}: {len(lines)} error(s)\n" + "\n".join(f"  {line}" for line in lines)
         ) from None
 
 
-def _describe(err: Mapping[str, Any]) -> str:
+def _describe(err: Mapping[str, Any], schema: type[BaseModel]) -> str:
     """One line per error: the dotted key, what is wrong, and what is allowed."""
     loc = tuple(str(x) for x in err["loc"])
     key = ".".join(loc) or "<root>"
     if err["type"] == "extra_forbidden":
-        allowed = sorted(_section_of(loc[:-1]).model_fields)
+        allowed = sorted(_section_of(schema, loc[:-1]).model_fields)
         return f"{key}: unknown key; allowed here: {', '.join(allowed)}"
     message = str(err["msg"]).removeprefix("Value error, ")
     return f"{key}: {message} (got {err.get('input')!r})"
 
 
-def _section_of(loc: tuple[str, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = StudyConfig
+def _section_of(schema: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel]:
+    model = schema
     for part in loc:
         annotation = model.model_fields[part].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -530,7 +438,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def config_from_run(run_config: Mapping[str, Any]) -> StudyConfig:
+def config_from_run(run_config: Mapping[str, Any], *, schema: type[StudyConfig] = StudyConfig) -> StudyConfig:
     """The study config a Flower run carries (``[tool.flwr.app.config]`` in pyproject.toml).
 
     ``study-config`` is the resolved config as JSON (what ``fedser study`` sends, so that remote
@@ -542,8 +450,8 @@ def config_from_run(run_config: Mapping[str, Any]) -> StudyConfig:
     overrides = {"work_dir": work_dir} if work_dir else {}
     if source.startswith("{"):
         try:
-            data = _merge(json.loads(source), overrides)
-            return StudyConfig.model_validate(data)
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise ConfigError(f"run config study-config: not a valid study config: {exc}") from None
-    return load_config(Path(source) if source else None, overrides)
+            data = json.loads(source)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"run config study-config: not valid JSON: {exc}") from None
+        return validate(schema, _merge(data, overrides), "run config study-config")
+    return load_config(Path(source) if source else None, overrides, schema=schema)

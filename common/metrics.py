@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,18 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], n_class
         "wa": float(accuracy_score(y_true, y_pred)),
         "confusion": confusion_matrix(y_true, y_pred, labels=list(range(n_classes))).tolist(),
     }
+
+
+def confusion_cells(confusion: Sequence[Sequence[int]]) -> dict[str, int]:
+    """A confusion matrix (true x predicted) as scalars ``cm_<true>_<pred>``: how it travels in a
+    node's MetricRecord (scalars only: the wire audit refuses lists) and how MLflow logs it."""
+    return {f"cm_{i}_{j}": int(n) for i, row in enumerate(confusion) for j, n in enumerate(row)}
+
+
+def confusion_from_cells(cells: Mapping[str, float]) -> list[list[int]]:
+    """Inverse of :func:`confusion_cells` (the size from the keys; other keys are ignored)."""
+    n = sum(1 for k in cells if k.startswith("cm_0_"))
+    return [[int(cells[f"cm_{i}_{j}"]) for j in range(n)] for i in range(n)]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # x (B, 1, F, P) in [-1, 1], y (B,) c
 # What SER trainers receive: a Batch, or a Batch plus per-sample auxiliary targets
 # (speaker index (B,), fuzzy valence (B, 5), ...) when the sampler was asked for them.
 SerBatch = Batch | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+# Where training batches come from (real patches, a synthetic pool): batch size -> batch.
+Sampler = Callable[[int], SerBatch]
 
 
 @dataclass(frozen=True)

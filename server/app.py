@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import FEDERATED_REGIMES, StudyConfig, config_from_run
-from common.regimes import FoldOutcome
-from server.federation import Federation, WireGrid
-from server.regimes import REGIMES
-from server.tracking import Tracker, log_failures, log_fold, log_summary
+from common.config import FEDERATED_REGIMES, StudyConfig
+from common.schema import config_from_run
+from simulations.regimes import FoldOutcome
+from simulations.regimes.federated import REGIMES
+from simulations.regimes.federation import Federation, WireGrid
+from simulations.tracking import Tracker, tracked
 
 app = ServerApp()
 log = logging.getLogger("fedser.server")
@@ -51,7 +51,8 @@ def audit_path(cfg: StudyConfig, regime: str, run_id: int) -> Path:
 
 
 def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0) -> list[FoldOutcome]:
-    """Discover the nodes, run ``regime`` fold by fold, log runs, failures and the wire audit."""
+    """Discover the nodes, then run ``regime`` fold by fold inside its MLflow run (failures and the
+    wire audit logged with it)."""
     if regime not in REGIMES:
         raise ValueError(f"run config regime: {regime!r} is not a federated regime; choose from "
                          f"{', '.join(FEDERATED_REGIMES)}")
@@ -59,37 +60,6 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0) -> li
     torch.set_num_threads(os.cpu_count() or 1)  # the server trains while the nodes idle
     audit = audit_path(cfg, regime, run_id)
     fed = Federation(WireGrid(grid, audit), cfg)
-    tracker = Tracker(cfg)
-    tags = {"kind": "regime", "regime": regime, "trainer": cfg.training.trainer, "study": cfg.name,
-            "preset": cfg.preset, "flwr_run_id": run_id}
-    with tracker.run(regime, tags):
-        tracker.params(cfg.flat())
-        nodes = fed.discover()
-        if not nodes:
-            log_failures(tracker, fed.failures)
-            raise RuntimeError(f"no node answered within federation.node_wait = {cfg.federation.node_wait} s; "
-                               "are the SuperNodes connected?")
-        tracker.metrics({"nodes": len(nodes)})
-
-        def per_fold(fold: Callable[[int, int], FoldOutcome | None]) -> list[FoldOutcome]:
-            outcomes = []
-            for session in cfg.folds.sessions:
-                tags = {"regime": regime, "trainer": cfg.training.trainer, "fold": session, "session": session,
-                        "study": cfg.name}
-                with tracker.run(f"{regime}/fold{session}", tags, nested=True):
-                    outcome = fold(session, session)
-                    if outcome is None:
-                        tracker.tag("skipped", "no node could train or score this fold (see failure tags)")
-                        continue
-                    log_fold(tracker, cfg.data.classes, outcome)
-                    log.info("%s fold %s: macro-F1 %.3f UA %.3f WA %.3f", regime, session,
-                             outcome.metrics["f1_macro"], outcome.metrics["ua"], outcome.metrics["wa"])
-                outcomes.append(outcome)
-            return outcomes
-
-        outcomes = REGIMES[regime](fed, cfg, tracker, per_fold)
-        log_failures(tracker, fed.failures)
-        log_summary(tracker, outcomes)
-        if audit.exists():
-            tracker.artifact(audit, "flower")
-    return outcomes
+    federated = REGIMES[regime](fed, cfg)
+    federated.log.artifacts.append((audit, "flower"))
+    return tracked(federated, Tracker(cfg), cfg, flwr_run_id=run_id)

@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.config import ConfigError, StudyConfig, load_config
+from common.config import ConfigError, StudyConfig
 from common.corpora import read_corpus
+from common.schema import load_config
 from simulations.flower import FlowerRunError
 
 app = typer.Typer(
@@ -150,47 +151,38 @@ def config_show(config: ConfigArg = None) -> None:
 
 @app.command("features")
 @friendly
-def features(
-    config: ConfigArg = None,
-    limit: Annotated[int, typer.Option(help="Only the first N utterances (0 = all).")] = 0,
-) -> None:
-    """Extract (and cache) the configured features of the labeled corpus; print what was done."""
-    _features(load_config(config), limit)
+def features(config: ConfigArg = None) -> None:
+    """Prepare the labeled corpus: its manifest, and its features in the cache; print what was done."""
+    _features(load_config(config))
 
 
-def _features(cfg: StudyConfig, limit: int = 0) -> dict[str, Any]:
-    from common.data import labeled_scan
-    from common.features import FeatureCache, MinMax, build_extractor, extract_corpus
+def _features(cfg: StudyConfig) -> dict[str, Any]:
+    from common.data import labeled_manifest, prepare
+    from common.features import MinMax
 
-    scan = labeled_scan(cfg)
-    utts = scan.utterances[:limit] if limit else scan.utterances
-    extractor = build_extractor(cfg.features.kind, **cfg.features.params)
-    cache = FeatureCache(cfg.feature_cache_dir)
     start = time.perf_counter()
-    feats, skipped = extract_corpus(
-        utts, extractor, cache, device=cfg.features.device, backend=cfg.features.backend
-    )
+    manifest = labeled_manifest(cfg)
+    prepared = prepare(cfg, manifest)
     seconds = time.perf_counter() - start
     # Per-session min/max, combined as a federated server would combine node scalars (seed 002 §4.2).
-    per_session = {}
-    for u in utts:
-        if u.id in feats:
-            per_session[u.session] = per_session.get(u.session, MinMax.empty()).update(feats[u.id])
-    combined = MinMax.combine(*per_session.values())
+    per_session = prepared.session_stats()
+    combined = MinMax.combine(*per_session.values()) if per_session else prepared.stats()
     table = Table("session", "min", "max", title=f"{cfg.features.kind} scaling statistics")
-    for session, stats in sorted(per_session.items(), key=lambda kv: str(kv[0])):
+    for session, stats in sorted(per_session.items()):
         table.add_row(str(session), f"{stats.lo:.3f}", f"{stats.hi:.3f}")
     table.add_row("combined", f"{combined.lo:.3f}", f"{combined.hi:.3f}", style="bold")
     console.print(table)
-    shapes = Counter(a.shape[0] for a in feats.values())
+    failed = len(prepared.skipped) - len(manifest.scan.skipped)
     console.print(
-        f"features: {len(feats)} utterances x {dict(shapes)} dims, {len(skipped)} skipped, "
-        f"{seconds:.1f} s; cache {cache.hits} hits / {cache.misses} misses at {cache.root}",
+        f"features: {len(prepared)} utterances ({sum(prepared.frames)} frames), {failed} unreadable, "
+        f"{seconds:.1f} s; cache {prepared.cache.hits} hits / {prepared.cache.misses} misses at "
+        f"{prepared.cache.root}; index under {cfg.work_dir / 'prepared'}",
         highlight=False,
     )
-    for skip in skipped:
+    for skip in prepared.skipped[len(manifest.scan.skipped):]:
         console.print(f"  skipped {skip.path}: {skip.reason}", highlight=False)
-    return {"utterances": len(feats), "skipped": len(skipped), "hits": cache.hits, "misses": cache.misses}
+    return {"utterances": len(prepared), "skipped": failed, "hits": prepared.cache.hits,
+            "misses": prepared.cache.misses}
 
 
 # ---------------------------------------------------------------------------------------- folds
@@ -258,14 +250,15 @@ def study(config: ConfigArg = None) -> None:
 
 
 def _study(cfg: StudyConfig) -> None:
-    from simulations.study import run_study, summary_table
+    from simulations.regimes import summary
+    from simulations.study import run_study
 
     start = time.perf_counter()
     rows = run_study(cfg, progress=console.is_terminal, say=lambda line: console.print(line, highlight=False))
     table = Table("regime", "trainer", "macro-F1 mean ± std", "folds",
                   title=f"{cfg.name}: {time.perf_counter() - start:.0f} s, MLflow {cfg.tracking_uri}")
-    for regime, trainer, mean, std, n in summary_table(rows):
-        table.add_row(regime, trainer, f"{mean:.3f} ± {std:.3f}", str(n))
+    for s in summary(rows):
+        table.add_row(s["regime"], s["trainer"], f"{s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f}", str(s["folds"]))
     console.print(table)
 
 
@@ -283,7 +276,7 @@ def report(
 
 
 def _report(uri: str, name: str, as_json: bool = False) -> None:
-    from server.report import fold_rows, log_report, markdown, paper_protocol
+    from simulations.report import fold_rows, log_report, markdown, paper_protocol
 
     rows = fold_rows(uri, name)
     if not rows:

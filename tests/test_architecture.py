@@ -37,3 +37,73 @@ def test_importing_common_loads_neither_at_runtime() -> None:
             + f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(FORBIDDEN)}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# common/'s layers, lowest first: a module imports only from its own layer or below (lazy imports
+# inside functions count too), and the import graph has no cycle.
+LAYERS = (
+    ("common.config",),
+    ("common.audio", "common.metrics", "common.corpora"),
+    ("common.features",),
+    ("common.views", "common.splits", "common.models", "common.synthesis"),
+    ("common.data",),
+    ("common.trainers",),
+    ("common.trainers.registry",),
+    ("common.schema", "common.pipeline"),
+)
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    best = max((prefix for layer in LAYERS for prefix in layer if module == prefix or module.startswith(prefix + ".")),
+               key=len, default=None)
+    assert best is not None, f"{module} is in no layer of tests/test_architecture.py"
+    return next(i for i, layer in enumerate(LAYERS) if best in layer)
+
+
+def _common_graph() -> dict[str, set[str]]:
+    modules = {_module(p): p for p in (ROOT / "common").rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            graph[module] |= {t for t in targets if t in modules and t != module}
+    return graph
+
+
+def test_common_imports_only_downward() -> None:
+    graph = _common_graph()
+    upward = sorted(f"{a} -> {b}" for a, deps in graph.items() if a != "common" for b in deps
+                    if _layer(b) > _layer(a))
+    assert upward == []
+
+
+def test_common_import_graph_has_no_cycle() -> None:
+    graph, done, path = _common_graph(), set(), []
+
+    def visit(module: str) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(module):], module]))
+        if module in done:
+            return
+        path.append(module)
+        for dep in sorted(graph[module]):
+            visit(dep)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
+def test_config_is_a_leaf() -> None:
+    assert _common_graph()["common.config"] == set()

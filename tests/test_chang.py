@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import load_config
 from common.metrics import fuzzy_label, fuzzy_metrics, resolve
 from common.models.chang import ConvStack
+from common.schema import load_config
 from common.trainers.chang import crop_spans, soft_cross_entropy
 from common.trainers.registry import build_trainer
 from common.views import LabeledSet

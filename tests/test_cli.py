@@ -50,9 +50,9 @@ def test_check_json_on_a_real_format_tree(iemocap_tree: Path) -> None:
 
 
 def test_study_refuses_a_checkpoint_of_other_sizes_before_any_regime(tmp_path: Path) -> None:
-    from common.config import load_config
     from common.models.sngan import GanSpec
     from common.pipeline import save_checkpoint
+    from common.schema import load_config
 
     config = tmp_path / "study.toml"
     config.write_text(f'work_dir = "{tmp_path}"\nregimes = ["gan-federated"]\n[model]\nwidth = 0.25\n')

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from common.config import PRESETS, ConfigError, StudyConfig, load_config
+from common.config import PRESETS, ConfigError, StudyConfig
+from common.schema import load_config
 
 EXPERIMENTS = sorted((Path(__file__).parents[1] / "simulations" / "experiments").rglob("*.toml"))
 
@@ -59,7 +60,7 @@ def test_bad_file_reports_every_error_with_key_and_allowed_values(tmp_path: Path
     assert message.startswith(f"{path}: 5 error(s)")
     assert "data.subset: Input should be 'improvised', 'scripted' or 'all' (got 'impro')" in message
     assert "data.classes: classes must be non-empty and unique" in message
-    assert "features.kind: Input should be 'logmel'" in message
+    assert "features.kind: unknown feature extractor; valid: logmel, mean_spectrum, mel6s, mfcc6s, mfcc_vad, stft (got 'mfcc')" in message
     assert "features.window_hop: Input should be greater than or equal to 1 (got 0)" in message
     assert "model.widht: unknown key; allowed here: chang, fcn, n_z, pretrained, tripathi, tu, width" in message
 
@@ -104,7 +105,7 @@ def test_federation_settings_are_validated() -> None:
 
 
 def test_config_from_run_reads_json_paths_and_the_default(tmp_path: Path) -> None:
-    from common.config import config_from_run
+    from common.schema import config_from_run
 
     cfg = load_config(overrides={"name": "sent", "work_dir": str(tmp_path / "a"), "training": {"seed": 5}})
     assert config_from_run({"study-config": cfg.model_dump_json()}) == cfg  # what fedser study sends

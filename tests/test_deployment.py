@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from common.config import SESSIONS, load_config
+from common.config import SESSIONS
 from common.data import synthetic_iemocap_root
 from common.pipeline import pretrain
+from common.schema import load_config
 from simulations.flower import APP_DIR, flwr_run, free_port, stop_tree, write_run_config
 from tests.conftest import FAST_STUDY_TABLES
 from tests.test_federation import flower_processes

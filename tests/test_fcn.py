@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import load_config
 from common.models.fcn import Fcn1dAttention, Fcn2dAttention, ScaledSoftmaxAttention
+from common.schema import load_config
 from common.trainers.registry import build_trainer
 from common.trainers.supervised import NetTrainer
 

@@ -13,17 +13,20 @@ from common.audio import SAMPLE_RATE, load_audio, write_wav
 from common.corpora.base import Utterance
 from common.features import (
     EXTRACTORS,
+    Extractor,
     FeatureCache,
     LogMel,
     MinMax,
     build_extractor,
     compute,
+    content_hash,
     energy_vad,
     extract_corpus,
     patches,
     random_patch,
     resolve_device,
 )
+from common.features.extractors import Backend
 
 DEVICES = [
     "cpu",
@@ -190,10 +193,18 @@ def wav_file(tmp_path: Path) -> Path:
     return path
 
 
+def _get(cache: FeatureCache, path: Path, extractor: Extractor, backend: Backend = "torch") -> np.ndarray:
+    """One file's features through the cache (the corpus path, for one utterance)."""
+    utt = Utterance(id="a", path=path, corpus="folder", speaker="s")
+    feats, skipped = extract_corpus([utt], extractor, cache, backend=backend)
+    assert not skipped
+    return feats["a"]
+
+
 def test_cache_hit_returns_the_same_array(tmp_path: Path, wav_file: Path) -> None:
     cache, extractor = FeatureCache(tmp_path / "cache"), LogMel()
-    first = cache.get(wav_file, extractor)
-    second = cache.get(wav_file, extractor)
+    first = _get(cache, wav_file, extractor)
+    second = _get(cache, wav_file, extractor)
     assert (cache.misses, cache.hits) == (1, 1)
     np.testing.assert_array_equal(first, second)
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
@@ -201,32 +212,32 @@ def test_cache_hit_returns_the_same_array(tmp_path: Path, wav_file: Path) -> Non
 
 def test_cache_misses_on_changed_params_or_audio(tmp_path: Path, wav_file: Path) -> None:
     cache = FeatureCache(tmp_path / "cache")
-    cache.get(wav_file, LogMel())
-    cache.get(wav_file, LogMel(n_mels=64))
+    _get(cache, wav_file, LogMel())
+    _get(cache, wav_file, LogMel(n_mels=64))
     write_wav(wav_file, speech_like(1.0, seed=5))  # same path, new content
-    cache.get(wav_file, LogMel())
+    _get(cache, wav_file, LogMel())
     assert (cache.misses, cache.hits) == (3, 0)
 
 
 def test_cache_keys_backends_apart(tmp_path: Path, wav_file: Path) -> None:
     cache, extractor = FeatureCache(tmp_path / "cache"), LogMel()
-    by_torch = cache.get(wav_file, extractor)
-    by_librosa = cache.get(wav_file, extractor, backend="librosa")
+    by_torch = _get(cache, wav_file, extractor)
+    by_librosa = _get(cache, wav_file, extractor, backend="librosa")
     assert (cache.misses, cache.hits) == (2, 0)
     np.testing.assert_allclose(by_torch, by_librosa, rtol=0, atol=extractor.atol)
 
 
 def test_cache_ignores_leftover_tmp_and_repairs_damaged_entries(tmp_path: Path, wav_file: Path) -> None:
     cache, extractor = FeatureCache(tmp_path / "cache"), LogMel()
-    key = cache.key(wav_file, extractor)
+    key = cache.key(content_hash(wav_file), extractor)
     entry = tmp_path / "cache" / key[:2] / f"{key}.npy"
     entry.parent.mkdir(parents=True)
     (entry.parent / f"{key}.abc123.tmp").write_bytes(b"half a write")  # a crash mid-store
-    fresh = cache.get(wav_file, extractor)
+    fresh = _get(cache, wav_file, extractor)
     assert (cache.misses, cache.hits) == (1, 0)
     entry.write_bytes(entry.read_bytes()[:-1000])  # short, as after a power loss
-    np.testing.assert_array_equal(cache.get(wav_file, extractor), fresh)
-    np.testing.assert_array_equal(cache.get(wav_file, extractor), fresh)
+    np.testing.assert_array_equal(_get(cache, wav_file, extractor), fresh)
+    np.testing.assert_array_equal(_get(cache, wav_file, extractor), fresh)
     assert (cache.misses, cache.hits) == (2, 1)
 
 

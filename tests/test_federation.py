@@ -19,9 +19,8 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from common.config import config_from_run, load_config
-from common.models.sngan import Generator
-from common.pipeline import gan_spec
+from common.models.sngan import GanSpec, Generator
+from common.schema import config_from_run, load_config
 from simulations.cli import app
 from simulations.flower import descendants, stop_tree
 from tests.conftest import FAST_STUDY_TABLES, study_file
@@ -67,7 +66,7 @@ def audit_lines(run) -> list[dict]:  # noqa: ANN001
 
 SCALAR_REPLIES = {  # message type -> the metric keys a reply may hold (all scalars)
     "query": re.compile(r"utterances|count-\w+|feat-min|feat-max"),
-    "evaluate": re.compile(r"num-examples|f1_macro|ua|wa|cm-\d+-\d+"),
+    "evaluate": re.compile(r"num-examples|f1_macro|ua|wa|cm_\d+_\d+"),
     "train": re.compile(r"num-examples|loss"),
     "train.gan": re.compile(r"num-examples|seconds"),
 }
@@ -113,7 +112,7 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
         assert {"f1_macro", "ua", "wa", "cm_0_0", "val_f1_macro"} <= set(child.data.metrics)
         files = {a.path for a in mlflow.artifacts.list_artifacts(run_id=child.info.run_id, artifact_path="plots")}
         assert files == {"plots/confusion.png"}
-    assert all("val_f1_macro_round" in c.data.metrics for c in children if c.data.tags["regime"] == "fedavg")
+    assert all("val_f1_macro_curve" in c.data.metrics for c in children if c.data.tags["regime"] == "fedavg")
 
     # Session3's generator failed: recorded, and the regime went on with the other four.
     gan = parents["gan-federated"]
@@ -128,7 +127,7 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
 
     # The eyes-off guarantee, on every reply that reached the server.
     cfg = config_from_run({"study-config": str(config)})
-    shapes = {k: list(v.shape) for k, v in Generator(gan_spec(cfg)).state_dict().items()}
+    shapes = {k: list(v.shape) for k, v in Generator(GanSpec.of(cfg)).state_dict().items()}
     lines = audit_lines(gan)
     by_type = {t: [x for x in lines if x["type"] == t] for t in ("query", "train.gan", "evaluate")}
     assert len(by_type["query"]) == 5 and len(by_type["train.gan"]) == 5

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import load_config
 from common.models.sngan import Discriminator, GanSpec, Generator
+from common.schema import load_config
 from common.trainers.base import KeepBest, LoopResult, run
 from common.trainers.gan import (
     autoencoder_step,

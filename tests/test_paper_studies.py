@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from common.audio import write_wav
-from common.config import load_config
 from common.corpora.synthetic import UtteranceSpec, make_voice, prosody_for, synthesize
+from common.schema import load_config
 from common.trainers.registry import TRAINERS, build_trainer
 from simulations.cli import app
 from simulations.study import run_study

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import load_config
 from common.features import patches
 from common.metrics import classification_metrics
 from common.models.sngan import GanSpec
+from common.schema import load_config
 from common.trainers.ser import SerCnnTrainer
 from common.views import LabeledSet, PatchSampler
 

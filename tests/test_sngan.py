@@ -12,9 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from common.config import load_config
 from common.models.sngan import Discriminator, GanSpec, Generator, ser_network
-from common.pipeline import gan_spec
+from common.schema import load_config
 
 PAPER = GanSpec(n_z=128, n_c=4, width=1.0, patch=128)
 TINY_GRID = GanSpec(n_z=8, n_c=4, width=0.0625, patch=32)
@@ -230,7 +229,7 @@ def test_normalized_weights_have_unit_spectral_norm(which: str) -> None:
 
 
 def test_tiny_preset_keeps_table_1_structure(paper_nets) -> None:
-    spec = gan_spec(load_config())
+    spec = GanSpec.of(load_config())
     assert (spec.width, spec.patch, spec.n_z, spec.n_c) == (0.125, 32, 32, 4)
     gen, disc = Generator(spec), Discriminator(spec, head=spec.n_c + 1)
     paper_gen, paper_disc = paper_nets

@@ -11,8 +11,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from common.config import load_config
 from common.models.sngan import GanSpec, Generator
+from common.schema import load_config
 from common.synthesis import SyntheticPool
 from common.trainers.registry import TRAINERS, build_trainer
 from common.trainers.supervised import proximal_term

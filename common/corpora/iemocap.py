@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 from common.audio import AudioError, probe_duration
+from common.config import CLASSES_4 as CLASSES_4  # re-exported: where readers and tests look for it
+from common.config import DEFAULT_LABEL_MAP
 from common.corpora.base import Scan, Skip, Utterance
 
 Subset = Literal["improvised", "scripted", "all"]
-
-CLASSES_4 = ("neu", "hap", "ang", "sad")
-# exc is merged into hap, everything else (fru, sur, fea, dis, oth, xxx) is dropped:
-# the de-facto protocol of seed 002 §4.1 and of every peer toolkit (notes §0.2).
-DEFAULT_LABEL_MAP: dict[str, str] = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
+# DEFAULT_LABEL_MAP (common/config.py): exc is merged into hap, everything else (fru, sur, fea, dis,
+# oth, xxx) is dropped: the de-facto protocol of seed 002 §4.1 and of every peer toolkit (notes §0.2).
 
 # Known totals of a complete copy under the default label map (notes §2.4, from EmoBox's list).
 KNOWN_TOTALS: dict[Subset, int] = {"all": 5531, "improvised": 2943, "scripted": 2588}

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from common.config import StudyConfig
+
 # Table 1: output channels of the generator's eight hidden convolutions and the
 # discriminator's eight convolutions (filter size 3 everywhere).
 GEN_CHANNELS = (512, 512, 256, 256, 128, 128, 64, 64)
@@ -51,6 +53,16 @@ class GanSpec:
     def to_dict(self) -> dict[str, float | int]:
         """JSON-ready form."""
         return asdict(self)
+
+    @classmethod
+    def of(cls, cfg: StudyConfig) -> GanSpec:
+        """The sizes a study asks for: the preset's width and N_z, square ``features.patch_frames`` patches."""
+        n_rows = cfg.features.params.get("n_mels", 128) if cfg.features.kind == "logmel" else None
+        if n_rows is not None and n_rows != cfg.features.patch_frames:
+            raise ValueError(f"the GAN needs square patches: features.params.n_mels = {n_rows} but "
+                             f"features.patch_frames = {cfg.features.patch_frames}; make them equal")
+        return cls(n_z=cfg.model.n_z, n_c=len(cfg.data.classes), width=cfg.model.width,
+                   patch=cfg.features.patch_frames)
 
 
 def _sn(layer: nn.Module) -> nn.Module:

@@ -23,8 +23,8 @@ from common.config import TrainingConfig
 from common.models.bagan import BaganGenerator, Decoder, Encoder, discriminator_from
 from common.models.sngan import GanSpec
 from common.trainers.base import Step, run
-from common.trainers.gan import Sampler, _adam, conditional_step
-from common.views import LabeledSet, PatchSampler, subset
+from common.trainers.gan import adam, conditional_step
+from common.views import LabeledSet, PatchSampler, Sampler, subset
 
 LATENT_SAMPLES = 256  # patches encoded per class to fit its Gaussian
 RIDGE = 1e-4  # added to every covariance diagonal: Cholesky works with fewer codes than N_z
@@ -33,7 +33,7 @@ RIDGE = 1e-4  # added to every covariance diagonal: Cholesky works with fewer co
 def autoencoder_step(encoder: Encoder, decoder: Decoder, sample: Sampler, cfg: TrainingConfig,
                      device: torch.device) -> Step:
     """Phase 1: x -> encoder -> z -> decoder -> x~, MSE(x~, x), Adam at ``cfg.bagan_lr``."""
-    opt = _adam([*encoder.parameters(), *decoder.parameters()], cfg.bagan_lr, cfg)
+    opt = adam([*encoder.parameters(), *decoder.parameters()], cfg.bagan_lr, cfg)
 
     def step(_: int) -> dict[str, float]:
         x, _y = sample(cfg.batch_size)

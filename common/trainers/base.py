@@ -7,14 +7,12 @@ model selection, early stopping and progress. A GAN is a step with two optimizer
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 Logs = dict[str, float]
 Step = Callable[[int], Logs]
@@ -89,26 +87,37 @@ def run(
     return result
 
 
+class Stateful(Protocol):
+    """Anything with weights to snapshot: a module, or a trainer (federated rounds)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Any: ...
+
+
 class KeepBest:
     """Model selection: snapshot ``model`` at its best evaluation and restore it at the end.
 
-    With ``patience`` it also stops early after that many evaluations below the best.
+    With ``patience`` it also stops early after that many evaluations below the best. ``evals``
+    lists every (step, score) it saw.
     """
 
-    def __init__(self, model: nn.Module, patience: int | None = None) -> None:
+    def __init__(self, model: Stateful, patience: int | None = None) -> None:
         self.model, self.patience = model, patience
         self.best: float = -math.inf
         self.state: dict[str, torch.Tensor] | None = None
         self.since_best = 0
+        self.evals: list[tuple[int, float]] = []
 
     def on_step(self, step: int, logs: Logs) -> None:
         """Nothing per step."""
 
     def on_eval(self, step: int, score: float, logs: Logs) -> bool:
         """Snapshot on improvement; ask to stop when patience is used up."""
+        self.evals.append((step, score))
         if score > self.best:
             self.best, self.since_best = score, 0
-            self.state = copy.deepcopy(self.model.state_dict())
+            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
             self.since_best += 1
         return self.patience is not None and self.since_best >= self.patience
@@ -123,7 +132,7 @@ def _fmt(logs: Logs) -> str:
     return " ".join(f"{k}={v:.3g}" for k, v in list(logs.items())[:3])
 
 
-def _progress(desc: str, total: int):  # noqa: ANN202 - rich types stay local
+def _progress(desc: str, total: int) -> tuple[Any, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

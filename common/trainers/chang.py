@@ -16,22 +16,49 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from common.audio import SAMPLE_RATE
-from common.config import StudyConfig
-from common.features import MinMax, build_extractor
+from common.config import Section, StudyConfig
+from common.data import unlabeled_patches
+from common.features import build_extractor
 from common.metrics import LIKERT, fuzzy_label, fuzzy_metrics
 from common.models.chang import ChangNet, Discriminator, Generator
 from common.trainers.base import KeepBest, Logs, LoopResult
-from common.trainers.gan import Sampler
 from common.trainers.supervised import NetTrainer, Validation, epochs_to_steps
-from common.views import LabeledSet, PatchSampler, SerBatch
+from common.views import LabeledSet, PatchSampler, Sampler, SerBatch
+
+
+class ChangConfig(Section):
+    """``[model.chang]``: seed 000 (Chang & Scherer 2017), BasicCNN to MultitaskDCGAN.
+
+    The paper tuned sizes by random search and does not list them; the four stride-2 layers follow
+    the DCGAN discriminator it builds on (Radford et al. 2016: 5x5 kernels, 64-512 channels,
+    batch-norm, leaky ReLU 0.2, Adam 2e-4 with beta1 0.5).
+    """
+
+    tiny: ClassVar[dict[str, Any]] = {"channels": [8, 16, 32, 64], "hidden": 32, "n_z": 16, "lr": 1e-3}
+
+    # "valence": the paper's 5-point fuzzy valence (+ activation for the multitask variants);
+    # "emotion": the platform's classes, e.g. to train on GAN-synthetic data (which has no valence).
+    task: Literal["valence", "emotion"] = "valence"
+    channels: tuple[int, int, int, int] = (64, 128, 256, 512)
+    kernel: int = Field(5, ge=1)
+    hidden: int = Field(256, ge=1, description="the fully connected layer before the task heads")
+    n_z: int = Field(100, ge=1, description="DCGAN generator noise size")
+    lr: float = Field(2e-4, gt=0)
+    # §5: validation accuracy after every epoch; stop after 5 consecutive epochs below the best.
+    patience: int = Field(5, ge=1)
+    oversample: bool = True  # §4: oversample under-represented valence levels
+    # Where the DCGAN variants draw unlabeled speech: the pre-training corpus (data.pretrain_*) or
+    # the labeled training set's own audio without labels (what a federated node has).
+    unlabeled: Literal["pretrain", "train"] = "pretrain"
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,14 +78,25 @@ def crop_spans(feat: np.ndarray, words: tuple[tuple[float, float], ...], hop: in
 
 
 class ChangTrainer(NetTrainer):
-    """The family: heads by variant, fuzzy targets, word-centred crops, oversampling, patience."""
+    """Heads by variant, fuzzy targets, word-centred crops, oversampling, patience.
 
-    multitask: ClassVar[bool] = False
-    adversarial: ClassVar[bool] = False
+    ``multitask``: the activation head beside valence (MultitaskCNN/DCGAN); ``adversarial``: the
+    classifier shares its convolutions with a DCGAN discriminator trained on unlabeled speech, and
+    every step first updates the discriminator and the generator (BasicDCGAN/MultitaskDCGAN, §3).
+    """
+
+    family = "chang"
+    Config = ChangConfig
+    hp: ChangConfig
     selection = "ua"  # §5: validation accuracy (unweighted per class) picks the epoch
 
+    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
+                 multitask: bool = False, adversarial: bool = False) -> None:
+        self.multitask, self.adversarial = multitask, adversarial
+        super().__init__(cfg, device, name=name)
+
     def build(self) -> nn.Module:
-        c = self.cfg.model.chang
+        c = self.hp
         self.valence = c.task == "valence"
         self.n_out = LIKERT if self.valence else len(self.cfg.data.classes)
         heads = {"primary": self.n_out, **({"activation": LIKERT} if self.multitask else {})}
@@ -70,7 +108,7 @@ class ChangTrainer(NetTrainer):
         return self.net(x)["primary"]
 
     def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=self.cfg.model.chang.lr, betas=(0.5, 0.999))  # DCGAN's Adam
+        return torch.optim.Adam(params, lr=self.hp.lr, betas=(0.5, 0.999))  # DCGAN's Adam
 
     def lr_factor(self, step: int) -> float:
         return 1.0
@@ -88,7 +126,7 @@ class ChangTrainer(NetTrainer):
         keys = [k for k in ("valence_fuzzy", "activation_fuzzy") if k in aux]
         levels = [int(np.argmax(f)) for f in aux["valence_fuzzy"]] if self.valence else list(data.labels)
         count = Counter(levels)
-        weights = [1 / count[v] for v in levels] if self.cfg.model.chang.oversample else None
+        weights = [1 / count[v] for v in levels] if self.hp.oversample else None
         hop = getattr(build_extractor(self.cfg.features.kind, **self.cfg.features.params), "hop_length", 256)
         words = aux.get("words", ((),) * len(data))
         spans = [crop_spans(f, w, hop) for f, w in zip(data.feats, words, strict=True)]
@@ -101,9 +139,10 @@ class ChangTrainer(NetTrainer):
         return epochs_to_steps(1, len(data), self.cfg.training.batch_size) if data else super().eval_every(sample)
 
     def keep_best(self) -> KeepBest:
-        return KeepBest(self.net, patience=self.cfg.model.chang.patience)
+        return KeepBest(self.net, patience=self.hp.patience)
 
     def loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
+        gan = self._gan_step() if self.adversarial else {}
         x, y = batch[0].to(self.device), batch[1].to(self.device)
         aux = {k: v.to(self.device) for k, v in batch[2].items()} if len(batch) == 3 else {}
         out = self.net(x)
@@ -111,56 +150,26 @@ class ChangTrainer(NetTrainer):
             loss = soft_cross_entropy(out["primary"], aux["valence_fuzzy"])
         else:
             loss = F.cross_entropy(out["primary"], y)
-        logs = {"loss": loss.item()}
+        logs = {"loss": loss.item(), **gan}
         if self.multitask and "activation_fuzzy" in aux:  # absent on GAN-synthetic batches
             act = soft_cross_entropy(out["activation"], aux["activation_fuzzy"])
             loss, logs["activation"] = loss + act, act.item()
         return loss, logs
 
-    def evaluate(self, data: LabeledSet) -> dict[str, Any]:
-        """Valence: §5's split-label 5-class UA, 3-class pooled UA and Pearson r (plus macro-F1/WA);
-        emotion: the platform's macro-F1, UA, WA."""
-        if not self.valence:
-            return super().evaluate(data)
-        fuzzy = np.stack([fuzzy_label(v) for v in data.aux["valence"]])
-        return fuzzy_metrics(fuzzy, self.predict_proba(data.feats))
-
-
-class BasicCnn(ChangTrainer):
-    """BasicCNN: the convolutions, a fully connected layer, the valence head."""
-
-    name = "chang-cnn"
-
-
-class MultitaskCnn(ChangTrainer):
-    """MultitaskCNN: BasicCNN plus the activation head."""
-
-    name = "chang-multitask-cnn"
-    multitask = True
-
-
-class BasicDcgan(ChangTrainer):
-    """BasicDCGAN: the valence classifier on a DCGAN discriminator trained on unlabeled speech."""
-
-    name = "chang-dcgan"
-    adversarial = True
-
     def fit(self, sample: Sampler, validation: Validation = None, iterations: int | None = None,
             progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0) -> LoopResult:
-        """The base loop; each step first updates the discriminator and the generator (§3)."""
-        net, lr = self.net, self.cfg.model.chang.lr
+        """The base loop; the DCGAN variants first update the discriminator and the generator (§3)."""
+        if not self.adversarial:
+            return super().fit(sample, validation, iterations, progress, start_step=start_step,
+                               proximal_mu=proximal_mu)
+        net, lr = self.net, self.hp.lr
         assert net.gen is not None and net.disc.real is not None
         self._d_opt = torch.optim.Adam([*net.disc.convs.parameters(), *net.disc.real.parameters()], lr=lr,
                                        betas=(0.5, 0.999))
         self._g_opt = torch.optim.Adam(net.gen.parameters(), lr=lr, betas=(0.5, 0.999))
-        unlabeled = _unlabeled(self.cfg, self.frames) if self.cfg.model.chang.unlabeled == "pretrain" else None
-        self._unlabeled = unlabeled or sample
+        self._unlabeled = (unlabeled_patches(self.cfg, self.frames, seed=self.cfg.training.seed + 1)
+                           if self.hp.unlabeled == "pretrain" else sample)
         return super().fit(sample, validation, iterations, progress, start_step=start_step, proximal_mu=proximal_mu)
-
-    def loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
-        gan = self._gan_step()
-        loss, logs = super().loss(batch)
-        return loss, {**logs, **gan}
 
     def _gan_step(self) -> Logs:
         """One discriminator and one generator update with the cross-entropy losses of §2."""
@@ -180,35 +189,10 @@ class BasicDcgan(ChangTrainer):
         self._g_opt.step()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
-
-class MultitaskDcgan(BasicDcgan):
-    """MultitaskDCGAN: BasicDCGAN plus the activation head (the paper's full model, Fig. 1)."""
-
-    name = "chang-multitask-dcgan"
-    multitask = True
-
-
-_UNLABELED: dict[str, LabeledSet] = {}
-
-
-def _unlabeled_set(cfg: StudyConfig) -> LabeledSet:
-    """The unlabeled corpus (``data.pretrain_*``: LibriSpeech, AMI or any folder), scaled to
-    [-1, 1] by its own min/max; read and featurized once per process."""
-    from common.data import pretrain_scan
-    from common.pipeline import extract
-
-    key = cfg.data.model_dump_json() + cfg.features.model_dump_json()
-    if key in _UNLABELED:
-        return _UNLABELED[key]
-    feats = list(extract(cfg, pretrain_scan(cfg).utterances).values())
-    if not feats:
-        raise ValueError(f"model.chang.unlabeled = \"pretrain\": no usable audio in the unlabeled corpus "
-                         f"{cfg.data.pretrain_root or '(embedded synthetic)'}; set data.pretrain_root or "
-                         "model.chang.unlabeled = \"train\"")
-    stats = MinMax.combine(*(MinMax.empty().update(f) for f in feats))
-    _UNLABELED[key] = LabeledSet(tuple(stats.scale(f) for f in feats), (0,) * len(feats))
-    return _UNLABELED[key]
-
-
-def _unlabeled(cfg: StudyConfig, frames: int) -> Sampler:
-    return PatchSampler(_unlabeled_set(cfg), frames, seed=cfg.training.seed + 1)
+    def evaluate(self, data: LabeledSet) -> dict[str, Any]:
+        """Valence: §5's split-label 5-class UA, 3-class pooled UA and Pearson r (plus macro-F1/WA);
+        emotion: the platform's macro-F1, UA, WA."""
+        if not self.valence:
+            return super().evaluate(data)
+        fuzzy = np.stack([fuzzy_label(v) for v in data.aux["valence"]])
+        return fuzzy_metrics(fuzzy, self.predict_proba(data.feats))

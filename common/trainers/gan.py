@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +19,11 @@ from torch import nn
 from common.config import TrainingConfig
 from common.models.sngan import Discriminator, Generator
 from common.trainers.base import LoopResult, Step, run
+from common.views import Sampler
 
-Sampler = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # batch size -> (x (B,1,F,P), y (B,))
 
-
-def _adam(params, lr: float, cfg: TrainingConfig) -> torch.optim.Adam:  # noqa: ANN001
+def adam(params: Iterable[nn.Parameter], lr: float, cfg: TrainingConfig) -> torch.optim.Adam:
+    """Adam at ``lr`` with the study's betas."""
     # §4.4: Adam with beta1 = 0.5, beta2 = 0.99 for every network.
     return torch.optim.Adam(params, lr=lr, betas=cfg.betas)
 
@@ -40,7 +40,7 @@ def zero_condition(gen: Generator, batch: int, device: torch.device) -> torch.Te
 def autoencoder_step(gen: Generator, enc: Discriminator, sample: Sampler, cfg: TrainingConfig,
                      device: torch.device) -> Step:
     """Stage 1: x -> encoder -> z -> generator(z, c_0) -> x~, L1(x~, x) (§3.2)."""
-    opt = _adam([*gen.parameters(), *enc.parameters()], cfg.ae_lr, cfg)
+    opt = adam([*gen.parameters(), *enc.parameters()], cfg.ae_lr, cfg)
 
     def step(_: int) -> dict[str, float]:
         x, _y = sample(cfg.batch_size)
@@ -66,7 +66,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
 def wgan_gp_step(gen: Generator, critic: Discriminator, sample: Sampler, cfg: TrainingConfig,
                  device: torch.device) -> Step:
     """Stage 2: one critic step then one generator step, penalty weight ``cfg.gp_weight`` (§3.1, §4.4)."""
-    opt_g, opt_d = _adam(gen.parameters(), cfg.g_lr, cfg), _adam(critic.parameters(), cfg.d_lr, cfg)
+    opt_g, opt_d = adam(gen.parameters(), cfg.g_lr, cfg), adam(critic.parameters(), cfg.d_lr, cfg)
 
     def step(_: int) -> dict[str, float]:
         real, _y = sample(cfg.batch_size)
@@ -98,7 +98,7 @@ def conditional_step(gen: Generator, disc: Discriminator, sample: Sampler, cfg: 
     generator updates as majority ones (§3.1).
     """
     n_c = gen.spec.n_c
-    opt_g, opt_d = _adam(gen.parameters(), cfg.g_lr, cfg), _adam(disc.parameters(), cfg.d_lr, cfg)
+    opt_g, opt_d = adam(gen.parameters(), cfg.g_lr, cfg), adam(disc.parameters(), cfg.d_lr, cfg)
 
     def step(_: int) -> dict[str, float]:
         real, labels = sample(cfg.batch_size)

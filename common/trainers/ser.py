@@ -16,10 +16,6 @@ class SerCnnTrainer(NetTrainer):
     file scores average the windows (hop ``features.window_hop``, 32 in §4.3).
     """
 
-    name = "ser-cnn"
-
     def build(self) -> nn.Module:
-        from common.pipeline import gan_spec  # the pipeline imports the registry
-
-        self.spec: GanSpec = gan_spec(self.cfg)
+        self.spec = GanSpec.of(self.cfg)
         return ser_network(self.spec)

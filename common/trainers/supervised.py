@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import StudyConfig
+from common.config import Section, StudyConfig
 from common.features import build_extractor, feature_rows, patches
 from common.metrics import classification_metrics
 from common.trainers.base import Hook, KeepBest, Logs, LoopResult, run
-from common.trainers.gan import Sampler
-from common.views import LabeledSet, PatchSampler, SerBatch
+from common.views import LabeledSet, PatchSampler, Sampler, SerBatch
 
 # Model selection: a held-out set, or a function scoring the current weights (in the federated
 # regimes the held-out session's node scores them, so its data never leaves it).
@@ -49,16 +48,24 @@ def input_shape(cfg: StudyConfig) -> tuple[int, int]:
 
 
 class NetTrainer:
-    """One network fitted by :func:`common.trainers.base.run` on batches from any sampler."""
+    """One network fitted by :func:`common.trainers.base.run` on batches from any sampler.
 
-    name: ClassVar[str] = ""
+    A family with hyper-parameters of its own declares their section: ``Config`` (a
+    :class:`common.config.Section`, with its ``tiny`` sizes) under ``[model.<family>]``; the study
+    schema adds it, and the trainer reads it as ``self.hp``. Variants of a family are registry
+    entries with keyword arguments (common/trainers/registry.py), not subclasses.
+    """
+
+    family: ClassVar[str | None] = None
+    Config: ClassVar[type[Section] | None] = None
     # The score model selection maximizes (a key of :meth:`evaluate`).
     selection: ClassVar[str] = "f1_macro"
     # Networks with global pooling score a whole file in one pass instead of averaging windows.
     whole_utterance: ClassVar[bool] = False
 
-    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu") -> None:
-        self.cfg, self.device = cfg, torch.device(device)
+    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "") -> None:
+        self.cfg, self.device, self.name = cfg, torch.device(device), name or type(self).__name__
+        self.hp: Any = cfg.model.section(self.Config) if self.Config is not None else None
         self.rows, self.frames = input_shape(cfg)
         self.n_out = len(cfg.data.classes)
         with torch.random.fork_rng():  # seeded initialization without resetting the caller's RNG

@@ -11,12 +11,14 @@ the lower FC's deep features and La the MSE between the sigmoid decoder output a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from common.config import Section, StudyConfig
 from common.models.tripathi import TripathiNet
 from common.trainers.base import Hook, Logs, LoopResult
 from common.trainers.supervised import NetTrainer
@@ -34,25 +36,50 @@ ADADELTA_RHO = 0.95
 ADADELTA_EPS = 1e-8
 
 
-class TripathiTrainer(NetTrainer):
-    """The family: which of the A and C terms a variant adds is set by two class flags."""
+class TripathiConfig(Section):
+    """``[model.tripathi]``: seed 003 (Tripathi et al. 2019) §2, four parallel convolution paths,
+    softmax/center/MSE losses."""
 
-    reconstruct: ClassVar[bool] = False  # S+A, S+A+C: decoder branch and lambda2 * MSE (eq. 3-4)
-    center: ClassVar[bool] = False  # S+C, S+A+C: class centers and lambda1 * Lc (eq. 2, 4)
+    tiny: ClassVar[dict[str, Any]] = {"filters": 16, "hidden": 32, "decoder": [64]}
+
+    filters: int = Field(200, ge=1)
+    kernels: tuple[tuple[int, int], ...] = ((4, 6), (6, 8), (8, 10), (10, 12))
+    # FC size is not stated; 64 gives the 0.26M parameters the paper reports for S+C (§4).
+    hidden: int = Field(64, ge=1)
+    decoder: tuple[int, ...] = (256,)  # "even more FC layers" of the decoder: not specified
+    dropout: float = Field(0.5, ge=0, lt=1, description="tried 25-75% (§2.1)")
+    center_weight: float = Field(4.0, ge=0, description="lambda_1 of eq. 2 (best at 4)")
+    reconstruction_weight: float = Field(1.0, ge=0, description="lambda_2 of eq. 3-4 (not given)")
+    center_alpha: float = Field(0.5, gt=0, le=1, description="center update rate (Wen et al. 2016)")
+    lr: float = Field(1.0, gt=0, description="Adadelta's rate (its default)")
+
+
+class TripathiTrainer(NetTrainer):
+    """S, S+A, S+C, S+A+C: ``reconstruct`` adds the decoder branch and lambda2 * MSE (eq. 3-4),
+    ``center`` the class centers and lambda1 * Lc (eq. 2, 4)."""
+
+    family = "tripathi"
+    Config = TripathiConfig
+    hp: TripathiConfig
     # The last batch's deep features and labels, awaiting the center update (see CenterUpdate).
     _pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
+                 reconstruct: bool = False, center: bool = False) -> None:
+        self.reconstruct, self.center = reconstruct, center
+        super().__init__(cfg, device, name=name)
 
     def build(self) -> nn.Module:
         """§2.1's network for (B, 1, ``rows``, ``frames``); the decoder and centers only where used,
         so S and S+C have the paper's parameter count (0.26M at paper size, §4)."""
-        t = self.cfg.model.tripathi
+        t = self.hp
         return TripathiNet(self.rows, self.frames, self.n_out, filters=t.filters, kernels=t.kernels,
                            hidden=t.hidden, decoder=t.decoder if self.reconstruct else None, dropout=t.dropout,
                            center_alpha=t.center_alpha if self.center else None)
 
     def loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
         """Eq. 2-4 on one batch: Ls + lambda1 Lc + lambda2 La (the terms of this variant)."""
-        t = self.cfg.model.tripathi
+        t = self.hp
         x, y = batch[0].to(self.device), batch[1].to(self.device)
         f, logits, recon = self.net.heads(x)  # (B, hidden), (B, classes), (B, 1, F, T) or None
         loss = softmax = F.cross_entropy(logits, y)
@@ -71,7 +98,7 @@ class TripathiTrainer(NetTrainer):
 
     def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
         """Adadelta (§2.1) at ``tripathi.lr`` (1.0, its default: the paper gives no rate)."""
-        return torch.optim.Adadelta(params, lr=self.cfg.model.tripathi.lr, rho=ADADELTA_RHO, eps=ADADELTA_EPS)
+        return torch.optim.Adadelta(params, lr=self.hp.lr, rho=ADADELTA_RHO, eps=ADADELTA_EPS)
 
     def lr_factor(self, step: int) -> float:
         """No schedule: Adadelta adapts its own step sizes."""
@@ -109,31 +136,3 @@ class CenterUpdate:
 def reconstruction_target(x: torch.Tensor) -> torch.Tensor:
     """§4: the input scaled to the sigmoid's range, (x + 1) / 2 for windows in [-1, 1] (clamped to [0, 1])."""
     return ((x + 1) / 2).clamp(0, 1)
-
-
-class SoftmaxOnly(TripathiTrainer):
-    """S (Table 1): softmax cross-entropy only."""
-
-    name = "tripathi-s"
-
-
-class WithReconstruction(TripathiTrainer):
-    """S+A (eq. 3): softmax + ``reconstruction_weight`` x MSE of the decoder."""
-
-    name = "tripathi-sa"
-    reconstruct = True
-
-
-class WithCenterLoss(TripathiTrainer):
-    """S+C (eq. 2): softmax + ``center_weight`` x center loss (lambda1 = 4, §2.3)."""
-
-    name = "tripathi-sc"
-    center = True
-
-
-class WithBoth(TripathiTrainer):
-    """S+A+C (eq. 4): softmax + center loss + reconstruction."""
-
-    name = "tripathi-sac"
-    reconstruct = True
-    center = True

@@ -15,44 +15,83 @@ labels at all, e.g. GAN-synthetic samples) contribute to the emotion terms only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from common.config import Section, StudyConfig
 from common.models.tu import TuNet, receptive_field
 from common.trainers.base import Logs
-from common.trainers.gan import Sampler
 from common.trainers.supervised import NetTrainer
-from common.views import LabeledSet, PatchSampler, SerBatch
+from common.views import LabeledSet, PatchSampler, Sampler, SerBatch
 
 UNKNOWN = -1  # speaker index of an utterance without a (training) speaker label
 
 
-class TuTrainer(NetTrainer):
-    """The family's shared trainer: the network, SGD, speaker targets and the MTL/DAT loss."""
+class TuConfig(Section):
+    """``[model.tu]``: seed 001 (Tu et al. 2019) Table 1, IEMOCAP column; SGD with Nesterov momentum (§3.2)."""
 
-    # Whether the network has the speaker classification sub-network (Fig. 1, right).
-    speaker_head: ClassVar[bool] = True
-    # Whether a gradient reversal layer (lambda = ``model.tu.dat_lambda``) precedes it (DAT, §2.2).
-    adversarial: ClassVar[bool] = False
+    tiny: ClassVar[dict[str, Any]] = {"tdnn": [[32, 5, 2], [16, 3, 4]], "lstm": 16, "embedding": 32,
+                                      "head_hidden": 16, "lr": 1e-2}
+
+    tdnn: tuple[tuple[int, int, int], ...] = ((128, 5, 2), (64, 3, 4))  # (channels, kernel, dilation)
+    lstm: int = Field(64, ge=1, description="Bi-LSTM cells per direction")
+    embedding: int = Field(256, ge=1, description="FC after the Bi-LSTM; pooling gives 2x this")
+    head_hidden: int = Field(64, ge=1, description="FC 512-64-64-N: both hidden layers")
+    speakers: int = Field(8, ge=1, description="speaker head outputs: the training speakers of a fold")
+    dropout: float = Field(0.5, ge=0, lt=1, description="on the Bi-LSTM output (0.5 keep probability)")
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    # Not given in the paper: lambda of the gradient reversal (eq. 1); CrossGrad's epsilon and
+    # alpha (eq. 2-4; Shankar et al. 2018 use alpha = 0.5).
+    dat_lambda: float = Field(0.1, ge=0)
+    cgt_epsilon: float = Field(0.5, ge=0)
+    cgt_alpha: float = Field(0.5, ge=0, le=1)
+
+
+Objective = Literal["ser", "mtl", "dat", "cgt"]
+
+
+class TuTrainer(NetTrainer):
+    """One network for the four objectives of Table 2 (``objective``):
+
+    - ``ser`` (SER_only): the embedding and emotion sub-networks, emotion cross-entropy alone;
+    - ``mtl`` (SER_SR_MTL): emotion and speaker heads trained jointly, L_y + L_s (§2.1, [18]);
+    - ``dat`` (SER_SR_DAT, §2.2, eq. 1): the speaker head behind a gradient reversal layer of
+      ``tu.dat_lambda``;
+    - ``cgt`` (SER_SR_CGT, §2.3, Shankar et al. 2018): each task trains on inputs perturbed along
+      the other task's input gradient (:meth:`cross_gradient_loss`).
+    """
+
+    family = "tu"
+    Config = TuConfig
+    hp: TuConfig
     whole_utterance = True
+
+    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
+                 objective: Objective = "mtl") -> None:
+        self.objective = objective
+        # The speaker classification sub-network (Fig. 1, right) exists for all but SER_only.
+        self.speaker_head = objective != "ser"
+        super().__init__(cfg, device, name=name)
 
     def build(self) -> nn.Module:
         """TuNet sized by ``model.tu`` (Table 1) for ``rows``-dimensional frames."""
-        t = self.cfg.model.tu
+        t = self.hp
         tdnn = [tuple(layer) for layer in t.tdnn]
         if self.frames < receptive_field(tdnn):
             raise ValueError(f"features.patch_frames = {self.frames} is shorter than the TDNN context of "
                              f"{receptive_field(tdnn)} frames (model.tu.tdnn)")
         return TuNet(self.rows, self.n_out, t.speakers if self.speaker_head else 0, tdnn=tdnn, lstm=t.lstm,
                      embedding=t.embedding, head_hidden=t.head_hidden, dropout=t.dropout,
-                     reversal=t.dat_lambda if self.adversarial else None)
+                     reversal=t.dat_lambda if self.objective == "dat" else None)
 
     def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
         """SGD at ``tu.lr`` with Nesterov momentum ``tu.momentum`` (§3.2: 1e-3, 0.9)."""
-        t = self.cfg.model.tu
+        t = self.hp
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
 
     def lr_factor(self, step: int) -> float:
@@ -81,7 +120,7 @@ class TuTrainer(NetTrainer):
         return x, y, s
 
     def _check_speakers(self, s: torch.Tensor, where: str) -> None:
-        n = self.cfg.model.tu.speakers
+        n = self.hp.speakers
         if s.numel() and int(s.max()) >= n:
             raise ValueError(f"model.tu.speakers = {n} but {where} has speaker index {int(s.max())}; set "
                              "model.tu.speakers to the number of training speakers of a fold")
@@ -103,54 +142,30 @@ class TuTrainer(NetTrainer):
         return l_y, F.cross_entropy(speaker, s, ignore_index=UNKNOWN)
 
     def loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
-        """L_y + L_s. Under DAT the reversal layer turns the embedding's share into eq. 1's
-        L_y - lambda L_s while the speaker head still minimizes L_s."""
+        """L_y + L_s (L_s = 0 without a speaker head). Under DAT the reversal layer turns the
+        embedding's share into eq. 1's L_y - lambda L_s while the speaker head still minimizes L_s."""
+        if self.objective == "cgt":
+            return self.cross_gradient_loss(batch)
         l_y, l_s = self.terms(*self.targets(batch))
         loss = l_y + l_s
         return loss, {"loss": loss.item(), "emotion": l_y.item(), "speaker": l_s.item()}
 
+    def cross_gradient_loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
+        """CGT's eq. 4 on one batch; eq. 2-3 from the same forward pass as L_y(X), L_s(X).
 
-class SerOnly(TuTrainer):
-    """SER_only (Table 2): the embedding and emotion sub-networks, emotion cross-entropy alone."""
-
-    name = "tu-ser"
-    speaker_head = False
-
-
-class MultiTask(TuTrainer):
-    """SER_SR_MTL: emotion and speaker heads trained jointly, L_y + L_s (§2.1, [18])."""
-
-    name = "tu-mtl"
-
-
-class Adversarial(TuTrainer):
-    """SER_SR_DAT (§2.2, eq. 1): the speaker head behind a gradient reversal layer of ``tu.dat_lambda``."""
-
-    name = "tu-dat"
-    adversarial = True
-
-
-class CrossGradient(TuTrainer):
-    """SER_SR_CGT (§2.3, Shankar et al. 2018): each task trains on inputs perturbed along the other
-    task's input gradient.
-
-    X^s = X + eps grad_X L_s (eq. 2), X^y = X + eps grad_X L_y (eq. 3), both from the current weights
-    and detached; the loss is (1 - alpha)(L_y(X) + L_s(X)) + alpha (L_y(X^s) + L_s(X^y)) (eq. 4), with
-    eps = ``tu.cgt_epsilon`` and alpha = ``tu.cgt_alpha``. The gradients are of each utterance's own
-    loss (eq. 2-3 are per utterance i), i.e. of the batch sum, so eps does not shrink with the batch.
-    """
-
-    name = "tu-cgt"
-
-    def loss(self, batch: SerBatch) -> tuple[torch.Tensor, Logs]:
-        """Eq. 4 on one batch; eq. 2-3 from the same forward pass as L_y(X), L_s(X)."""
+        X^s = X + eps grad_X L_s (eq. 2), X^y = X + eps grad_X L_y (eq. 3), both from the current
+        weights and detached; the loss is (1 - alpha)(L_y(X) + L_s(X)) + alpha (L_y(X^s) + L_s(X^y))
+        (eq. 4), with eps = ``tu.cgt_epsilon`` and alpha = ``tu.cgt_alpha``. The gradients are of each
+        utterance's own loss (eq. 2-3 are per utterance i), i.e. of the batch sum, so eps does not
+        shrink with the batch.
+        """
         x, y, s = self.targets(batch)
         x = x.detach().requires_grad_(True)
         l_y, l_s = self.terms(x, y, s)
         # The batch means times their counts are the per-utterance sums (ignored speakers count 0).
         sums = (l_s * (s != UNKNOWN).sum(), l_y * len(y))
         g_s, g_y = (torch.autograd.grad(total, x, retain_graph=True)[0] for total in sums)
-        eps, alpha = self.cfg.model.tu.cgt_epsilon, self.cfg.model.tu.cgt_alpha
+        eps, alpha = self.hp.cgt_epsilon, self.hp.cgt_alpha
         x_s, x_y = (x + eps * g_s).detach(), (x + eps * g_y).detach()  # eq. 2, eq. 3
         l_y_xs, _ = self.terms(x_s, y, s)  # emotion loss on the speaker-perturbed input
         _, l_s_xy = self.terms(x_y, y, s)  # speaker loss on the emotion-perturbed input

@@ -1,7 +1,8 @@
-"""MLflow tracking: the only module that talks to MLflow (only the server side logs).
+"""MLflow tracking, as a wrapper around a regime (with report.py, the only MLflow code).
 
-One parent run per regime and one nested child run per fold, tagged with ``regime``, ``fold``
-and ``session`` so that every regime of a study lands in one experiment and compares fold by fold.
+:func:`tracked` runs a regime inside one parent run and logs each fold it yields as a nested
+child run, tagged with ``regime``, ``fold`` and ``session``, so that every regime of a study lands
+in one experiment and compares fold by fold. Regimes know nothing of MLflow.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
 from common.config import StudyConfig
 from common.features import random_patch
-from common.metrics import mean_std
+from common.metrics import confusion_cells
 from common.pipeline import save_checkpoint
-from common.regimes import FoldOutcome
 from common.views import LabeledSet
-from server.plots import confusion_png, spectrogram_grid_png
+from simulations.plots import confusion_png, spectrogram_grid_png
+from simulations.regimes import SCORES, FoldOutcome, Regime, RegimeLog, summary
 
 
 def quiet_mlflow() -> None:
@@ -81,31 +82,74 @@ class Tracker:
         mlflow.set_tag(key, str(value))
 
 
-SCORES = ("f1_macro", "ua", "wa")
+def tracked(regime: Regime, tracker: Tracker, cfg: StudyConfig, **tags: Any) -> list[FoldOutcome]:
+    """Run ``regime`` inside a parent run (params = the flat config, ``tags``); each fold it yields
+    becomes a nested run; then the regime's own log, its failures and the summary over the folds.
+    A regime that raises leaves its parent run FAILED, with whatever it logged so far."""
+    trainer = cfg.training.trainer
+    base = {"regime": regime.name, "trainer": trainer, "study": cfg.name}
+    outcomes: list[FoldOutcome] = []
+    with tracker.run(regime.name, {"kind": "regime", **base, "preset": cfg.preset, **tags}):
+        tracker.params(cfg.flat())
+        try:
+            for outcome in regime.run():
+                with tracker.run(f"{regime.name}/fold{outcome.fold}", {**base, "fold": outcome.fold,
+                                                                        "session": outcome.test_session}, nested=True):
+                    if outcome.skipped is not None:
+                        tracker.tag("skipped", outcome.skipped)
+                        continue
+                    log_fold(tracker, cfg.data.classes, outcome)
+                outcomes.append(outcome)
+        finally:
+            log_regime(tracker, cfg.data.classes, regime.log)
+        if outcomes:  # mean and std over the folds of each score
+            [stats] = summary([o.row(trainer) for o in outcomes])
+            tracker.metrics({**{f"{k}_mean": stats[k] for k in SCORES}, **{f"{k}_std": stats[f"{k}_std"] for k in SCORES}})
+    return outcomes
 
 
 def log_fold(tracker: Tracker, classes: Sequence[str], outcome: FoldOutcome) -> None:
-    """A fold run's metrics, its confusion-matrix plot, and for GAN regimes a spectrogram grid
-    (real patches beside generated ones where the server has real data) and the generator."""
+    """A fold run's metrics, its validation curve, its confusion matrix (``cm_i_j`` and a plot), and for GAN
+    regimes a spectrogram grid (real patches beside generated ones where the server has real data)
+    and the generator."""
     # Every scalar the trainer reports (seed 000 adds ua3 and pearson_r to SCORES).
     scalars = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
-    tracker.metrics({**scalars, **confusion_metrics(outcome.metrics["confusion"]), "seconds": outcome.seconds})
-    n = len(outcome.metrics["confusion"])
-    classes = classes if len(classes) == n else [str(level) for level in range(1, n + 1)]  # valence levels
+    tracker.metrics({**scalars, **confusion_cells(outcome.metrics["confusion"]), "seconds": outcome.seconds})
     if outcome.validation_score is not None:
         tracker.metrics({f"val_{outcome.selection}": outcome.validation_score})
+    for step, score in outcome.history:
+        tracker.metrics({f"val_{outcome.selection}_curve": score}, step=step)
+    confusion = outcome.metrics["confusion"]
+    n = len(confusion)
+    classes = classes if len(classes) == n else [str(level) for level in range(1, n + 1)]  # valence levels
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        tracker.artifact(confusion_png(outcome.metrics["confusion"], classes, folder / "confusion.png",
+        tracker.artifact(confusion_png(confusion, classes, folder / "confusion.png",
                                        f"{outcome.regime}, fold {outcome.fold}"), "plots")
-        log_generators(tracker, classes, outcome.generators, outcome.train, folder, seed=outcome.fold)
+        log_generators(tracker, classes, dict(enumerate(outcome.generators)), outcome.train, folder,
+                       seed=outcome.fold)
 
 
-def log_generators(tracker: Tracker, classes: Sequence[str], generators: Mapping[Any, Any] | Sequence[Any],
+def log_regime(tracker: Tracker, classes: Sequence[str], log: RegimeLog) -> None:
+    """A regime's own scalars, generators, files, and the nodes that failed or timed out (a
+    ``failure.SessionN`` tag each and a ``failed_nodes`` count)."""
+    if log.metrics:
+        tracker.metrics(log.metrics)
+    if log.generators:
+        with tempfile.TemporaryDirectory() as tmp:
+            log_generators(tracker, classes, log.generators, None, Path(tmp))
+    for path, folder in log.artifacts:
+        if path.exists():
+            tracker.artifact(path, folder)
+    for session, reason in log.failures.items():
+        tracker.tag(f"failure.Session{session}", reason[:4000])
+    tracker.metrics({"failed_nodes": len(log.failures)})
+
+
+def log_generators(tracker: Tracker, classes: Sequence[str], generators: Mapping[Any, Any],
                    train: LabeledSet | None, folder: Path, seed: int = 0) -> None:
-    """Spectrogram grids and checkpoints of ``generators`` (a list, or a mapping name -> generator)."""
-    named = generators if isinstance(generators, Mapping) else dict(enumerate(generators))
-    for name, gen in named.items():
+    """Spectrogram grids and checkpoints of ``generators`` (name -> generator)."""
+    for name, gen in generators.items():
         real, labels = [], []
         if train is not None:
             rng = np.random.default_rng(seed)
@@ -115,25 +159,3 @@ def log_generators(tracker: Tracker, classes: Sequence[str], generators: Mapping
                          "plots")
         tracker.artifact(save_checkpoint(folder / f"generator_{name}.pt", kind="generator",
                                          spec=gen.spec.to_dict(), generator=gen.state_dict()), "checkpoints")
-
-
-def log_summary(tracker: Tracker, outcomes: Sequence[FoldOutcome]) -> None:
-    """Mean and std over the folds of each score, on the regime's parent run."""
-    summary: dict[str, float] = {}
-    for key in SCORES:
-        mean, std = mean_std([o.metrics[key] for o in outcomes])
-        summary |= {f"{key}_mean": mean, f"{key}_std": std}
-    if outcomes:
-        tracker.metrics(summary)
-
-
-def log_failures(tracker: Tracker, failures: Mapping[Any, str]) -> None:
-    """Nodes that failed or timed out: a ``failure.SessionN`` tag each and a ``failed_nodes`` count."""
-    for session, reason in failures.items():
-        tracker.tag(f"failure.Session{session}", reason[:4000])
-    tracker.metrics({"failed_nodes": len(failures)})
-
-
-def confusion_metrics(confusion: list[list[int]]) -> dict[str, float]:
-    """The confusion matrix as scalar metrics ``cm_<true>_<pred>`` (how it travels and is logged)."""
-    return {f"cm_{i}_{j}": float(n) for i, row in enumerate(confusion) for j, n in enumerate(row)}

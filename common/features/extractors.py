@@ -1,4 +1,4 @@
-"""Feature extraction for the five papers, [-1, 1] scaling, patches and an on-disk feature cache.
+"""The five papers' feature extractors, each in torch/torchaudio and in librosa.
 
 Every extractor is a frozen dataclass whose fields are its parameters (paper defaults), with two
 implementations of the same computation:
@@ -17,15 +17,10 @@ Output for one utterance: float32 ``(n_features, n_frames)``, except ``mean_spec
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import librosa
@@ -35,8 +30,7 @@ import torchaudio
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import Tensor, nn
 
-from common.audio import SAMPLE_RATE, AudioError, load_audio
-from common.corpora.base import Skip, Utterance
+from common.audio import SAMPLE_RATE
 
 Backend = Literal["torch", "librosa"]  # which implementation computes features (config: features.backend)
 
@@ -45,15 +39,12 @@ PAD_MODE = "constant"  # centre padding with zeros in torch and librosa alike (l
 _INT16_SCALE = 32768.0  # Kaldi computes energies on the int16 sample scale
 
 
-# --------------------------------------------------------------------------------------------
-# Extractors
-# --------------------------------------------------------------------------------------------
-
-
 class Extractor(ABC):
     """Base of every extractor: the torch path (single and batched), the librosa path, params."""
 
     name: ClassVar[str]
+    # The ``tiny`` preset's parameters (the ``paper`` preset keeps the dataclass defaults).
+    tiny: ClassVar[dict[str, int | float]] = {}
     atol: ClassVar[float]  # max |torch - reference| allowed by the tests, in output units
     # Every subclass is a dataclass with these STFT fields (plus its own).
     n_fft: int
@@ -213,6 +204,7 @@ class LogMel(_Mel):
     """
 
     name: ClassVar[str] = "logmel"
+    tiny: ClassVar[dict[str, int | float]] = {"n_mels": 32}
     atol: ClassVar[float] = 2e-3
     floor: float = 1e-6
 
@@ -233,6 +225,7 @@ class Mel6s(_Mel):
     """
 
     name: ClassVar[str] = "mel6s"
+    tiny: ClassVar[dict[str, int | float]] = {"n_mels": 32}
     atol: ClassVar[float] = 1e-2
     n_fft: int = 2048
     win_length: int = 2048
@@ -262,6 +255,7 @@ class Mfcc6s(Mel6s):
     """
 
     name: ClassVar[str] = "mfcc6s"
+    tiny: ClassVar[dict[str, int | float]] = {"n_mfcc": 20}
     atol: ClassVar[float] = 1e-2
     n_mfcc: int = 40
 
@@ -335,6 +329,7 @@ class Stft(Extractor):
     """
 
     name: ClassVar[str] = "stft"
+    tiny: ClassVar[dict[str, int | float]] = {"n_bins": 32}
     atol: ClassVar[float] = 2e-4
     n_fft: int = 1024
     win_length: int = 1024
@@ -421,6 +416,16 @@ def feature_rows(extractor: Extractor) -> int:
     raise TypeError(f"no row count known for extractor {extractor.name!r}")
 
 
+@lru_cache(maxsize=32)
+def _extractor(name: str, params: tuple[tuple[str, int | float], ...]) -> Extractor:
+    return build_extractor(name, **dict(params))
+
+
+def extractor_for(name: str, params: Mapping[str, int | float]) -> Extractor:
+    """:func:`build_extractor`, built once per process for each (name, params)."""
+    return _extractor(name, tuple(sorted(params.items())))
+
+
 def build_extractor(name: str, **params: Any) -> Extractor:
     """The extractor registered as ``name`` with ``params`` overriding its paper defaults."""
     if name not in EXTRACTORS:
@@ -469,210 +474,3 @@ def _as_wav(wav: np.ndarray) -> np.ndarray:
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"expected a non-empty mono waveform (T,), got shape {wav.shape}")
     return wav
-
-
-# --------------------------------------------------------------------------------------------
-# Scaling to [-1, 1] (seed 002 §4.2) and patches (seed 002 §4.2-4.3)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MinMax:
-    """Global scalar min/max of features; ``MinMax()`` is the empty statistic (identity of combine).
-
-    Seed 002 §4.2 scales spectrograms to [-1, 1] with the min and max of the combined corpora.
-    In eyes-off runs every node reports its own ``MinMax`` and the server combines them.
-    """
-
-    lo: float = float("inf")
-    hi: float = float("-inf")
-
-    @classmethod
-    def empty(cls) -> MinMax:
-        """The statistic of no values (same as ``MinMax()``)."""
-        return cls()
-
-    def update(self, array: np.ndarray) -> MinMax:
-        """This statistic extended by the values of ``array``."""
-        array = np.asarray(array)
-        if array.size == 0:
-            return self
-        if not np.isfinite(array).all():
-            raise ValueError("cannot take min/max of features containing NaN or Inf")
-        return MinMax(min(self.lo, float(array.min())), max(self.hi, float(array.max())))
-
-    @classmethod
-    def combine(cls, *stats: MinMax) -> MinMax:
-        """Min of the mins and max of the maxes (the server's merge of per-node statistics)."""
-        lo = min((s.lo for s in stats), default=float("inf"))
-        return cls(lo, max((s.hi for s in stats), default=float("-inf")))
-
-    def scale(self, x: np.ndarray) -> np.ndarray:
-        """Map [lo, hi] linearly to [-1, 1], clipping values outside."""
-        span = self._span()
-        return np.clip(2.0 * (np.asarray(x) - self.lo) / span - 1.0, -1.0, 1.0).astype(np.float32)
-
-    def unscale(self, y: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`scale` (for values inside [-1, 1])."""
-        return ((np.asarray(y) + 1.0) * 0.5 * self._span() + self.lo).astype(np.float32)
-
-    def to_dict(self) -> dict[str, float]:
-        """``{"lo": ..., "hi": ...}``; travels with checkpoints and in node replies."""
-        return {"lo": self.lo, "hi": self.hi}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, float]) -> MinMax:
-        """Inverse of :meth:`to_dict`."""
-        return cls(float(data["lo"]), float(data["hi"]))
-
-    def _span(self) -> float:
-        if not self.hi > self.lo:
-            raise ValueError(f"cannot scale with an empty or constant range [{self.lo}, {self.hi}]")
-        return self.hi - self.lo
-
-
-def patches(feat: np.ndarray, size: int = 128, hop: int = 32, pad_value: float | None = None) -> np.ndarray:
-    """Sliding windows (N, F, size) over (F, T), seed 002 §4.3: hop 32 frames, last one end-aligned.
-
-    A clip shorter than ``size`` is right-padded with ``pad_value`` (default: its minimum, i.e.
-    silence in a log spectrogram) to exactly one window.
-    """
-    feat = _pad_to(feat, size, pad_value)
-    n_frames = feat.shape[1]
-    starts = list(range(0, n_frames - size + 1, hop))
-    if starts[-1] != n_frames - size:
-        starts.append(n_frames - size)
-    windows = sliding_window_view(feat, size, axis=1)  # (F, T - size + 1, size)
-    return np.ascontiguousarray(windows[:, starts].transpose(1, 0, 2))
-
-
-def random_patch(
-    feat: np.ndarray, size: int, rng: np.random.Generator, pad_value: float | None = None
-) -> np.ndarray:
-    """One (F, size) window at a uniformly random start (training crops), padded like :func:`patches`."""
-    feat = _pad_to(feat, size, pad_value)
-    start = int(rng.integers(0, feat.shape[1] - size + 1))
-    return feat[:, start : start + size]
-
-
-def _pad_to(feat: np.ndarray, size: int, pad_value: float | None) -> np.ndarray:
-    if feat.ndim != 2 or feat.shape[1] == 0:
-        raise ValueError(f"expected features (F, T) with T > 0, got shape {feat.shape}")
-    missing = size - feat.shape[1]
-    if missing <= 0:
-        return feat
-    value = feat.min() if pad_value is None else pad_value
-    return np.pad(feat, ((0, 0), (0, missing)), constant_values=value)
-
-
-# --------------------------------------------------------------------------------------------
-# Content-addressed cache
-# --------------------------------------------------------------------------------------------
-
-
-class FeatureCache:
-    """Features on disk at ``root/<key[:2]>/<key>.npy``, keyed by audio content and extractor params.
-
-    Entries are written to a temporary file and renamed into place, so a crashed process leaves at
-    most a stray ``*.tmp`` file, never a truncated entry. There is no fsync (it was 2/3 of the cold
-    cost in benchmarks/features.py): after a power loss an entry may be empty or short, which
-    ``np.load`` rejects, and an unreadable entry counts as a miss and is rewritten.
-    ``hits`` and ``misses`` count lookups.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.hits = 0
-        self.misses = 0
-
-    def key(self, path: Path, extractor: Extractor, backend: Backend = "torch") -> str:
-        """sha256 over the file's content hash, extractor name, sorted params, backend and FEATURE_VERSION.
-
-        The backend is part of the key: the two implementations agree only within ``atol``.
-        """
-        if not path.is_file():
-            raise AudioError(path, "missing audio file")
-        with path.open("rb") as f:
-            audio = hashlib.file_digest(f, "sha256").hexdigest()
-        spec = {"audio": audio, "extractor": extractor.name, "params": extractor.params(),
-                "backend": backend, "version": FEATURE_VERSION}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-    def load(self, key: str) -> np.ndarray | None:
-        """The stored array for ``key`` (a hit), or None (a miss)."""
-        try:
-            array = np.load(self._entry(key), allow_pickle=False)
-        except (OSError, ValueError, EOFError):  # absent, or damaged outside our atomic writes
-            self.misses += 1
-            return None
-        self.hits += 1
-        return array
-
-    def store(self, key: str, array: np.ndarray) -> None:
-        """Write ``array`` under ``key`` atomically (temporary file + os.replace)."""
-        entry = self._entry(key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f"{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-            os.replace(tmp, entry)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def get(
-        self, path: Path, extractor: Extractor, device: str | torch.device = "cpu", backend: Backend = "torch"
-    ) -> np.ndarray:
-        """Cached features of the audio at ``path``, computed and stored on a miss; AudioError if unusable."""
-        key = self.key(path, extractor, backend)
-        cached = self.load(key)
-        if cached is not None:
-            return cached
-        [feat] = compute(extractor, [load_audio(path)], backend, device)
-        self.store(key, feat)
-        return feat
-
-    def _entry(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.npy"
-
-
-def extract_corpus(
-    utterances: Iterable[Utterance],
-    extractor: Extractor,
-    cache: FeatureCache,
-    device: str | torch.device = "cpu",
-    backend: Backend = "torch",
-    batch_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[dict[str, np.ndarray], list[Skip]]:
-    """Features for every loadable utterance, by id, and a Skip (with AudioError's reason) per other.
-
-    Cache misses are computed ``batch_size`` at a time by :func:`compute` with ``backend``; the
-    default batches 16 on CUDA and none on CPU, where padded batches were slower
-    (benchmarks/features.py). ``progress(done, total)`` is called after each batch.
-    """
-    if batch_size is None:
-        batch_size = 16 if resolve_device(device).type == "cuda" else 1
-    utterances = list(utterances)
-    features: dict[str, np.ndarray] = {}
-    skipped: list[Skip] = []
-    for start in range(0, len(utterances), batch_size):
-        todo: list[tuple[str, str, np.ndarray]] = []  # (id, key, wav) of the misses
-        for utt in utterances[start : start + batch_size]:
-            try:
-                key = cache.key(utt.path, extractor, backend)
-                cached = cache.load(key)
-                if cached is None:
-                    todo.append((utt.id, key, load_audio(utt.path)))
-                else:
-                    features[utt.id] = cached
-            except AudioError as exc:
-                skipped.append(Skip(utt.path, exc.reason))
-        computed = compute(extractor, [wav for _, _, wav in todo], backend, device)
-        for (utt_id, key, _), feat in zip(todo, computed, strict=True):
-            cache.store(key, feat)
-            features[utt_id] = feat
-        if progress is not None:
-            progress(min(start + batch_size, len(utterances)), len(utterances))
-    return {u.id: features[u.id] for u in utterances if u.id in features}, skipped

@@ -1,33 +1,21 @@
-"""fedser's embedded synthetic corpora: IEMOCAP_full_release and LibriSpeech layouts, speech-like audio.
+"""A small source-filter speech synthesizer whose prosody follows an emotion label.
 
-The IEMOCAP writer reproduces the real on-disk layout and label formats (IEMOCAP README; seed 002
-§4.1) so that the real reader reads it unchanged; the LibriSpeech writer gives the GAN an unlabeled
-pretraining corpus in LibriSpeech's layout. Audio comes from a small source-filter synthesizer
-(glottal pulses + aspiration through time-varying formant resonators, noise for consonants) in
-which the emotion sets pitch level and range, energy, tempo, voice quality and spectral tilt, and
-each speaker has its own pitch, vocal-tract length and timbre, so speaker identity is a real
-confound. Everything is deterministic by seed; each utterance's random stream is keyed by
-(seed, utterance id), so files do not depend on write order.
+Glottal pulses + aspiration through time-varying formant resonators, noise for consonants; the
+emotion sets pitch level and range, energy, tempo, voice quality and spectral tilt, and each
+speaker has its own pitch, vocal-tract length and timbre, so speaker identity is a real confound.
+Everything is deterministic given the caller's random generator.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import shutil
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from scipy.signal import butter, lfilter, sosfilt
 
-from common.audio import SAMPLE_RATE, write_wav
-
-MANIFEST_NAME = "fedser-synthetic.json"
-GENERATOR = "fedser.synthetic"
+from common.audio import SAMPLE_RATE
 
 _HOP = 80  # control frame: 5 ms at 16 kHz
 _BLOCK = 2 * _HOP  # formant coefficients are updated every 10 ms
@@ -115,53 +103,6 @@ _PROFILES: dict[str, tuple[float | str, ...]] = {
     "oth": (1.05, 3.00,  0.00, 4.00,  0.00, 0.12, "fall",   1.00, 1.00, 0.55, 0.25, 0.70, 0.25, 1.00, 0.00),
 }
 
-# IEMOCAP categorical names as the C-E lines spell them (IEMOCAP README).
-CATEGORY_NAMES = {
-    "neu": "Neutral", "hap": "Happiness", "exc": "Excited", "ang": "Anger", "sad": "Sadness",
-    "fru": "Frustration", "sur": "Surprise", "fea": "Fear", "dis": "Disgust", "oth": "Other",
-}
-# What a dissenting evaluator plausibly says instead; three distinct codes per label so a
-# block never gives a second category a tie with the summary label.
-_CONFUSIONS = {
-    "neu": ("fru", "sad", "hap"), "hap": ("exc", "neu", "sur"), "exc": ("hap", "sur", "neu"),
-    "ang": ("fru", "dis", "exc"), "sad": ("neu", "fru", "fea"), "fru": ("ang", "neu", "sad"),
-    "sur": ("exc", "hap", "fea"), "fea": ("sad", "sur", "fru"), "dis": ("ang", "fru", "neu"),
-    "oth": ("neu", "fru", "hap"),
-}
-# Mean (valence, activation, dominance) an evaluator gives, on IEMOCAP's 1-5 scale.
-_VAD_MEANS = {
-    "neu": (3.0, 2.4, 2.6), "hap": (4.0, 3.2, 3.0), "exc": (4.1, 3.9, 3.4), "ang": (1.8, 4.0, 4.0),
-    "sad": (1.8, 1.8, 2.0), "fru": (2.0, 3.3, 3.2), "sur": (3.5, 3.9, 2.9), "fea": (2.0, 3.5, 2.0),
-    "dis": (1.9, 3.0, 3.3), "oth": (3.0, 3.0, 3.0), "xxx": (2.7, 3.0, 3.0),
-}
-# Label shares: ~75 % in neu/hap/exc/ang/sad, the rest mostly fru/xxx (IEMOCAP's own mix).
-_LABEL_WEIGHTS = {
-    "neu": 0.25, "hap": 0.09, "exc": 0.10, "ang": 0.15, "sad": 0.16,
-    "fru": 0.11, "xxx": 0.08, "sur": 0.03, "fea": 0.015, "dis": 0.01, "oth": 0.005,
-}
-_MAJOR = ("neu", "hap", "ang", "sad", "fru")  # the labels an xxx utterance is a blend of
-
-# Dialogs per session with the real naming oddities: both F and M prefixes, a/b improvisations in
-# Session 3 and Ses05M_script01_1b in Session 5 (IEMOCAP README; seed 002 §4.1).
-DIALOGS: dict[int, tuple[str, ...]] = {
-    1: ("Ses01F_impro01", "Ses01F_script01_1", "Ses01M_impro02", "Ses01M_script02_2", "Ses01F_impro03",
-        "Ses01M_script03_1"),
-    2: ("Ses02F_impro02", "Ses02F_script01_2", "Ses02M_impro01", "Ses02M_script02_1", "Ses02F_impro04",
-        "Ses02M_script03_2"),
-    3: ("Ses03F_impro01", "Ses03F_script01_3", "Ses03M_impro05a", "Ses03M_impro05b", "Ses03M_script02_2",
-        "Ses03F_impro06"),
-    4: ("Ses04F_impro03", "Ses04F_script02_1", "Ses04M_impro07", "Ses04M_script01_1", "Ses04F_impro02",
-        "Ses04M_script03_1"),
-    5: ("Ses05F_impro01", "Ses05F_script01_2", "Ses05M_impro04", "Ses05M_script01_1b", "Ses05F_impro05",
-        "Ses05M_script02_2"),
-}
-# Evaluator names per session: three categorical, two or three dimensional (two give the
-# half-integer means of the real files, three give thirds).
-_CAT_EVALUATORS = {1: ("E2", "E3", "E4"), 2: ("E1", "E2", "E4"), 3: ("E1", "E3", "E4"),
-                   4: ("E1", "E2", "E3"), 5: ("E2", "E3", "E4")}
-_DIM_EVALUATORS = {1: ("E3", "E4"), 2: ("E1", "E2"), 3: ("E1", "E3", "E4"), 4: ("E2", "E3"), 5: ("E1", "E4")}
-_NOTES = ("curious", "tired", "sarcastic", "annoyed", "calm", "playful", "hesitant", "tense")
-
 VOCABULARY = (  # a small pseudo-English vocabulary; every word is one synthesized word segment
     "excuse", "me", "the", "a", "i", "you", "we", "they", "this", "that", "what", "where", "when", "why",
     "how", "know", "think", "want", "need", "go", "going", "come", "home", "time", "today", "tomorrow",
@@ -170,16 +111,6 @@ VOCABULARY = (  # a small pseudo-English vocabulary; every word is one synthesiz
     "talk", "work", "job", "car", "house", "little", "better", "sorry", "please", "thank", "people",
     "back", "now", "still", "fine", "believe", "remember", "leave", "open", "window", "letter", "morning",
 )
-
-
-# ------------------------------------------------------------------------------ random streams
-
-
-def _rng(seed: int, *keys: str) -> np.random.Generator:
-    """A generator keyed by (seed, keys): stable across runs, processes and write order."""
-    digest = hashlib.sha256("\x1f".join(keys).encode()).digest()
-    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
-    return np.random.default_rng(np.random.SeedSequence([seed, *words]))
 
 
 def make_voice(speaker: str, gender: str, rng: np.random.Generator) -> Voice:
@@ -200,15 +131,6 @@ def make_voice(speaker: str, gender: str, rng: np.random.Generator) -> Voice:
         shimmer=float(rng.uniform(0.03, 0.08)),
         level_db=float(rng.normal(0.0, 1.5)),
     )
-
-
-def iemocap_voices(seed: int = 0) -> dict[str, Voice]:
-    """The ten actors ``Ses01F`` .. ``Ses05M``, one female and one male per session."""
-    return {
-        f"Ses0{s}{g}": make_voice(f"Ses0{s}{g}", g, _rng(seed, "voice", f"Ses0{s}{g}"))
-        for s in DIALOGS
-        for g in "FM"
-    }
 
 
 def prosody_for(label: str, rng: np.random.Generator, *, blend: str | None = None) -> Prosody:
@@ -596,263 +518,3 @@ def pick_words(rng: np.random.Generator, seconds: float, rate: float) -> tuple[s
         words.append(word)
         total += n
     return tuple(words)
-
-
-def _sentence(words: tuple[str, ...], label: str, rng: np.random.Generator) -> str:
-    """Transcript text: capitalized, "I" upper-case, "!" for some aroused utterances, some questions."""
-    text = " ".join("I" if w == "i" else w for w in words)
-    if label in ("ang", "exc", "hap", "sur") and rng.random() < 0.5:
-        mark = "!"
-    else:
-        mark = "?" if rng.random() < 0.15 else "."
-    return text[0].upper() + text[1:] + mark
-
-
-# ---------------------------------------------------------------------------- IEMOCAP writer
-
-
-@dataclass(frozen=True)
-class _Planned:
-    utt_id: str
-    session: int
-    dialog: str
-    speaker: str
-    label: str
-
-
-def _session_labels(n: int, rng: np.random.Generator) -> list[str]:
-    """``n`` raw labels with a per-session imbalance; every 4-class label at least min(5, n // 8) times."""
-    codes = list(_LABEL_WEIGHTS)
-    w = np.asarray([_LABEL_WEIGHTS[c] for c in codes]) * np.exp(rng.normal(0.0, 0.35, len(codes)))
-    share = w / w.sum() * n
-    counts = np.floor(share).astype(int)
-    for i in np.argsort(counts - share)[: n - counts.sum()]:  # largest remainders
-        counts[i] += 1
-    count = dict(zip(codes, counts.tolist(), strict=True))
-    need = min(5, n // 8)
-    for cls in ("neu", "hap", "ang", "sad"):
-        while count[cls] + (count["exc"] if cls == "hap" else 0) < need:
-            donor = max((c for c in codes if c not in ("neu", "hap", "exc", "ang", "sad")), key=count.__getitem__)
-            if count[donor] == 0:
-                donor = max(("neu", "ang", "sad"), key=count.__getitem__)
-            count[donor] -= 1
-            count[cls] += 1
-    labels = [c for c in codes for _ in range(count[c])]
-    rng.shuffle(labels)
-    return labels
-
-
-def _plan_session(session: int, per_dialog: int, seed: int) -> list[_Planned]:
-    """Labels and turn order of a session's dialogs: actors alternate turns."""
-    rng = _rng(seed, "session", str(session))
-    dialogs = DIALOGS[session]
-    labels = _session_labels(len(dialogs) * per_dialog, rng)
-    planned: list[_Planned] = []
-    for d, dialog in enumerate(dialogs):
-        first = "F" if rng.random() < 0.5 else "M"
-        counters = {"F": 0, "M": 0}
-        for k in range(per_dialog):
-            letter = first if k % 2 == 0 else ("M" if first == "F" else "F")
-            utt = f"{dialog}_{letter}{counters[letter]:03d}"
-            counters[letter] += 1
-            planned.append(_Planned(utt, session, dialog, f"Ses0{session}{letter}", labels[d * per_dialog + k]))
-    return planned
-
-
-def _evaluations(label: str, rng: np.random.Generator) -> tuple[list[tuple[str, ...]], tuple[str, ...], str]:
-    """Categorical evaluator labels (3 lines), self-evaluation, and the label the audio expresses.
-
-    The summary label holds a strict majority (>= 2 of 3) and no other category appears twice;
-    ``xxx`` blocks have three different single labels, so no majority (IEMOCAP README).
-    """
-    if label == "xxx":
-        base = _MAJOR[int(rng.integers(len(_MAJOR)))]
-        lines = [(base,), (_CONFUSIONS[base][0],), (_CONFUSIONS[base][1],)]
-        rng.shuffle(lines)
-        return lines, (lines[int(rng.integers(3))][0],), base
-    others = list(_CONFUSIONS[label])
-    rng.shuffle(others)
-    agree = 3 if rng.random() < 0.5 else 2
-    lines: list[tuple[str, ...]] = []
-    for k in range(3):
-        if k < agree:
-            lines.append((label, others.pop()) if rng.random() < 0.2 else (label,))
-        else:
-            lines.append((others.pop(),))
-    rng.shuffle(lines)
-    self_eval = (label,) if rng.random() < 0.6 else (_CONFUSIONS[label][int(rng.integers(3))],)
-    return lines, self_eval, label
-
-
-def _vad(label: str, rng: np.random.Generator) -> tuple[int, int, int]:
-    """One evaluator's integer (val, act, dom), 1-5, around the label's mean."""
-    v, a, d = (int(x) for x in np.clip(np.rint(np.asarray(_VAD_MEANS[label]) + rng.normal(0.0, 0.7, 3)), 1, 5))
-    return v, a, d
-
-
-def _note(rng: np.random.Generator) -> str:
-    return f"({_NOTES[int(rng.integers(len(_NOTES)))]})" if rng.random() < 0.1 else "()"
-
-
-def _wdseg(segments: list[tuple[str, float, float]], seconds: float, rng: np.random.Generator) -> str:
-    """Word alignment at 100 frames/s; pauses are absorbed into the preceding word."""
-    last = int(seconds * 100) - 1
-    starts = [int(round(s * 100)) for _, s, _ in segments]
-    rows = [("<s>", 0, starts[0] - 1)]
-    for i, (word, _, _) in enumerate(segments):
-        end = starts[i + 1] - 1 if i + 1 < len(segments) else int(round(segments[-1][2] * 100)) - 1
-        rows.append((word.upper(), starts[i], end))
-    rows.append(("</s>", rows[-1][2] + 1, last))
-    scores = [-int((e - s + 1) * rng.uniform(4000, 12000)) for _, s, e in rows]
-    body = "".join(f"\t{s}\t{e}\t{sc}\t{w}\n" for (w, s, e), sc in zip(rows, scores, strict=True))
-    return f"\tSFrm\tEFrm\tSegAScr\tWord\n{body} Total Score: {sum(scores)}\n"
-
-
-def _prepare_root(root: Path) -> None:
-    """Replace an earlier synthetic corpus, never anything else (a real corpus may live there)."""
-    if root.exists():
-        if not (root / MANIFEST_NAME).is_file():
-            raise FileExistsError(f"{root} exists and is not a fedser synthetic corpus; refusing to overwrite")
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-
-
-def write_iemocap(
-    out: Path,
-    *,
-    seed: int = 0,
-    utterances_per_dialog: int = 12,
-    min_seconds: float = 1.5,
-    max_seconds: float = 4.5,
-) -> Path:
-    """Write a synthetic IEMOCAP_full_release under ``out`` and return its root."""
-    root = Path(out) / "IEMOCAP_full_release"
-    _prepare_root(root)
-    voices = iemocap_voices(seed)
-    manifest: list[dict[str, object]] = []
-    for session in DIALOGS:
-        sdir = root / f"Session{session}"
-        planned = _plan_session(session, utterances_per_dialog, seed)
-        for dialog in DIALOGS[session]:
-            timeline_rng = _rng(seed, "timeline", dialog)
-            t = timeline_rng.uniform(1.0, 6.0)
-            emo = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
-            trans: list[str] = []
-            for p in (p for p in planned if p.dialog == dialog):
-                rng = _rng(seed, "utterance", p.utt_id)
-                lines, self_eval, spoken = _evaluations(p.label, rng)
-                blend = _CONFUSIONS[spoken][0] if p.label == "xxx" else None
-                prosody = prosody_for(spoken, rng, blend=blend)
-                n = int(round(rng.uniform(min_seconds, max_seconds) * SAMPLE_RATE))
-                words = pick_words(rng, n / SAMPLE_RATE, prosody.rate)
-                text = _sentence(words, p.label, rng)
-                spec = UtteranceSpec(p.utt_id, voices[p.speaker], prosody, words, n / SAMPLE_RATE)
-                wav, segments = synthesize(spec, rng)
-                rel = Path(f"Session{session}", "sentences", "wav", dialog, f"{p.utt_id}.wav")
-                write_wav(root / rel, wav)
-                align = sdir / "sentences" / "ForcedAlignment" / dialog / f"{p.utt_id}.wdseg"
-                align.parent.mkdir(parents=True, exist_ok=True)
-                align.write_text(_wdseg(segments, n / SAMPLE_RATE, rng))
-
-                start = round(t, 4)
-                end = round(start + n / SAMPLE_RATE, 4)
-                t = end + timeline_rng.uniform(0.2, 2.5)
-                dims = [_vad(p.label, rng) for _ in _DIM_EVALUATORS[session]]
-                v, a, d = (float(f"{x:.4f}") for x in np.mean(dims, axis=0))
-                who = p.speaker[-1]
-                emo.append(f"[{start:.4f} - {end:.4f}]\t{p.utt_id}\t{p.label}\t[{v:.4f}, {a:.4f}, {d:.4f}]")
-                for name, cats in zip(_CAT_EVALUATORS[session], lines, strict=True):
-                    emo.append(f"C-{name}:\t{' '.join(CATEGORY_NAMES[c] + ';' for c in cats)}\t{_note(rng)}")
-                emo.append(f"C-{who}1:\t{CATEGORY_NAMES[self_eval[0]]};\t{_note(rng)}")
-                for name, (dv, da, dd) in zip(_DIM_EVALUATORS[session], dims, strict=True):
-                    emo.append(f"A-{name}:\tval {dv}; act {da}; dom  {dd};\t{_note(rng)}")
-                sv, sa, sd = _vad(p.label, rng)
-                emo.append(f"A-{who}1:\tval {sv}; act {sa}; dom  {sd};\t{_note(rng)}")
-                emo.append("")
-                trans.append(f"{p.utt_id} [{start:08.4f}-{end:08.4f}]: {text}")
-                manifest.append({
-                    "id": p.utt_id, "session": session, "speaker": p.speaker, "gender": who,
-                    "dialog": dialog, "raw_label": p.label, "valence": v, "activation": a, "dominance": d,
-                    "improvised": "_impro" in dialog, "duration": n / SAMPLE_RATE, "transcript": text,
-                    "path": rel.as_posix(),
-                })
-            for sub, content in (("EmoEvaluation", emo), ("transcriptions", trans)):
-                path = sdir / "dialog" / sub / f"{dialog}.txt"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("\n".join(content) + "\n")
-    docs = root / "Documentation"
-    docs.mkdir()
-    docs.joinpath("README.txt").write_text(
-        "fedser synthetic IEMOCAP_full_release\n\n"
-        f"Generated by {GENERATOR} (common/corpora/synthetic.py) with seed {seed}.\n"
-        "This is NOT the USC IEMOCAP database: the audio is a source-filter synthesizer whose prosody\n"
-        "follows each utterance's label, in IEMOCAP's layout and label format so that the real reader\n"
-        f"reads it. {len(manifest)} utterances by 10 synthetic actors in 5 sessions; ground truth in\n"
-        f"{MANIFEST_NAME}.\n"
-    )
-    _write_manifest(root, seed, manifest)
-    return root
-
-
-def _write_manifest(root: Path, seed: int, rows: list[dict[str, object]]) -> None:
-    payload = {"generator": GENERATOR, "seed": seed, "utterances": rows}
-    (root / MANIFEST_NAME).write_text(json.dumps(payload, indent=1) + "\n")
-
-
-# ------------------------------------------------------------------------- LibriSpeech writer
-
-_LIBRI_STYLES = ("neu",) * 7 + ("hap", "sad", "ang", "sur", "exc")  # mostly neutral read speech
-
-
-def write_librispeech(
-    out: Path,
-    *,
-    seed: int = 0,
-    speakers: int = 10,
-    chapters: int = 2,
-    utterances_per_chapter: int = 6,
-    subset: str = "train-clean-100",
-) -> Path:
-    """Write an unlabeled synthetic LibriSpeech ``subset`` (FLAC, 16 kHz) under ``out``; return its root."""
-    root = Path(out) / "LibriSpeech"
-    _prepare_root(root)
-    rng = _rng(seed, "librispeech")
-    ids = sorted(int(x) for x in rng.choice(np.arange(10, 9000), size=speakers, replace=False))
-    chapter_ids = rng.choice(np.arange(100, 9999), size=speakers * chapters, replace=False).reshape(speakers, chapters)
-    first = "F" if rng.random() < 0.5 else "M"
-    rows: list[dict[str, object]] = []
-    table = [";ID  |SEX| SUBSET           |MINUTES| NAME"]
-    for i, spk in enumerate(ids):
-        gender = first if i % 2 == 0 else ("M" if first == "F" else "F")
-        voice = make_voice(str(spk), gender, _rng(seed, "libri-voice", str(spk)))
-        seconds_total = 0.0
-        for chapter in sorted(int(c) for c in chapter_ids[i]):
-            folder = root / subset / str(spk) / str(chapter)
-            folder.mkdir(parents=True)
-            lines = []
-            for k in range(utterances_per_chapter):
-                utt = f"{spk}-{chapter}-{k:04d}"
-                urng = _rng(seed, "libri-utterance", utt)
-                style = _LIBRI_STYLES[int(urng.integers(len(_LIBRI_STYLES)))]
-                prosody = prosody_for(style, urng)
-                n = int(round(urng.uniform(2.0, 6.0) * SAMPLE_RATE))
-                words = pick_words(urng, n / SAMPLE_RATE, prosody.rate)
-                wav, _ = synthesize(UtteranceSpec(utt, voice, prosody, words, n / SAMPLE_RATE), urng)
-                sf.write(str(folder / f"{utt}.flac"), wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-                text = " ".join(words).upper()
-                lines.append(f"{utt} {text}")
-                seconds_total += n / SAMPLE_RATE
-                rows.append({
-                    "id": utt, "speaker": str(spk), "gender": gender, "chapter": chapter, "style": style,
-                    "duration": n / SAMPLE_RATE, "transcript": text,
-                    "path": f"{subset}/{spk}/{chapter}/{utt}.flac",
-                })
-            (folder / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
-        table.append(f"{spk:<5}| {gender} | {subset:<17}| {seconds_total / 60:5.2f} | Synthetic Speaker {spk}")
-    header = (
-        "; fedser synthetic LibriSpeech (common/corpora/synthetic.py), seed "
-        f"{seed}; not the real LibriSpeech.\n"
-    )
-    (root / "SPEAKERS.TXT").write_text(header + "\n".join(table) + "\n")
-    _write_manifest(root, seed, rows)
-    return root

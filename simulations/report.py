@@ -10,9 +10,9 @@ from typing import Any
 import mlflow
 
 from common.config import ALL_REGIMES
-from common.metrics import mean_std
-from server.plots import bar_chart_png
-from server.tracking import quiet_mlflow
+from simulations.plots import bar_chart_png
+from simulations.regimes import SCORES, summary
+from simulations.tracking import quiet_mlflow
 
 # Seed 002 Table 2: mean and std F1 (%) of 5-fold leave-one-session-out on IEMOCAP, 4 classes.
 TABLE_2: dict[str, tuple[float, float]] = {
@@ -21,7 +21,6 @@ TABLE_2: dict[str, tuple[float, float]] = {
     "gan-central": (48.54, 3.89),  # "Proposed - Centralized"
     "gan-federated": (50.39, 3.31),  # "Proposed - Federated"
 }
-METRICS = ("f1_macro", "ua", "wa")
 EXTRA = ("ua3", "pearson_r")  # seed 000's 3-class pooled UA and Pearson r of the expected valence
 
 
@@ -58,10 +57,10 @@ def fold_rows(tracking_uri: str, experiment: str, regimes: Sequence[str] | None 
                               filter_string="tags.fold != ''")
     rows = [
         {"regime": r.data.tags["regime"], "trainer": r.data.tags.get("trainer", DEFAULT_TRAINER),
-         "fold": int(r.data.tags["fold"]), **{m: r.data.metrics[m] for m in METRICS},
+         "fold": int(r.data.tags["fold"]), **{m: r.data.metrics[m] for m in SCORES},
          **{m: r.data.metrics[m] for m in EXTRA if m in r.data.metrics}}
         for r in runs
-        if r.data.tags.get("mlflow.parentRunId") in parents and all(m in r.data.metrics for m in METRICS)
+        if r.data.tags.get("mlflow.parentRunId") in parents and all(m in r.data.metrics for m in SCORES)
     ]
     order = {r: i for i, r in enumerate(ALL_REGIMES)}  # DESIGN.md's order, then any other name
     return sorted(rows, key=lambda r: (order.get(r["regime"], len(order)), r["regime"], r["trainer"], r["fold"]))
@@ -82,19 +81,6 @@ def _label(row: dict[str, Any]) -> str:
     return row["regime"] if row["trainer"] == DEFAULT_TRAINER else f"{row['regime']} [{row['trainer']}]"
 
 
-def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (regime, trainer): mean and std of each metric over its folds."""
-    out = []
-    for regime, trainer in dict.fromkeys((r["regime"], r["trainer"]) for r in rows):
-        mine = [r for r in rows if (r["regime"], r["trainer"]) == (regime, trainer)]
-        entry: dict[str, Any] = {"regime": regime, "trainer": trainer, "folds": len(mine)}
-        entry["label"] = _label(entry)
-        for m in (*METRICS, *(e for e in EXTRA if all(e in r for r in mine))):
-            entry[m], entry[f"{m}_std"] = mean_std([r[m] for r in mine])
-        out.append(entry)
-    return out
-
-
 def markdown(rows: Sequence[dict[str, Any]], matches_paper: bool) -> str:
     """The report as a markdown table: folds, then mean ± std beside Table 2."""
     lines = ["| regime | trainer | fold | macro-F1 | UA | WA |", "|---|---|---|---|---|---|"]
@@ -103,7 +89,7 @@ def markdown(rows: Sequence[dict[str, Any]], matches_paper: bool) -> str:
     note = "protocol matches the paper" if matches_paper else "protocol differs from the paper (for orientation only)"
     lines += ["", f"| regime | trainer | macro-F1 mean ± std | UA | WA | seed 002 Table 2 F1 ({note}) |",
               "|---|---|---|---|---|---|"]
-    stats = summary(rows)
+    stats = summary(rows, (*SCORES, *EXTRA))
     for s in stats:
         paper = TABLE_2.get(s["regime"]) if s["trainer"] == DEFAULT_TRAINER else None
         ref = f"{paper[0] / 100:.4f} ± {paper[1] / 100:.4f}" if paper else "-"
@@ -130,9 +116,9 @@ def log_report(tracking_uri: str, experiment: str, rows: Sequence[dict[str, Any]
             mlflow.log_artifact(str(md))
             stats = summary(rows)
             mlflow.log_artifact(str(bar_chart_png(
-                [s["label"] for s in stats], {m: [s[m] for s in stats] for m in METRICS},
-                {m: [s[f"{m}_std"] for s in stats] for m in METRICS},
-                {s["label"]: TABLE_2[s["regime"]][0] / 100 for s in stats
+                [_label(s) for s in stats], {m: [s[m] for s in stats] for m in SCORES},
+                {m: [s[f"{m}_std"] for s in stats] for m in SCORES},
+                {_label(s): TABLE_2[s["regime"]][0] / 100 for s in stats
                  if s["regime"] in TABLE_2 and s["trainer"] == DEFAULT_TRAINER},
                 Path(tmp) / "report.png")))
         return run.info.run_id

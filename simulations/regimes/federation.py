@@ -249,10 +249,3 @@ def stats_config(stats: MinMax, **extra: Any) -> ConfigRecord:
 def restore_fp32(record: ArrayRecord) -> dict[str, Any]:
     """A received state dict with fp16 tensors (``generator_fp16``) back in fp32."""
     return {k: v.float() if v.is_floating_point() else v for k, v in record.to_torch_state_dict().items()}
-
-
-def confusion_from(metrics: MetricRecord) -> list[list[int]]:
-    """The confusion matrix back from its ``cm-i-j`` scalars (its size from the keys)."""
-    n = sum(1 for k in metrics if k.startswith("cm-0-"))
-    return [[int(metrics.get(f"cm-{i}-{j}", 0)) for j in range(n)] for i in range(n)]
-

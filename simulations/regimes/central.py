@@ -1,0 +1,144 @@
+"""The centralized regimes (names as in DESIGN.md), one fold at a time, folds in parallel processes.
+
+- ``real-central``: the SER network trains on real patches of the four training sessions
+  (seed 002 Table 2, "IEMOCAP" row);
+- ``gan-central``: one pre-trained GAN fine-tuned on the pooled training sessions generates
+  ``per_class_central`` samples per emotion (40K in §4.5), the SER network trains on those alone;
+- ``baseline-gan``: the same with the BAGAN-style baseline of Chatziagapi et al. (Table 2, "Baseline").
+
+Every regime selects its model on the held-out session's validation speaker (when the fold has one)
+and reports file-level metrics on the test speaker(s).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from common.config import StudyConfig
+from common.data import Corpus
+from common.features import MinMax, resolve_device
+from common.models.sngan import GanSpec, Generator
+from common.pipeline import PretrainedGan, finetune, training_speakers
+from common.splits import Fold
+from common.synthesis import ClassConditionalGenerator, SyntheticPool
+from common.trainers.bagan import train_bagan
+from common.trainers.registry import SerTrainer, build_trainer
+from common.views import LabeledSet, Sampler
+from simulations.regimes import FoldOutcome, RegimeLog
+
+
+def synthetic_sampler(cfg: StudyConfig, generators: list[ClassConditionalGenerator], per_class: int,
+                      fold: int) -> Sampler:
+    """Batches from the streamed pool of ``generators`` (``per_class`` samples per emotion each)."""
+    pool = SyntheticPool(generators, per_class, len(cfg.data.classes), seed=cfg.training.seed + fold,
+                         device=resolve_device(cfg.training.device))
+    return pool.sampler(seed=cfg.training.seed)
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """What every fold of a centralized regime reads: the config, the labeled corpus, the scaling
+    statistics and the pre-trained GAN (None when no regime needs it). Read once by the study and
+    handed to the worker processes, which never read a checkpoint or scan a corpus themselves."""
+
+    cfg: StudyConfig
+    corpus: Corpus
+    stats: MinMax
+    gan: PretrainedGan | None
+
+
+def _real(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+          progress: bool) -> tuple[Sampler, list[Generator]]:
+    return trainer.sampler(train, seed=data.cfg.training.seed), []
+
+
+def _gan_central(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+                 progress: bool) -> tuple[Sampler, list[Generator]]:
+    if data.gan is None:
+        raise ValueError("gan-central needs the pre-trained GAN; run `fedser pretrain` first")
+    cfg = data.cfg
+    gen = finetune(cfg, *data.gan.networks(), train, progress).to(resolve_device(cfg.training.device))
+    return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
+
+
+def _baseline(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+              progress: bool) -> tuple[Sampler, list[Generator]]:
+    cfg = data.cfg
+    gen = train_bagan(GanSpec.of(cfg), cfg.training, train, resolve_device(cfg.training.device), progress=progress)
+    return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
+
+
+# Each regime makes the batches the SER trainer fits on: real windows cut as the trainer's paper
+# cuts them, or samples of generators (which every trainer takes: (B, 1, P, P) log-mel).
+SOURCES: dict[str, Callable[[FoldData, SerTrainer, LabeledSet, Fold, bool], tuple[Sampler, list[Any]]]] = {
+    "real-central": _real,
+    "gan-central": _gan_central,
+    "baseline-gan": _baseline,
+}
+
+
+def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = False) -> FoldOutcome:
+    """Train ``regime``'s SER model for ``fold`` and score it on the fold's test speaker(s); the
+    validation score is the selected model's (KeepBest restores it)."""
+    if regime not in SOURCES:
+        raise ValueError(f"unknown centralized regime {regime!r}; choose from {sorted(SOURCES)}")
+    cfg, corpus, stats = data.cfg, data.corpus, data.stats
+    start = time.perf_counter()
+    torch.manual_seed(cfg.training.seed)
+    train = corpus.labeled_set(fold.train, stats, training_speakers(fold.train))
+    validation = corpus.labeled_set(fold.validation, stats)
+    trainer = build_trainer(cfg, resolve_device(cfg.training.device))
+    sample, generators = SOURCES[regime](data, trainer, train, fold, progress)
+    result = trainer.fit(sample, validation, progress=progress)
+    metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
+    val = result.best_score if result.best_step is not None else None
+    return FoldOutcome(regime, fold.index, fold.test_session, metrics, val, time.perf_counter() - start,
+                       generators, train, trainer.selection, history=result.evals)
+
+
+class CentralRegime:
+    """A centralized regime over ``folds``: in-process with one worker, else a pool of ``workers``
+    spawned processes (one torch thread each: the pool is the parallelism)."""
+
+    def __init__(self, name: str, data: FoldData, folds: list[Fold], workers: int = 0,
+                 say: Callable[[str], None] = print, progress: bool = False) -> None:
+        if name not in SOURCES:
+            raise ValueError(f"unknown centralized regime {name!r}; choose from {sorted(SOURCES)}")
+        self.name, self.data, self.folds, self.say, self.progress = name, data, folds, say, progress
+        self.workers = min(workers or os.cpu_count() or 1, len(folds))
+        self.log = RegimeLog()
+
+    def run(self) -> Iterator[FoldOutcome]:
+        """Each fold's outcome as it finishes."""
+        if self.workers <= 1:
+            for fold in self.folds:
+                self.say(f"{self.name}: fold {fold.index} (test Session{fold.test_session})")
+                yield run_central_fold(self.name, self.data, fold, self.progress)
+            return
+        self.say(f"{self.name}: {len(self.folds)} folds in {self.workers} processes")
+        # spawn: a clean interpreter per worker (torch and forked threads do not mix).
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(self.data,)) as pool:
+            futures = [pool.submit(_worker_fold, self.name, fold) for fold in self.folds]
+            for future in as_completed(futures):
+                yield future.result()
+
+
+_WORKER: dict[str, FoldData] = {}  # a worker's FoldData, pickled once per worker rather than per fold
+
+
+def _worker_init(data: FoldData) -> None:
+    torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+    _WORKER["data"] = data
+
+
+def _worker_fold(regime: str, fold: Fold) -> FoldOutcome:
+    return run_central_fold(regime, _WORKER["data"], fold)

@@ -1,0 +1,204 @@
+"""The federated regimes, run by the ServerApp over the session nodes (names as in DESIGN.md).
+
+- ``gan-federated`` (eyes-off, seed 002 §3.3): every node fine-tunes the pre-trained GAN on its own
+  session once and returns the generator; per fold the server trains the SER model on the streamed
+  pool of the four training sessions' generators (``per_class_federated`` per emotion each, 10K in
+  §4.5) and the held-out session's node scores it (validation speaker for model selection, test
+  speaker for the fold's metrics).
+- ``fedavg``: FedAvg / FedProx / FedAdam (``flwr.serverapp.strategy``) of the configured SER trainer
+  over the four training nodes of each fold, selected and scored at the held-out node.
+
+No raw audio, features or per-utterance values ever reach the server: only weights and scalars.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from common.config import StudyConfig
+from common.features import MinMax, resolve_device
+from common.metrics import confusion_from_cells
+from common.models.sngan import Generator
+from common.pipeline import pretrained
+from common.trainers.base import KeepBest, LoopResult
+from common.trainers.registry import SerTrainer, build_trainer
+from simulations.regimes import FoldOutcome, RegimeLog
+from simulations.regimes.central import synthetic_sampler
+from simulations.regimes.federation import Federation, NodeFailure, restore_fp32, stats_config
+
+log = logging.getLogger("fedser.server")
+Score = Callable[[], float]
+Selection = tuple[float | None, list[tuple[int, float]]]  # selected validation score, (round, score) pairs
+
+
+def remote_scores(fed: Federation, session: int, state: dict[str, torch.Tensor], stats: MinMax,
+                  split: str) -> dict:
+    """Scores of SER weights ``state`` on ``session``'s ``split``, computed at that session's node."""
+    reply = fed.ask("evaluate", session, RecordDict({
+        "arrays": ArrayRecord(state), "config": stats_config(stats, split=split),
+    }))
+    m = reply["metrics"]
+    scores = {k: float(v) for k, v in m.items() if not k.startswith("cm_") and k != "num-examples"}
+    return {**scores, "confusion": confusion_from_cells(m)}
+
+
+class FederatedRegime:
+    """What both federated regimes share: the nodes, the scaling statistics and the per-fold flow
+    (fit with selection at the held-out node, then score it there)."""
+
+    name = ""
+
+    def __init__(self, fed: Federation, cfg: StudyConfig) -> None:
+        self.fed, self.cfg = fed, cfg
+        self.log = RegimeLog(failures=fed.failures)
+
+    def run(self) -> Iterator[FoldOutcome]:
+        """Discover the nodes, then one outcome per fold of ``folds.sessions`` (skipped folds say why)."""
+        nodes = self.fed.discover()
+        self.log.metrics["nodes"] = len(nodes)
+        if not nodes:
+            raise RuntimeError(f"no node answered within federation.node_wait = {self.cfg.federation.node_wait} s; "
+                               "are the SuperNodes connected?")
+        self.prepare()
+        for session in self.cfg.folds.sessions:
+            yield self.fold(session)
+
+    def prepare(self) -> None:
+        """Work done once before the folds (none by default)."""
+
+    def fold(self, test: int) -> FoldOutcome:
+        """The fold that holds out ``test``."""
+        raise NotImplementedError
+
+    def stats(self, pretrain: MinMax) -> MinMax:
+        """The pre-training corpus's and the nodes' min/max combined (seed 002 §4.2)."""
+        return self.fed.combined_stats(pretrain)
+
+    def scored(self, test: int, stats: MinMax, trainer: SerTrainer,
+               fit: Callable[[Score | None], Selection]) -> FoldOutcome:
+        """Fit with model selection at the held-out node (when it has a validation speaker), then
+        score the selected model there on the test speaker(s). ``fit`` returns the selected
+        model's validation score (None without selection) and every (step or round, score)."""
+        start = time.perf_counter()
+        torch.manual_seed(self.cfg.training.seed)
+        score = None
+        if self.cfg.folds.holdout == "speaker" and self.cfg.training.eval_every > 0:
+            def score() -> float:
+                return remote_scores(self.fed, test, trainer.state_dict(), stats, "validation")[trainer.selection]
+        try:
+            best, history = fit(score)
+            metrics = remote_scores(self.fed, test, trainer.state_dict(), stats, "test")
+        except NodeFailure as exc:
+            log.warning("fold %s of %s cannot be scored: %s", test, self.name, exc)
+            return self.skip(test, f"the held-out node cannot score: {exc}")
+        return FoldOutcome(self.name, test, test, metrics, best, time.perf_counter() - start,
+                           selection=trainer.selection, history=history)
+
+    def skip(self, test: int, reason: str) -> FoldOutcome:
+        """A fold without metrics, and why."""
+        return FoldOutcome(self.name, test, test, {}, None, 0.0, skipped=reason)
+
+
+class GanFederated(FederatedRegime):
+    """Fine-tune one generator per session node (once), then one SER model per fold on their pool."""
+
+    name = "gan-federated"
+
+    def prepare(self) -> None:
+        gan = pretrained(self.cfg)
+        gen, disc = gan.networks()
+        self.scaling = self.stats(gan.pretrain_stats)
+        start = time.perf_counter()
+        content = RecordDict({"generator": ArrayRecord(gen.state_dict()),
+                              "discriminator": ArrayRecord(disc.state_dict()), "config": stats_config(self.scaling)})
+        outcome = self.fed.exchange("train.gan", dict.fromkeys(self.fed.nodes, content))
+        self.generators: dict[int, Generator] = {}
+        for session, reply in sorted(outcome.replies.items()):
+            g = Generator(gen.spec)
+            g.load_state_dict(restore_fp32(reply["generator"]))
+            self.generators[session] = g.to(resolve_device(self.cfg.training.device)).eval()
+        sizes = [reply["generator"].count_bytes() for reply in outcome.replies.values()]
+        self.log.metrics.update({"gan_round_seconds": time.perf_counter() - start,
+                                 "generators_received": len(self.generators),
+                                 "generator_failures": len(outcome.failures),
+                                 "generator_bytes": sizes[0] if sizes else 0.0})
+        # The server holds no real data: its spectrogram grids show generated columns only.
+        self.log.generators.update({f"Session{s}": g for s, g in self.generators.items()})
+        log.info("generators from sessions %s, failures %s", sorted(self.generators), outcome.failures)
+
+    def fold(self, test: int) -> FoldOutcome:
+        sources = [g for s, g in self.generators.items() if s != test]
+        if not sources:
+            log.warning("fold %s: no training session's generator arrived; fold skipped", test)
+            return self.skip(test, "no training session's generator arrived (see failure tags)")
+        sample = synthetic_sampler(self.cfg, sources, self.cfg.synthesis.per_class_federated, test)
+        trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
+        def fit(score: Score | None) -> Selection:
+            result = trainer.fit(sample, score)
+            return (result.best_score if result.best_step is not None else None), result.evals
+
+        return self.scored(test, self.scaling, trainer, fit)
+
+
+STRATEGIES: dict[str, Callable[[StudyConfig], Strategy]] = {
+    # fraction_evaluate 0: the training nodes do not evaluate; the held-out node does (evaluate_fn).
+    # min nodes 1: a fold goes on with the training nodes that answer (built-in waits are unbounded).
+    "fedavg": lambda cfg: FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1),
+    "fedprox": lambda cfg: FedProx(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1,
+                                   proximal_mu=cfg.federation.proximal_mu),
+    "fedadam": lambda cfg: FedAdam(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1,
+                                   eta=cfg.federation.server_lr, eta_l=cfg.training.ser_lr),
+}
+
+
+class FedAvgRegime(FederatedRegime):
+    """Per fold: the configured strategy over the training nodes, selected (KeepBest over the
+    rounds) and scored at the held-out node."""
+
+    name = "fedavg"
+
+    def prepare(self) -> None:
+        # fedavg needs no GAN; with a checkpoint its pre-training corpus counts as in every regime.
+        has_gan = self.cfg.pretrained_path.is_file()
+        self.scaling = self.stats(pretrained(self.cfg).pretrain_stats if has_gan else MinMax.empty())
+
+    def fold(self, test: int) -> FoldOutcome:
+        train_nodes = [n.node_id for s, n in self.fed.nodes.items() if s != test]
+        if not train_nodes:
+            log.warning("fold %s: no training node; fold skipped", test)
+            return self.skip(test, "no training node")
+        trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
+        # The fold's training sessions (public metadata, no data): nodes derive speaker indices.
+        sessions = [s for s in self.fed.nodes if s != test]
+
+        def fit(score: Score | None) -> Selection:
+            keep = KeepBest(trainer)
+
+            def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+                trainer.load_state_dict(arrays.to_torch_state_dict())
+                if score is None:
+                    return None
+                value = score()
+                keep.on_eval(rnd, value, {})
+                return MetricRecord({f"val_{trainer.selection}": value})
+
+            result = STRATEGIES[self.cfg.federation.strategy](self.cfg).start(
+                grid=self.fed.grid.restrict(train_nodes), initial_arrays=ArrayRecord(trainer.state_dict()),
+                num_rounds=self.cfg.federation.rounds, timeout=self.cfg.federation.timeout,
+                train_config=stats_config(self.scaling, **{"train-sessions": sessions}), evaluate_fn=evaluate_fn,
+            )
+            if result.arrays is not None:
+                trainer.load_state_dict(result.arrays.to_torch_state_dict())
+            keep.on_end(LoopResult())  # model selection: the best round, when one was scored
+            return (keep.best if keep.evals else None), keep.evals
+
+        return self.scored(test, self.scaling, trainer, fit)
+
+
+REGIMES: dict[str, type[FederatedRegime]] = {"gan-federated": GanFederated, "fedavg": FedAvgRegime}
