@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -49,7 +49,7 @@ def friendly(fn: F) -> F:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 # --------------------------------------------------------------------------------------- corpus
@@ -68,7 +68,7 @@ def corpus_check(
     from common.corpora.check import summarize
 
     cfg = load_config(config, {"data": {"subset": subset}})
-    scan = read_corpus(path, kind, label_map=cfg.data.label_map, subset=cfg.data.subset)  # type: ignore[arg-type]
+    scan = read_corpus(path, kind, label_map=cfg.data.label_map, subset=cfg.data.subset)
     report = summarize(scan, classes=cfg.data.classes, label_map=cfg.data.label_map, subset=cfg.data.subset)
     if as_json:
         print(json.dumps(report, indent=2))

@@ -24,7 +24,7 @@ SMALL = {
 }
 
 
-def chang(name: str, **chang_cfg) -> object:  # noqa: ANN003
+def chang(name: str, **chang_cfg) -> object:
     over = {**SMALL, "model": {"chang": {**SMALL["model"]["chang"], **chang_cfg}}, "training": {
         **SMALL["training"], "trainer": name}}
     return build_trainer(load_config(overrides=over))
@@ -157,7 +157,7 @@ def test_dcgan_variants_alternate_discriminator_generator_and_classifier_updates
     assert net.gen(torch.randn(3, 8)).shape == (3, 1, 32, 32)
 
 
-def test_dcgan_draws_unlabeled_speech_from_the_pretraining_corpus(tmp_path) -> None:  # noqa: ANN001
+def test_dcgan_draws_unlabeled_speech_from_the_pretraining_corpus(tmp_path) -> None:
     over = {**SMALL, "work_dir": str(tmp_path), "data": {"synthetic": {"pretrain_speakers": 2}},
             "model": {"chang": {**SMALL["model"]["chang"], "unlabeled": "pretrain"}},
             "training": {**SMALL["training"], "trainer": "chang-dcgan"}}

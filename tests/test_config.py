@@ -86,7 +86,7 @@ def test_toml_syntax_error_and_missing_file_are_one_line(tmp_path: Path) -> None
 def test_config_is_frozen_and_flattens() -> None:
     cfg = load_config()
     with pytest.raises(ValidationError):
-        cfg.model.width = 2.0  # type: ignore[misc]
+        cfg.model.width = 2.0
     flat = cfg.flat()
     assert flat["model.width"] == str(cfg.model.width)
     assert flat["folds.holdout"] == "speaker"

@@ -16,7 +16,7 @@ from tests.conftest import tone
 
 
 @pytest.fixture
-def cfg(tmp_path: Path, iemocap_tree: Path):  # noqa: ANN201 - a StudyConfig
+def cfg(tmp_path: Path, iemocap_tree: Path):
     data._PREPARED.clear()  # a fresh process as far as the per-process memo goes
     return load_config(overrides={"work_dir": str(tmp_path / "out"), "data": {"root": str(iemocap_tree)}})
 
@@ -26,7 +26,7 @@ def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = data.read_corpus
 
-    def counted(root, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def counted(root, *args, **kwargs):
         calls.append(root)
         return real(root, *args, **kwargs)
 
@@ -34,7 +34,7 @@ def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return calls
 
 
-def test_a_manifest_is_written_once_and_reused_while_the_files_are_unchanged(cfg, monkeypatch) -> None:  # noqa: ANN001
+def test_a_manifest_is_written_once_and_reused_while_the_files_are_unchanged(cfg, monkeypatch) -> None:
     scans = count_scans(monkeypatch)
     first = data.labeled_manifest(cfg)
     again = data.labeled_manifest(cfg)
@@ -50,7 +50,7 @@ def test_a_manifest_is_written_once_and_reused_while_the_files_are_unchanged(cfg
     assert len(scans) == 2 and rescanned.digests[0] != first.digests[0]
 
 
-def test_features_are_indexed_once_and_one_node_reads_only_its_session(cfg, monkeypatch) -> None:  # noqa: ANN001
+def test_features_are_indexed_once_and_one_node_reads_only_its_session(cfg, monkeypatch) -> None:
     prepared = data.prepared_labeled(cfg)
     assert len(prepared) == len(data.labeled_scan(cfg).utterances)
     assert prepared.cache.misses == len(set(prepared.keys))  # each distinct audio computed once
@@ -68,7 +68,7 @@ def test_features_are_indexed_once_and_one_node_reads_only_its_session(cfg, monk
     assert node.session_stats() == {3: data.prepared_labeled(cfg).session_stats()[3]}
 
 
-def test_streamed_patches_draw_what_the_in_memory_sampler_draws(cfg) -> None:  # noqa: ANN001
+def test_streamed_patches_draw_what_the_in_memory_sampler_draws(cfg) -> None:
     prepared = data.prepared_labeled(cfg)
     stats = prepared.stats()
     memory = LabeledSet(tuple(stats.scale(prepared.feature(r)) for r in range(len(prepared))), (0,) * len(prepared))

@@ -13,7 +13,7 @@ from common.trainers.registry import build_trainer
 from common.trainers.supervised import NetTrainer
 
 
-def paper_trainer(name: str, **features) -> NetTrainer:  # noqa: ANN003
+def paper_trainer(name: str, **features) -> NetTrainer:
     return build_trainer(load_config(overrides={"preset": "paper", "features": features,
                                                 "training": {"trainer": name}}))
 

@@ -134,7 +134,7 @@ def test_backends_and_devices_by_name() -> None:
     by_torch, by_librosa = compute(extractor, [WAV], "torch")[0], compute(extractor, [WAV], "librosa")[0]
     np.testing.assert_allclose(by_torch, by_librosa, rtol=0, atol=extractor.atol)
     with pytest.raises(ValueError, match="unknown feature backend"):
-        compute(extractor, [WAV], "numpy")  # type: ignore[arg-type]
+        compute(extractor, [WAV], "numpy")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -58,7 +58,7 @@ def flower_processes(flwr_home: Path) -> set[int]:
     return found
 
 
-def audit_lines(run) -> list[dict]:  # noqa: ANN001
+def audit_lines(run) -> list[dict]:
     [audit] = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="flower")]
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=audit)
     return [json.loads(line) for line in Path(path).read_text().splitlines()]

@@ -112,7 +112,7 @@ def test_gradient_penalty_of_a_quadratic_critic_at_fixed_interpolates(monkeypatc
     alpha = torch.tensor([0.25, 0.75]).view(2, 1, 1, 1)
     calls: list[tuple[int, ...]] = []
 
-    def fixed_rand(*shape, **kwargs):  # noqa: ANN002, ANN003
+    def fixed_rand(*shape, **kwargs):
         calls.append(tuple(shape))
         return alpha.clone()
 
@@ -131,7 +131,7 @@ def test_gradient_penalty_of_a_quadratic_critic_at_fixed_interpolates(monkeypatc
 # ------------------------------------------------------------------------------------------
 
 
-def run_stage(builder, head: int, cfg, iterations: int) -> Recorder:  # noqa: ANN001
+def run_stage(builder, head: int, cfg, iterations: int) -> Recorder:
     torch.manual_seed(0)
     gen, disc = Generator(SPEC), Discriminator(SPEC, head=head)
     rec = Recorder()

@@ -20,7 +20,7 @@ from common.views import LabeledSet, PatchSampler
 N_C = 4
 
 
-def ser_trainer(patch: int = 32, hop: int = 32, **training) -> SerCnnTrainer:  # noqa: ANN003
+def ser_trainer(patch: int = 32, hop: int = 32, **training) -> SerCnnTrainer:
     """The ser-cnn trainer at width 1/16 on ``patch``-square windows (``training`` overrides)."""
     return SerCnnTrainer(load_config(overrides={
         "features": {"params": {"n_mels": patch}, "patch_frames": patch, "window_hop": hop},
@@ -212,7 +212,7 @@ def test_fit_keeps_the_best_validation_weights() -> None:
     spec = GanSpec(n_z=8, n_c=N_C, width=0.0625, patch=32)
     trainer = ser_trainer(ser_lr=1e-3, eval_every=5)
     scripted = ScriptedScores(trainer, [0.2, 0.9, 0.4, 0.3])
-    trainer.evaluate = scripted  # type: ignore[method-assign]
+    trainer.evaluate = scripted
     data = emotion_set(1, seed=0)
     result = trainer.fit(PatchSampler(data, spec.patch, seed=0), validation=data, iterations=20)
     assert (result.best_step, result.best_score) == (10, 0.9)

@@ -23,7 +23,7 @@ def corpus(per_speaker: int = 8) -> list[Utterance]:
             for i in range(per_speaker):
                 uid = f"Ses0{s}F_impro01_{g}{i:03d}"
                 out.append(Utterance(id=uid, path=Path(f"{uid}.wav"), corpus="iemocap", speaker=f"Ses0{s}{g}",
-                                     session=s, gender=g, label=LABELS[(i + s) % 4]))  # type: ignore[arg-type]
+                                     session=s, gender=g, label=LABELS[(i + s) % 4]))
     return out
 
 

@@ -26,7 +26,7 @@ def generators() -> list[Generator]:
 class Counting:
     """Wraps a generator: counts the samples it is asked for (and the calls), keeps the noise."""
 
-    def __init__(self, inner) -> None:  # noqa: ANN001
+    def __init__(self, inner) -> None:
         self.inner, self.n_z = inner, inner.n_z
         self.samples, self.calls, self.largest_call = 0, 0, 0
         self.noise: list[torch.Tensor] = []
@@ -189,7 +189,7 @@ def test_sampler_draws_indices_in_range_and_yields_batches(generators, monkeypat
     drawn: list[list[int]] = []
     real_generate = pool.generate
 
-    def spy(indices):  # noqa: ANN001, ANN202
+    def spy(indices):
         drawn.append(list(indices))
         return real_generate(indices)
 

@@ -42,7 +42,7 @@ SMALL = {
 }
 
 
-def small_cfg(trainer: str, **training):  # noqa: ANN003, ANN201
+def small_cfg(trainer: str, **training):
     return load_config(overrides={**SMALL, "training": {**SMALL["training"], "trainer": trainer, **training}})
 
 
@@ -50,7 +50,7 @@ def small_cfg(trainer: str, **training):  # noqa: ANN003, ANN201
 BUFFERS = re.compile(r"(_u|_v|running_mean|running_var|num_batches_tracked)$")
 
 
-def params(trainer) -> torch.Tensor:  # noqa: ANN001
+def params(trainer) -> torch.Tensor:
     """The trainable weights, flattened."""
     return torch.cat([v.flatten().float() for k, v in trainer.state_dict().items() if not BUFFERS.search(k)])
 

@@ -21,7 +21,7 @@ SPEAKERS = ("tu-mtl", "tu-dat", "tu-cgt")  # the variants with a speaker head
 def tiny(trainer: str, **tu: object) -> TuTrainer:
     """A tiny-preset trainer (32 x 32 windows) with ``model.tu`` overrides."""
     cfg = load_config(overrides={"model": {"tu": tu}, "training": {"trainer": trainer, "batch_size": 8}})
-    return build_trainer(cfg)  # type: ignore[return-value]
+    return build_trainer(cfg)
 
 
 def batch(n: int = 8, seed: int = 0, speakers: list[int] | None = None) -> tuple:
@@ -86,7 +86,7 @@ def test_cgt_perturbs_along_each_task_gradient_and_mixes_the_losses_as_eq_4(alph
         inputs.append(xs.detach().clone())
         return terms(xs, ys, ss)
 
-    trainer.terms = spy  # type: ignore[method-assign]
+    trainer.terms = spy
     trainer.net.train()
     loss, _ = trainer.loss((x, y, aux))
 
