@@ -21,7 +21,7 @@ from common.trainers.registry import FAMILIES, TRAINERS
 
 # ModelConfig plus one field per family: ``model.chang``, ``model.tu``, ...
 FamilyModels = create_model(  # type: ignore[call-overload]  # pydantic types dynamic fields as Any
-    "ModelConfig", __base__=ModelConfig, __module__=__name__,
+    "FamilyModels", __base__=ModelConfig, __module__=__name__,  # its own name: configs must pickle (workers)
     **{name: (section, section()) for name, section in FAMILIES.items()},
 )
 

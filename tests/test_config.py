@@ -116,3 +116,11 @@ def test_config_from_run_reads_json_paths_and_the_default(tmp_path: Path) -> Non
     assert config_from_run({"study-config": "", "work-dir": ""}) == load_config()
     with pytest.raises(ConfigError, match="run config study-config"):
         config_from_run({"study-config": '{"training": {"seed": "x"}}'})
+
+
+def test_a_config_pickles_as_it_does_into_worker_processes() -> None:
+    import pickle
+
+    cfg = load_config(overrides={"training": {"trainer": "tu-dat"}, "model": {"tu": {"lstm": 8}}})
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and again.model.tu.lstm == 8

@@ -15,7 +15,7 @@ from tests.conftest import FAST_STUDY_TABLES, study_file
 FAST = """
 name = "e2e"
 regimes = ["real-central", "gan-central", "baseline-gan"]
-workers = 1
+workers = 2  # the folds in spawned worker processes, as `make demo` runs them
 """ + FAST_STUDY_TABLES + """
 [tracking]
 experiment = "e2e"
