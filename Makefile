@@ -20,9 +20,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedser demo
 
-## Lint + the whole test suite (slow end-to-end tests included; CI runs this via .ci/run).
+## Lint + type check (common/) + the whole test suite (slow end-to-end tests included; CI runs this via .ci/run).
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy common
 	$(BIN)/python -m pytest
 
 ## The docker-compose stack for real: engine (dockerd started if needed), image build, up, two
@@ -36,6 +37,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy common
 
 ## Benchmarks print figures; they are never part of the tests.
 bench: $(STAMP)
@@ -44,7 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/federation.py
 
 clean:
-	rm -rf outputs .pytest_cache .ruff_cache
+	rm -rf outputs .pytest_cache .ruff_cache .mypy_cache
 
 ## pretrain + study on the embedded default (what `make demo` does without the corpus steps).
 study: $(STAMP)

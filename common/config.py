@@ -11,7 +11,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, overload
 
 from pydantic import (
     BaseModel,
@@ -25,6 +25,7 @@ from pydantic import (
 
 Preset = Literal["paper", "tiny"]
 S = TypeVar("S", bound="Section")
+Study = TypeVar("Study", bound="StudyConfig")  # a schema: StudyConfig or a subclass (common/schema.py)
 
 # Seed 002 §4.1: neutral, happy (excited merged into it), angry, sad; IEMOCAP's reader maps with these
 # (notes §0.2: every peer toolkit drops fru, sur, fea, dis, oth, xxx).
@@ -358,6 +359,11 @@ class ConfigError(ValueError):
     """A config file with one or more problems; the message lists all of them."""
 
 
+@overload
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig: ...
+@overload
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                schema: type[Study]) -> Study: ...
 def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None, *,
                 schema: type[StudyConfig] = StudyConfig) -> StudyConfig:
     """Load a study config: defaults <- preset <- TOML file at ``path`` <- ``overrides``.
@@ -386,7 +392,7 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
     return validate(schema, _merge(base, data), source)
 
 
-def validate(schema: type[StudyConfig], data: Mapping[str, Any], source: str) -> StudyConfig:
+def validate(schema: type[Study], data: Mapping[str, Any], source: str) -> Study:
     """``data`` validated by ``schema``; every problem in one ConfigError, one line per key."""
     try:
         return schema.model_validate(data)
@@ -438,6 +444,10 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+@overload
+def config_from_run(run_config: Mapping[str, Any]) -> StudyConfig: ...
+@overload
+def config_from_run(run_config: Mapping[str, Any], *, schema: type[Study]) -> Study: ...
 def config_from_run(run_config: Mapping[str, Any], *, schema: type[StudyConfig] = StudyConfig) -> StudyConfig:
     """The study config a Flower run carries (``[tool.flwr.app.config]`` in pyproject.toml).
 

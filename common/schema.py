@@ -20,9 +20,11 @@ from common.features import EXTRACTORS, build_extractor
 from common.trainers.registry import FAMILIES, TRAINERS
 
 # ModelConfig plus one field per family: ``model.chang``, ``model.tu``, ...
-FamilyModels = create_model(  # type: ignore[call-overload]  # pydantic types dynamic fields as Any
+# Field definitions are (annotation, default) pairs; pydantic types their values as Any.
+_FAMILY_FIELDS: dict[str, Any] = {name: (section, section()) for name, section in FAMILIES.items()}
+FamilyModels = create_model(
     "FamilyModels", __base__=ModelConfig, __module__=__name__,  # its own name: configs must pickle (workers)
-    **{name: (section, section()) for name, section in FAMILIES.items()},
+    **_FAMILY_FIELDS,
 )
 
 
@@ -61,7 +63,7 @@ class StudyConfig(config.StudyConfig):
     """Everything one study needs, with the registered families' sections."""
 
     features: Features = Features()
-    model: FamilyModels = FamilyModels()  # type: ignore[valid-type]  # a class built above
+    model: FamilyModels = FamilyModels()
     training: Training = Training()
 
     @field_validator("trainers")
@@ -83,10 +85,10 @@ class StudyConfig(config.StudyConfig):
 
 def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
     """A study config (defaults <- preset <- TOML at ``path`` <- ``overrides``) in the full schema."""
-    return config.load_config(path, overrides, schema=StudyConfig)  # type: ignore[return-value]
+    return config.load_config(path, overrides, schema=StudyConfig)
 
 
 def config_from_run(run_config: Mapping[str, Any]) -> StudyConfig:
     """The study config a Flower run carries (see :func:`common.config.config_from_run`)."""
-    return config.config_from_run(run_config, schema=StudyConfig)  # type: ignore[return-value]
+    return config.config_from_run(run_config, schema=StudyConfig)
 

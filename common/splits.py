@@ -48,7 +48,7 @@ def leave_one_session_out(utterances: Sequence[Utterance], cfg: FoldConfig) -> l
     for session in cfg.sessions:
         if session not in present:
             raise SplitError(f"fold {session}: no utterances of Session{session}; "
-                             f"set folds.sessions to a subset of {sorted(present)}")  # type: ignore[type-var]
+                             f"set folds.sessions to a subset of {sorted(s for s in present if s is not None)}")
         train = tuple(u for u in utterances if u.session != session)
         validation, test, speaker = holdout_split([u for u in utterances if u.session == session], session, cfg)
         folds.append(Fold(

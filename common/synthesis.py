@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from common.views import Batch
+from common.views import Batch, Sampler
 
 
 class ClassConditionalGenerator(Protocol):
@@ -66,7 +66,7 @@ class SyntheticPool:
         if not len(indices):
             raise ValueError("no sample indices given")
         keys = [self.key(int(i)) for i in indices]
-        out: list[torch.Tensor | None] = [None] * len(keys)
+        out: dict[int, torch.Tensor] = {}  # row -> sample
         for g in sorted({k[0] for k in keys}):  # one forward pass per generator in the batch
             rows = [r for r, k in enumerate(keys) if k[0] == g]
             gen = self.generators[g]
@@ -76,9 +76,9 @@ class SyntheticPool:
             classes = torch.tensor([keys[r][1] for r in rows], device=self.device)
             for r, x in zip(rows, gen.generate(noise, classes).cpu(), strict=True):
                 out[r] = x
-        return torch.stack(out), torch.tensor([k[1] for k in keys])  # type: ignore[arg-type]
+        return torch.stack([out[r] for r in range(len(keys))]), torch.tensor([k[1] for k in keys])
 
-    def sampler(self, seed: int = 0):  # noqa: ANN201 - returns the Sampler callable of the trainers
+    def sampler(self, seed: int = 0) -> Sampler:
         """A training batch source: uniformly random indices (with replacement), generated on demand."""
         rng = np.random.default_rng(seed)
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import Field, asdict, dataclass, fields
 from functools import lru_cache
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import librosa
 import numpy as np
@@ -35,7 +35,7 @@ from common.audio import SAMPLE_RATE
 Backend = Literal["torch", "librosa"]  # which implementation computes features (config: features.backend)
 
 FEATURE_VERSION = 1  # bump when an extractor's output changes for the same params: invalidates caches
-PAD_MODE = "constant"  # centre padding with zeros in torch and librosa alike (librosa >= 0.10 default)
+PAD_MODE: Final = "constant"  # centre padding with zeros in torch and librosa alike (librosa >= 0.10 default)
 _INT16_SCALE = 32768.0  # Kaldi computes energies on the int16 sample scale
 
 
@@ -46,14 +46,16 @@ class Extractor(ABC):
     # The ``tiny`` preset's parameters (the ``paper`` preset keeps the dataclass defaults).
     tiny: ClassVar[dict[str, int | float]] = {}
     atol: ClassVar[float]  # max |torch - reference| allowed by the tests, in output units
-    # Every subclass is a dataclass with these STFT fields (plus its own).
+    # Every subclass is a dataclass with these STFT fields (plus its own); declared so that
+    # dataclasses.asdict/fields accept any Extractor (the decorator sets it on each subclass).
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
     n_fft: int
     win_length: int
     hop_length: int
 
     def params(self) -> dict[str, Any]:
         """The parameters as a JSON-able dict (part of the cache key)."""
-        return asdict(self)  # type: ignore[call-overload]  # every concrete extractor is a dataclass
+        return asdict(self)
 
     def __call__(self, wav: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
         """Features of one 16 kHz utterance ``(T,)`` via torch on ``device`` ("cpu", "cuda[:N]", "auto")."""
@@ -359,6 +361,8 @@ class Stft(Extractor):
 class _FilterBank(nn.Module):
     """Apply an (n_freqs, n_filters) matrix to (..., n_freqs, frames) -> (..., n_filters, frames)."""
 
+    fb: Tensor  # a buffer (register_buffer)
+
     def __init__(self, fb: Tensor) -> None:
         super().__init__()
         self.register_buffer("fb", fb)
@@ -431,7 +435,7 @@ def build_extractor(name: str, **params: Any) -> Extractor:
     if name not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; valid names: {sorted(EXTRACTORS)}")
     cls = EXTRACTORS[name]
-    valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # every registered class is a dataclass
+    valid = [f.name for f in fields(cls)]
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for extractor {name!r}; valid: {valid}")

@@ -94,6 +94,9 @@ class BaganGenerator(nn.Module):
     class Gaussians fixed). Until :meth:`set_class_latents` they are N(0, I).
     """
 
+    mu: torch.Tensor  # buffers (register_buffer)
+    chol: torch.Tensor
+
     def __init__(self, spec: GanSpec) -> None:
         super().__init__()
         self.spec = spec

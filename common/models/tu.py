@@ -23,12 +23,12 @@ class _ReverseGradient(torch.autograd.Function):
     """Identity forward; backward multiplies the incoming gradient by ``-lambda`` (§2.2, Ganin et al.)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, lambd: float) -> torch.Tensor:  # noqa: ANN401
+    def forward(ctx: Any, x: torch.Tensor, lambd: float) -> torch.Tensor:
         ctx.lambd = lambd
         return x.view_as(x)  # a new tensor (not ``x`` itself), so autograd records this node
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN401
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return -ctx.lambd * grad, None  # no gradient for lambda
 
 

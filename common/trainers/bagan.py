@@ -23,7 +23,7 @@ from common.config import TrainingConfig
 from common.models.bagan import BaganGenerator, Decoder, Encoder, discriminator_from
 from common.models.sngan import GanSpec
 from common.trainers.base import Step, run
-from common.trainers.gan import adam, conditional_step
+from common.trainers.gan import adam, conditional_step, labeled_batch
 from common.views import LabeledSet, PatchSampler, Sampler, subset
 
 LATENT_SAMPLES = 256  # patches encoded per class to fit its Gaussian
@@ -36,7 +36,7 @@ def autoencoder_step(encoder: Encoder, decoder: Decoder, sample: Sampler, cfg: T
     opt = adam([*encoder.parameters(), *decoder.parameters()], cfg.bagan_lr, cfg)
 
     def step(_: int) -> dict[str, float]:
-        x, _y = sample(cfg.batch_size)
+        x, _y = labeled_batch(sample(cfg.batch_size))
         x = x.to(device)  # (B, 1, P, P)
         loss = F.mse_loss(decoder(encoder(x)), x)
         opt.zero_grad(set_to_none=True)
@@ -57,7 +57,7 @@ def encode_classes(encoder: Encoder, data: LabeledSet, per_class: int, seed: int
         rows = [i for i, y in enumerate(data.labels) if y == c]
         if not rows:
             raise ValueError(f"class {c} has no training utterances; the baseline GAN fits one Gaussian per class")
-        x, _y = PatchSampler(subset(data, rows), encoder.spec.patch, seed=seed)(per_class)
+        x, _y = labeled_batch(PatchSampler(subset(data, rows), encoder.spec.patch, seed=seed)(per_class))
         codes += [encoder(chunk.to(device)) for chunk in x.split(batch_size)]
         labels.append(torch.full((per_class,), c))
     return torch.cat(codes), torch.cat(labels).to(device)
@@ -92,7 +92,7 @@ def train_bagan(spec: GanSpec, cfg: TrainingConfig, train: LabeledSet, device: t
     disc = discriminator_from(encoder).to(device).train()
     # IBM/BAGAN trains G and D with one Adam learning rate; the conditional step reads g_lr/d_lr.
     adversarial = cfg.model_copy(update={"g_lr": cfg.bagan_lr, "d_lr": cfg.bagan_lr})
-    # Duck-typed: the step needs gen(noise, one-hot), gen.spec and disc(x) -> (B, N_c + 1) logits.
+    # gen is a ConditionalGenerator (gen(noise, one-hot), gen.spec); disc(x) -> (B, N_c + 1) logits.
     run(conditional_step(gen, disc, sample, adversarial, device), cfg.bagan_gan_iterations,
         desc="bagan-adversarial", progress=progress)
     return gen.cpu().eval()

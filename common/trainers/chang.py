@@ -15,6 +15,7 @@ generated ones), a generator update and the classifier update (§3).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +28,7 @@ from torch import nn
 from common.audio import SAMPLE_RATE
 from common.config import Section, StudyConfig
 from common.data import unlabeled_patches
-from common.features import build_extractor
+from common.features import extractor_for
 from common.metrics import LIKERT, fuzzy_label, fuzzy_metrics
 from common.models.chang import ChangNet, Discriminator, Generator
 from common.trainers.base import KeepBest, Logs, LoopResult
@@ -88,6 +89,7 @@ class ChangTrainer(NetTrainer):
     family = "chang"
     Config = ChangConfig
     hp: ChangConfig
+    net: ChangNet
     selection = "ua"  # §5: validation accuracy (unweighted per class) picks the epoch
 
     def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
@@ -95,7 +97,7 @@ class ChangTrainer(NetTrainer):
         self.multitask, self.adversarial = multitask, adversarial
         super().__init__(cfg, device, name=name)
 
-    def build(self) -> nn.Module:
+    def build(self) -> ChangNet:
         c = self.hp
         self.valence = c.task == "valence"
         self.n_out = LIKERT if self.valence else len(self.cfg.data.classes)
@@ -107,7 +109,7 @@ class ChangTrainer(NetTrainer):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)["primary"]
 
-    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.hp.lr, betas=(0.5, 0.999))  # DCGAN's Adam
 
     def lr_factor(self, step: int) -> float:
@@ -127,7 +129,7 @@ class ChangTrainer(NetTrainer):
         levels = [int(np.argmax(f)) for f in aux["valence_fuzzy"]] if self.valence else list(data.labels)
         count = Counter(levels)
         weights = [1 / count[v] for v in levels] if self.hp.oversample else None
-        hop = getattr(build_extractor(self.cfg.features.kind, **self.cfg.features.params), "hop_length", 256)
+        hop = getattr(extractor_for(self.cfg.features.kind, self.cfg.features.params), "hop_length", 256)
         words = aux.get("words", ((),) * len(data))
         spans = [crop_spans(f, w, hop) for f, w in zip(data.feats, words, strict=True)]
         return PatchSampler(data, self.frames, seed=seed, aux=keys, weights=weights, spans=spans)
@@ -174,6 +176,7 @@ class ChangTrainer(NetTrainer):
     def _gan_step(self) -> Logs:
         """One discriminator and one generator update with the cross-entropy losses of §2."""
         net, b = self.net, self.cfg.training.batch_size
+        assert net.gen is not None  # fit() set up the adversarial variant, which has a generator
         real = self._unlabeled(b)[0].to(self.device)
         z = torch.randn(b, net.gen.n_z, device=self.device)
         fake = net.gen(z)

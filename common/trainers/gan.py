@@ -10,16 +10,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.config import TrainingConfig
-from common.models.sngan import Discriminator, Generator
+from common.models.sngan import Discriminator, GanSpec, Generator
 from common.trainers.base import LoopResult, Step, run
-from common.views import Sampler
+from common.views import Batch, Sampler, SerBatch
+
+
+class ConditionalGenerator(Protocol):
+    """What the conditional step drives: ``gen(noise (B, N_z), one-hot (B, N_c))`` -> samples.
+
+    The proposed generator (common.models.sngan) and BAGAN's (common.models.bagan) both are one.
+    """
+
+    @property
+    def spec(self) -> GanSpec: ...
+
+    def __call__(self, noise: torch.Tensor, condition: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+def labeled_batch(batch: SerBatch) -> Batch:
+    """``batch`` as (x, y); the GAN stages take no auxiliary targets."""
+    if len(batch) != 2:
+        raise ValueError(f"expected a batch (x, y), got {len(batch)} values")
+    return batch
 
 
 def adam(params: Iterable[nn.Parameter], lr: float, cfg: TrainingConfig) -> torch.optim.Adam:
@@ -28,11 +50,11 @@ def adam(params: Iterable[nn.Parameter], lr: float, cfg: TrainingConfig) -> torc
     return torch.optim.Adam(params, lr=lr, betas=cfg.betas)
 
 
-def _noise(gen: Generator, batch: int, device: torch.device) -> torch.Tensor:
+def _noise(gen: ConditionalGenerator, batch: int, device: torch.device) -> torch.Tensor:
     return torch.randn(batch, gen.spec.n_z, device=device)
 
 
-def zero_condition(gen: Generator, batch: int, device: torch.device) -> torch.Tensor:
+def zero_condition(gen: ConditionalGenerator, batch: int, device: torch.device) -> torch.Tensor:
     """c_0: the N_c zeros that stand in for the condition while the data is unlabeled (§3.2)."""
     return torch.zeros(batch, gen.spec.n_c, device=device)
 
@@ -43,7 +65,7 @@ def autoencoder_step(gen: Generator, enc: Discriminator, sample: Sampler, cfg: T
     opt = adam([*gen.parameters(), *enc.parameters()], cfg.ae_lr, cfg)
 
     def step(_: int) -> dict[str, float]:
-        x, _y = sample(cfg.batch_size)
+        x, _y = labeled_batch(sample(cfg.batch_size))
         x = x.to(device)
         recon = gen(enc(x), zero_condition(gen, x.shape[0], device))  # (B, 1, F, P)
         loss = F.l1_loss(recon, x)
@@ -69,7 +91,7 @@ def wgan_gp_step(gen: Generator, critic: Discriminator, sample: Sampler, cfg: Tr
     opt_g, opt_d = adam(gen.parameters(), cfg.g_lr, cfg), adam(critic.parameters(), cfg.d_lr, cfg)
 
     def step(_: int) -> dict[str, float]:
-        real, _y = sample(cfg.batch_size)
+        real, _y = labeled_batch(sample(cfg.batch_size))
         real = real.to(device)
         b = real.shape[0]
         with torch.no_grad():
@@ -90,7 +112,7 @@ def wgan_gp_step(gen: Generator, critic: Discriminator, sample: Sampler, cfg: Tr
     return step
 
 
-def conditional_step(gen: Generator, disc: Discriminator, sample: Sampler, cfg: TrainingConfig,
+def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler, cfg: TrainingConfig,
                      device: torch.device) -> Step:
     """Stage 3: D classifies real into its N_c classes and fakes into class N_c; G wants its condition.
 
@@ -101,7 +123,7 @@ def conditional_step(gen: Generator, disc: Discriminator, sample: Sampler, cfg: 
     opt_g, opt_d = adam(gen.parameters(), cfg.g_lr, cfg), adam(disc.parameters(), cfg.d_lr, cfg)
 
     def step(_: int) -> dict[str, float]:
-        real, labels = sample(cfg.batch_size)
+        real, labels = labeled_batch(sample(cfg.batch_size))
         real, labels = real.to(device), labels.to(device)
         b = real.shape[0]
         wanted = torch.randint(0, n_c, (b,), device=device)

@@ -32,7 +32,10 @@ class SerTrainer(Protocol):
     """What regimes and ClientApps need of an SER model."""
 
     name: str
-    selection: str  # the evaluate() key model selection maximizes
+
+    @property
+    def selection(self) -> str:
+        """The evaluate() key model selection maximizes (read-only: a class constant of NetTrainer)."""
 
     def sampler(self, data: LabeledSet, seed: int = 0) -> Sampler:
         """Training batches from real data, cut as the trainer's paper cuts them."""

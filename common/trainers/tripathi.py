@@ -61,6 +61,7 @@ class TripathiTrainer(NetTrainer):
     family = "tripathi"
     Config = TripathiConfig
     hp: TripathiConfig
+    net: TripathiNet
     # The last batch's deep features and labels, awaiting the center update (see CenterUpdate).
     _pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -69,7 +70,7 @@ class TripathiTrainer(NetTrainer):
         self.reconstruct, self.center = reconstruct, center
         super().__init__(cfg, device, name=name)
 
-    def build(self) -> nn.Module:
+    def build(self) -> TripathiNet:
         """§2.1's network for (B, 1, ``rows``, ``frames``); the decoder and centers only where used,
         so S and S+C have the paper's parameter count (0.26M at paper size, §4)."""
         t = self.hp

@@ -69,6 +69,7 @@ class TuTrainer(NetTrainer):
     family = "tu"
     Config = TuConfig
     hp: TuConfig
+    net: TuNet
     whole_utterance = True
 
     def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
@@ -78,10 +79,10 @@ class TuTrainer(NetTrainer):
         self.speaker_head = objective != "ser"
         super().__init__(cfg, device, name=name)
 
-    def build(self) -> nn.Module:
+    def build(self) -> TuNet:
         """TuNet sized by ``model.tu`` (Table 1) for ``rows``-dimensional frames."""
         t = self.hp
-        tdnn = [tuple(layer) for layer in t.tdnn]
+        tdnn = [(n, k, d) for n, k, d in t.tdnn]
         if self.frames < receptive_field(tdnn):
             raise ValueError(f"features.patch_frames = {self.frames} is shorter than the TDNN context of "
                              f"{receptive_field(tdnn)} frames (model.tu.tdnn)")

@@ -166,13 +166,13 @@ def _evaluations(label: str, rng: np.random.Generator) -> tuple[list[tuple[str, 
     """
     if label == "xxx":
         base = _MAJOR[int(rng.integers(len(_MAJOR)))]
-        lines = [(base,), (_CONFUSIONS[base][0],), (_CONFUSIONS[base][1],)]
+        lines: list[tuple[str, ...]] = [(base,), (_CONFUSIONS[base][0],), (_CONFUSIONS[base][1],)]
         rng.shuffle(lines)
         return lines, (lines[int(rng.integers(3))][0],), base
     others = list(_CONFUSIONS[label])
     rng.shuffle(others)
     agree = 3 if rng.random() < 0.5 else 2
-    lines: list[tuple[str, ...]] = []
+    lines = []
     for k in range(3):
         if k < agree:
             lines.append((label, others.pop()) if rng.random() < 0.2 else (label,))

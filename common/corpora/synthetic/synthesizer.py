@@ -133,15 +133,27 @@ def make_voice(speaker: str, gender: str, rng: np.random.Generator) -> Voice:
     )
 
 
+def _profile(label: str) -> tuple[dict[str, float], str]:
+    """``label``'s row of the profile table: the numeric columns by name, and the contour."""
+    numbers: dict[str, float] = {}
+    contour = ""
+    for k, v in zip(_PROFILE_FIELDS, _PROFILES[label], strict=True):
+        if isinstance(v, str):
+            contour = v
+        else:
+            numbers[k] = v
+    return numbers, contour
+
+
 def prosody_for(label: str, rng: np.random.Generator, *, blend: str | None = None) -> Prosody:
     """The emotion profile of ``label`` (optionally blended with ``blend``) with per-utterance spread."""
-    row = dict(zip(_PROFILE_FIELDS, _PROFILES[label], strict=True))
+    row, contour = _profile(label)
     if blend is not None:
-        other = dict(zip(_PROFILE_FIELDS, _PROFILES[blend], strict=True))
+        other, other_contour = _profile(blend)
         w = float(rng.uniform(0.3, 0.7))
-        row = {k: v if isinstance(v, str) else (1 - w) * v + w * other[k] for k, v in row.items()}
+        row = {k: (1 - w) * v + w * other[k] for k, v in row.items()}
         if w > 0.5:
-            row["contour"] = other["contour"]
+            contour = other_contour
     row["f0_scale"] *= np.exp(rng.normal(0.0, 0.05))
     row["range_st"] *= np.exp(rng.normal(0.0, 0.25))
     row["gain_db"] += rng.normal(0.0, 2.0)
@@ -150,7 +162,7 @@ def prosody_for(label: str, rng: np.random.Generator, *, blend: str | None = Non
     row["breath"] *= np.exp(rng.normal(0.0, 0.25))
     row["open_quotient"] += rng.normal(0.0, 0.04)
     row["pause_prob"] = float(np.clip(row["pause_prob"] + rng.normal(0.0, 0.05), 0.0, 0.8))
-    return Prosody(**{k: v if isinstance(v, str) else float(v) for k, v in row.items()})
+    return Prosody(contour=contour, **{k: float(v) for k, v in row.items()})
 
 
 # ---------------------------------------------------------------------------------- phonetics
