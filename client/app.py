@@ -66,8 +66,8 @@ class Node:
         return self.splits[key]
 
 
-# Simulated nodes are Ray actors that serve every message of a run: the config is validated and
-# the session's features read once per run and node. (A deployed SuperNode starts a process per
+# Simulated nodes are Ray actors, each serving messages of several nodes of a run: the config is
+# validated and a node's session read once per run, actor and node. (A deployed SuperNode starts a process per
 # message; there the prepared corpus manifest and feature cache keep that start cheap.)
 _NODES: dict[tuple[int, str], Node] = {}
 
@@ -101,7 +101,8 @@ def node_of(context: Context) -> Node:
         if not corpus.utterances:
             raise ValueError(f"node for Session{session}: no usable utterances under "
                              f"{cfg.data.root or cfg.corpus_dir}; check the node's data-root")
-        _NODES.clear()  # one run at a time per process: drop an earlier run's features
+        for stale in [k for k in _NODES if k[0] != context.run_id]:  # an earlier run's nodes
+            del _NODES[stale]
         _NODES[key] = Node(cfg, session, corpus)
     torch.set_num_threads(_NODES[key].cfg.federation.client_cpus)
     return _NODES[key]

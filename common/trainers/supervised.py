@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.config import Section, StudyConfig
-from common.features import build_extractor, feature_rows, patches
+from common.features import extractor_for, feature_rows, patches
 from common.metrics import classification_metrics
 from common.trainers.base import Hook, KeepBest, Logs, LoopResult, run
 from common.views import LabeledSet, PatchSampler, Sampler, SerBatch
@@ -42,7 +42,7 @@ def proximal_term(net: nn.Module, mu: float) -> Callable[[], torch.Tensor | floa
 
 def input_shape(cfg: StudyConfig) -> tuple[int, int]:
     """(F, T) of one network input: feature rows and window frames (1 for utterance-level vectors)."""
-    extractor = build_extractor(cfg.features.kind, **cfg.features.params)
+    extractor = extractor_for(cfg.features.kind, cfg.features.params)
     rows = feature_rows(extractor)
     return rows, 1 if cfg.features.kind == "mean_spectrum" else cfg.features.patch_frames
 
