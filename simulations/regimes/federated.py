@@ -67,7 +67,11 @@ class FederatedRegime:
                                "are the SuperNodes connected?")
         self.prepare()
         for session in self.cfg.folds.sessions:
-            yield self.fold(session)
+            outcome = self.fold(session)
+            if outcome.skipped is None:  # what `flwr run --stream` (and `fedser study`) shows per fold
+                m = outcome.metrics
+                log.info("%s fold %s: macro-F1 %.3f UA %.3f WA %.3f", self.name, session, m["f1_macro"], m["ua"], m["wa"])
+            yield outcome
 
     def prepare(self) -> None:
         """Work done once before the folds (none by default)."""
