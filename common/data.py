@@ -37,11 +37,10 @@ from common.features import (
     FeatureCache,
     MinMax,
     content_hash,
+    extract_corpus,
     extractor_for,
-    load_audio,
     random_patch,
 )
-from common.features import compute as compute_features
 from common.views import LabeledSet, SerBatch
 
 MANIFEST_VERSION = 1
@@ -217,15 +216,15 @@ class Prepared:
 
     def feature(self, row: int, mmap: bool = False) -> np.ndarray:
         """Row ``row``'s features (F, T) (or (F,)), memory-mapped when ``mmap``; recomputed if the
-        cache entry went missing."""
+        cache entry went missing (AudioError if its audio no longer loads)."""
         found = self.cache.load(self.keys[row], mmap=mmap)
         if found is not None:
             return found
-        f = self.cfg.features
-        [feat] = compute_features(extractor_for(f.kind, f.params), [load_audio(self.utterances[row].path)],
-                                  f.backend, f.device)
-        self.cache.store(self.keys[row], feat)
-        return feat
+        utt = self.utterances[row]
+        feats, skipped = _extract(self.cfg, self.cache, [utt], [self.keys[row]])
+        if skipped:
+            raise AudioError(utt.path, skipped[0].reason)
+        return feats[utt.id]
 
 
 def prepare(cfg: StudyConfig, manifest: Manifest) -> Prepared:
@@ -249,25 +248,32 @@ def prepare(cfg: StudyConfig, manifest: Manifest) -> Prepared:
                     (*manifest.scan.skipped, *failed), cache, cfg)
 
 
-def _featurize(cfg: StudyConfig, manifest: Manifest, keys: list[str], cache: FeatureCache) -> dict[str, Any]:
+def _extract(cfg: StudyConfig, cache: FeatureCache, utterances: Sequence[Utterance],
+             keys: Sequence[str]) -> tuple[dict[str, np.ndarray], list[Skip]]:
+    """Features of ``utterances`` (cache keys known) through the cache, batched as extract_corpus batches."""
     f = cfg.features
-    extractor = extractor_for(f.kind, f.params)
+    return extract_corpus(utterances, extractor_for(f.kind, f.params), cache, device=f.device, backend=f.backend,
+                          keys=keys)
+
+
+def _featurize(cfg: StudyConfig, manifest: Manifest, keys: list[str], cache: FeatureCache,
+               chunk: int = 256) -> dict[str, Any]:
+    """The index, ``chunk`` utterances at a time: memory is one chunk's features, whatever the corpus."""
     out: dict[str, Any] = {"keys": keys, "frames": [], "lo": [], "hi": [], "errors": {}}
-    for i, (u, key) in enumerate(zip(manifest.scan.utterances, keys, strict=True)):
-        feat = cache.load(key)
-        if feat is None:
-            try:
-                [feat] = compute_features(extractor, [load_audio(u.path)], f.backend, f.device)
-            except AudioError as exc:
-                out["errors"][str(i)] = exc.reason
+    utts = manifest.scan.utterances
+    for start in range(0, len(utts), chunk):
+        feats, skipped = _extract(cfg, cache, utts[start:start + chunk], keys[start:start + chunk])
+        reasons = {s.path: s.reason for s in skipped}
+        for i, u in enumerate(utts[start:start + chunk], start):
+            if u.id not in feats:
+                out["errors"][str(i)] = reasons[u.path]
                 for name in ("frames", "lo", "hi"):
                     out[name].append(None)
                 continue
-            cache.store(key, feat)
-        stats = MinMax.empty().update(feat)
-        out["frames"].append(int(feat.shape[-1]) if feat.ndim == 2 else 1)
-        out["lo"].append(stats.lo)
-        out["hi"].append(stats.hi)
+            feat, stats = feats[u.id], MinMax.empty().update(feats[u.id])
+            out["frames"].append(int(feat.shape[-1]) if feat.ndim == 2 else 1)
+            out["lo"].append(stats.lo)
+            out["hi"].append(stats.hi)
     return out
 
 

@@ -137,8 +137,9 @@ def pretrained(cfg: StudyConfig) -> PretrainedGan:
     key = (path, path.stat().st_mtime_ns)
     if key not in _PRETRAINED:
         ckpt = load_checkpoint(path)
-        _check_sizes(cfg, GanSpec(**ckpt["spec"]))
-        _PRETRAINED[key] = PretrainedGan(path, GanSpec(**ckpt["spec"]), ckpt["generator"], ckpt["discriminator"],
+        spec = GanSpec(**ckpt["spec"])
+        _check_sizes(cfg, spec)  # before the weights are touched: a foreign checkpoint may lack them
+        _PRETRAINED[key] = PretrainedGan(path, spec, ckpt["generator"], ckpt["discriminator"],
                                          MinMax.from_dict(ckpt["stats"]), MinMax.from_dict(ckpt["pretrain_stats"]))
     _check_sizes(cfg, _PRETRAINED[key].spec)
     return _PRETRAINED[key]
