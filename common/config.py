@@ -266,6 +266,9 @@ class StudyConfig(Section):
     # Every regime runs once per trainer listed here (empty = just ``training.trainer``): a
     # paper's variants side by side, each a parent run tagged ``trainer`` in MLflow.
     trainers: tuple[str, ...] = ()
+    # Every (regime, trainer) runs once per seed listed here (empty = just ``training.seed``): the
+    # seed replaces ``training.seed`` in that run, whose child runs are tagged ``seed``.
+    seeds: tuple[int, ...] = ()
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
@@ -293,6 +296,15 @@ class StudyConfig(Section):
     def study_trainers(self) -> tuple[str, ...]:
         """The trainers the study runs each regime with."""
         return self.trainers or (self.training.trainer,)
+
+    def with_seed(self, seed: int) -> StudyConfig:
+        """This study with ``training.seed = seed``."""
+        return self.model_copy(update={"training": self.training.model_copy(update={"seed": seed})})
+
+    @property
+    def study_seeds(self) -> tuple[int, ...]:
+        """The seeds the study runs each (regime, trainer) with."""
+        return tuple(dict.fromkeys(self.seeds)) or (self.training.seed,)
 
     @field_validator("work_dir")
     @classmethod
