@@ -8,10 +8,11 @@ its ``preset`` (``tiny`` or ``paper``) picks the sizes it starts from.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, overload
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, overload
 
 from pydantic import (
     BaseModel,
@@ -31,6 +32,16 @@ Study = TypeVar("Study", bound="StudyConfig")  # a schema: StudyConfig or a subc
 # (notes §0.2: every peer toolkit drops fru, sur, fea, dis, oth, xxx).
 CLASSES_4: tuple[str, ...] = ("neu", "hap", "ang", "sad")
 DEFAULT_LABEL_MAP: dict[str, str] = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
+
+
+def _absolute_path(value: Path | None) -> Path | None:
+    """``value`` made absolute against the current directory (``~`` expanded; symlinks kept).
+
+    Relative paths from a config file were already anchored at its folder by :func:`load_config`;
+    what is still relative here came from overrides or code, and Flower apps run with the
+    SuperLink's cwd (notes/flower-1.41.md §2.5): pin it now.
+    """
+    return None if value is None else Path(os.path.abspath(value.expanduser()))
 
 
 class Section(BaseModel):
@@ -67,6 +78,8 @@ class DataConfig(Section):
     pretrain_root: Path | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
 
+    _paths = field_validator("root", "pretrain_root")(_absolute_path)
+
     @field_validator("classes")
     @classmethod
     def _classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -102,6 +115,8 @@ class FeatureConfig(Section):
     # None = work_dir/cache/features.
     cache_dir: Path | None = None
 
+    _paths = field_validator("cache_dir")(_absolute_path)
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -124,6 +139,8 @@ class ModelConfig(Section):
     n_z: int = Field(128, ge=1)
     # Pre-trained GAN checkpoint (``fedser pretrain``); None = work_dir/checkpoints/pretrained.pt.
     pretrained: Path | None = None
+
+    _paths = field_validator("pretrained")(_absolute_path)
 
     def section(self, kind: type[S]) -> S:
         """The family section of type ``kind`` (a registered trainer's ``[model.<family>]``)."""
@@ -367,6 +384,45 @@ PRESETS: dict[Preset, dict[str, Any]] = {
 }
 
 
+# What each corpus root should point at (config_warnings' advice).
+_CORPUS_COPIES: dict[str, str] = {
+    "iemocap": "your copy of IEMOCAP (IEMOCAP_full_release)", "ravdess": "your copy of RAVDESS (Actor_01 ...)",
+    "librispeech": "your copy of a LibriSpeech subset (e.g. train-clean-360)",
+    "folder": "a folder of audio files",
+}
+
+
+def config_warnings(cfg: StudyConfig) -> list[str]:
+    """One line per configured path that is not there (what ``fedser config`` prints).
+
+    ``data.root`` and ``data.pretrain_root`` must be folders, ``model.pretrained`` a file (unless
+    ``fedser pretrain`` is about to write it); the defaults (None) are always fine.
+    """
+    warnings: list[str] = []
+    data = cfg.data
+    if data.root is not None and not data.root.is_dir():
+        fallback = " or remove it to use the embedded synthetic corpus" if data.corpus == "iemocap" else ""
+        warnings.append(f"data.root = {data.root} {_missing(data.root, 'folder')} "
+                        f"(set it to {_CORPUS_COPIES[data.corpus]}{fallback})")
+    if data.pretrain_root is not None and not data.pretrain_root.is_dir():
+        copy = ("your copy of IEMOCAP" if data.pretrain_corpus == "iemocap"
+                else _CORPUS_COPIES[data.pretrain_corpus])
+        warnings.append(f"data.pretrain_root = {data.pretrain_root} {_missing(data.pretrain_root, 'folder')} "
+                        f"(set it to {copy} or remove it to pre-train on the embedded synthetic corpus)")
+    pretrained = cfg.model.pretrained
+    if pretrained is not None and not pretrained.is_file():
+        warnings.append(f"model.pretrained = {pretrained} {_missing(pretrained, 'file')} (run `fedser pretrain "
+                        "CONFIG` to write it there, or remove it to use work_dir/checkpoints/pretrained.pt)")
+    return warnings
+
+
+def _missing(path: Path, kind: Literal["file", "folder"]) -> str:
+    """Why ``path`` is not the ``kind`` it should be, as a predicate ("does not exist", ...)."""
+    if not path.exists():
+        return "does not exist"
+    return "is a folder, not a file" if kind == "file" else "is a file, not a folder"
+
+
 class ConfigError(ValueError):
     """A config file with one or more problems; the message lists all of them."""
 
@@ -380,6 +436,9 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
                 schema: type[StudyConfig] = StudyConfig) -> StudyConfig:
     """Load a study config: defaults <- preset <- TOML file at ``path`` <- ``overrides``.
 
+    Relative paths written in the file resolve against the file's folder; relative paths in
+    ``overrides`` and the defaults (``work_dir = "outputs"``) against the current directory.
+
     ``schema``: the class to validate with; common/schema.py binds the full one (every registered
     trainer family's section), which is what callers use.
     """
@@ -392,6 +451,7 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
             raise ConfigError(f"{source}: no such config file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        data = _anchor_paths(data, schema, Path(os.path.abspath(path)).parent)
     data = _merge(data, dict(overrides or {}))
     preset = data.get("preset", "tiny")
     if preset not in PRESETS:
@@ -433,6 +493,34 @@ def _section_of(schema: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
     return model
+
+
+def path_keys(schema: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The location of every ``Path`` field of ``schema`` (``("data", "root")``, ...), sections included."""
+    for name, field in schema.model_fields.items():
+        annotation = field.annotation
+        if annotation is Path or Path in get_args(annotation):
+            yield (*prefix, name)
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from path_keys(annotation, (*prefix, name))
+
+
+def _anchor_paths(data: Mapping[str, Any], schema: type[BaseModel], folder: Path) -> dict[str, Any]:
+    """``data`` (a config file's tables) with each relative path value joined onto ``folder``."""
+    out = dict(data)
+    for loc in path_keys(schema):
+        *parents, leaf = loc
+        node: Any = out
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, Mapping):
+                break
+            node[part] = node = dict(child)  # copies along the way: ``data`` is left as it was
+        else:
+            value = node.get(leaf)
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                node[leaf] = os.path.normpath(folder / value)
+    return out
 
 
 def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

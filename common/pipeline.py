@@ -6,11 +6,13 @@ regimes and the Flower apps talk to MLflow or Flower.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -60,14 +62,61 @@ def save_checkpoint(path: Path, **content: Any) -> Path:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (clear error if missing or foreign)."""
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    A missing file raises FileNotFoundError; an empty, truncated, foreign or otherwise unreadable
+    one raises ValueError with one line: the file, what is wrong, and the fix. The file is opened
+    once, checked as a zip archive (what ``torch.save`` writes) and only then unpickled.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; run `fedser pretrain CONFIG` first "
                                 "or set model.pretrained")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    fix = "re-run `fedser pretrain CONFIG` or point model.pretrained at a good checkpoint"
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({_first_line(exc)}); {fix}") from None
+    with f:
+        problem = _not_a_torch_archive(f)
+        if problem:
+            raise ValueError(f"{path}: {problem}; {fix}")
+        f.seek(0)
+        try:
+            ckpt = torch.load(f, map_location="cpu", weights_only=False)
+        # A damaged pickle inside a sound archive can raise nearly anything (UnpicklingError,
+        # EOFError, RuntimeError from the zip reader, AttributeError, ...): all mean an unusable file.
+        except Exception as exc:
+            raise ValueError(f"{path}: damaged checkpoint ({_first_line(exc)}); {fix}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a fedser checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ValueError(f"{path}: not a fedser checkpoint (format {CHECKPOINT_FORMAT}); {fix}")
     return ckpt
+
+
+def _not_a_torch_archive(f: BinaryIO) -> str | None:
+    """What makes the open file ``f`` not a ``torch.save`` zip archive, or None if it is one."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return "empty file (0 bytes)"
+    f.seek(0)
+    head = f.read(4)
+    if not zipfile.is_zipfile(f):
+        if head == b"PK\x03\x04":  # a zip archive's first entry, but no end (central directory)
+            return f"truncated: a zip archive cut short at {size} bytes (no central directory)"
+        return f"not a torch zip archive (starts with {head!r}, {size} bytes)"
+    try:
+        names = zipfile.ZipFile(f).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return f"damaged zip archive ({_first_line(exc)})"
+    if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        return "a zip archive but not a torch checkpoint (no data.pkl)"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """``exc`` as ``Type: first line of its message`` (at most 120 characters of it)."""
+    lines = str(exc).strip().splitlines()
+    line = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {line[:117] + '...' if len(line) > 120 else line}"
 
 
 def pretrain(cfg: StudyConfig, progress: bool = False) -> Path:

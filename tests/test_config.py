@@ -124,3 +124,97 @@ def test_a_config_pickles_as_it_does_into_worker_processes() -> None:
     cfg = load_config(overrides={"training": {"trainer": "tu-dat"}, "model": {"tu": {"lstm": 8}}})
     again = pickle.loads(pickle.dumps(cfg))
     assert again == cfg and again.model.tu.lstm == 8
+
+
+# Relative paths: a config file's resolve against its folder; overrides' and defaults' against the cwd.
+RELATIVE = ('work_dir = "out"\n[data]\nroot = "../corpora/IEMOCAP"\npretrain_root = "libri"\n'
+            '[features]\ncache_dir = "cache"\n[model]\npretrained = "ckpt/g.pt"\n')
+
+
+def test_path_fields_are_the_ones_the_rule_covers() -> None:
+    from common.config import path_keys
+    from common.schema import StudyConfig as FullSchema
+
+    assert set(path_keys(FullSchema)) >= {("work_dir",), ("data", "root"), ("data", "pretrain_root"),
+                                          ("features", "cache_dir"), ("model", "pretrained")}
+
+
+def test_relative_paths_in_a_config_file_resolve_against_its_folder(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    path = tmp_path / "studies" / "s.toml"
+    path.write_text(RELATIVE)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for cfg in (load_config(path), load_config(Path("../studies/s.toml"))):
+        assert cfg.work_dir == tmp_path / "studies" / "out"
+        assert cfg.data.root == tmp_path / "corpora" / "IEMOCAP"
+        assert cfg.data.pretrain_root == tmp_path / "studies" / "libri"
+        assert cfg.features.cache_dir == tmp_path / "studies" / "cache"
+        assert cfg.model.pretrained == tmp_path / "studies" / "ckpt" / "g.pt"
+        assert cfg.pretrained_path == tmp_path / "studies" / "ckpt" / "g.pt"
+
+
+def test_absolute_and_home_paths_in_a_file_are_kept(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "s.toml"
+    path.write_text('[data]\nroot = "/data/IEMOCAP_full_release"\n[model]\npretrained = "~/g.pt"\n')
+    cfg = load_config(path)
+    assert (cfg.data.root, cfg.model.pretrained) == (Path("/data/IEMOCAP_full_release"), tmp_path / "home" / "g.pt")
+
+
+def test_overrides_and_defaults_resolve_against_the_current_directory(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "studies").mkdir()
+    path = tmp_path / "studies" / "s.toml"
+    path.write_text('name = "x"\n')  # sets no path: defaults apply
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path, {"data": {"root": "corpus"}, "model": {"pretrained": "g.pt"}})
+    assert cfg.work_dir == tmp_path / "outputs"  # the default work_dir stays relative to the cwd
+    assert (cfg.data.root, cfg.model.pretrained) == (tmp_path / "corpus", tmp_path / "g.pt")
+    assert cfg.data.pretrain_root is None and cfg.features.cache_dir is None
+    # An override replaces the file's value and is not anchored at the file's folder.
+    path.write_text(RELATIVE)
+    assert load_config(path, {"work_dir": "w"}).work_dir == tmp_path / "w"
+
+
+def test_config_from_run_anchors_a_toml_at_its_folder_and_keeps_json(tmp_path: Path, monkeypatch) -> None:
+    from common.schema import config_from_run
+
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "superlink").mkdir()
+    path = tmp_path / "studies" / "s.toml"
+    path.write_text(RELATIVE)
+    monkeypatch.chdir(tmp_path / "superlink")
+    from_toml = config_from_run({"study-config": str(path)})
+    assert from_toml == load_config(path)
+    assert from_toml.data.root == tmp_path / "corpora" / "IEMOCAP"
+    # The JSON fedser study sends is already absolute: it comes back unchanged in any cwd.
+    monkeypatch.chdir(tmp_path)
+    assert config_from_run({"study-config": from_toml.model_dump_json()}) == from_toml
+    # work-dir from the run config is an override: the cwd's.
+    assert config_from_run({"study-config": str(path), "work-dir": "w"}).work_dir == tmp_path / "w"
+
+
+def test_config_warnings_name_each_missing_path_and_the_fix(tmp_path: Path) -> None:
+    from common.config import config_warnings
+
+    assert config_warnings(load_config()) == []
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "g.pt").write_bytes(b"")
+    present = {"data": {"root": str(tmp_path / "corpus"), "pretrain_root": str(tmp_path / "corpus")},
+               "model": {"pretrained": str(tmp_path / "g.pt")}}
+    assert config_warnings(load_config(overrides=present)) == []
+    missing = {"data": {"root": str(tmp_path / "IEMOCAP_full_release"), "pretrain_root": str(tmp_path / "g.pt")},
+               "model": {"pretrained": str(tmp_path / "corpus")}}
+    assert config_warnings(load_config(overrides=missing)) == [
+        f"data.root = {tmp_path}/IEMOCAP_full_release does not exist (set it to your copy of IEMOCAP "
+        "(IEMOCAP_full_release) or remove it to use the embedded synthetic corpus)",
+        f"data.pretrain_root = {tmp_path}/g.pt is a file, not a folder (set it to your copy of a LibriSpeech "
+        "subset (e.g. train-clean-360) or remove it to pre-train on the embedded synthetic corpus)",
+        f"model.pretrained = {tmp_path}/corpus is a folder, not a file (run `fedser pretrain CONFIG` to write "
+        "it there, or remove it to use work_dir/checkpoints/pretrained.pt)",
+    ]
+    # RAVDESS has no embedded stand-in: the only fix is a real copy.
+    ravdess = load_config(overrides={"regimes": ["real-central"], "folds": {"scheme": "kfold"},
+                                     "data": {"corpus": "ravdess", "root": str(tmp_path / "RAVDESS")}})
+    assert config_warnings(ravdess) == [f"data.root = {tmp_path}/RAVDESS does not exist "
+                                        "(set it to your copy of RAVDESS (Actor_01 ...))"]
