@@ -29,8 +29,7 @@ def is_audio_file(path: Path) -> bool:
 
 def probe_duration(path: Path) -> float:
     """Duration in seconds from the file header only; AudioError if missing or unreadable."""
-    if not path.is_file():
-        raise AudioError(path, "missing audio file")
+    _require_file(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -46,8 +45,7 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE, min_duration: float =
     Channels are averaged (mix-down), the rate is converted with a polyphase filter.
     Raises :class:`AudioError` for missing, unreadable, empty, non-finite or too-short clips.
     """
-    if not path.is_file():
-        raise AudioError(path, "missing audio file")
+    _require_file(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -65,6 +63,27 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE, min_duration: float =
     return wav.astype(np.float32, copy=False)
 
 
+def verify_samples(path: Path, block_frames: int = 1 << 16) -> float:
+    """Read every sample of ``path`` once, a block at a time (memory: one block), and return its
+    duration in seconds; AudioError if missing, unreadable, empty or holding NaN/Inf samples.
+
+    What a header probe cannot see: ``fedser corpus check`` runs this on every kept utterance.
+    """
+    _require_file(path)
+    frames, rate = 0, 0
+    try:
+        rate = sf.info(str(path)).samplerate
+        for block in sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise AudioError(path, "audio contains NaN or Inf samples")
+            frames += block.shape[0]
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
+    if frames == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    return frames / rate
+
+
 def resample(wav: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """Polyphase resampling by the reduced ratio ``new_rate/orig_rate``; shape (T,) -> (T',)."""
     g = gcd(orig_rate, new_rate)
@@ -77,5 +96,17 @@ def write_wav(path: Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> No
     sf.write(str(path), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16")
 
 
+def _require_file(path: Path) -> None:
+    """AudioError unless ``path`` is a regular file (a folder named ``x.wav`` is not missing)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise AudioError(path, "not a file (a directory)")
+    if path.exists():
+        raise AudioError(path, "not a file (not a regular file)")
+    raise AudioError(path, "missing audio file")
+
+
 def _short(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+    """The library's message on one line, whole (libsndfile's name the path and the format)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

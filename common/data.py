@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from common.config import DEFAULT_LABEL_MAP, StudyConfig
-from common.corpora import CorpusKind, Scan, Skip, Utterance, read_corpus
+from common.corpora import CorpusKind, Scan, Skip, Utterance, count_skips, read_corpus
+from common.corpora import skip_summary as skip_summary  # re-exported: one line per skip count
 from common.corpora.iemocap import Subset, word_spans
 from common.corpora.synthetic import write_iemocap, write_librispeech
 from common.features import (
@@ -43,7 +44,10 @@ from common.features import (
 )
 from common.views import LabeledSet, SerBatch
 
-MANIFEST_VERSION = 1
+# 2: skips carry their kind ([path, reason, kind]) and label-map exclusions are counted; the
+# reader now skips a bad EmoEvaluation line, not its file, so a version-1 manifest (which may
+# hide whole dropped dialogs) is rescanned rather than reused.
+MANIFEST_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +139,9 @@ def scan_corpus(root: Path, kind: CorpusKind, *, cfg: StudyConfig,
             _stat(Path(row["utterance"]["path"])) == row["stat"] for row in stored["utterances"]):
         return Manifest(
             Scan(kind, root, [Utterance.from_json(row["utterance"]) for row in stored["utterances"]],
-                 [Skip(Path(p), reason) for p, reason in stored["skipped"]]),
+                 # [path, reason, kind]; a row without kind gets it from its reason (Skip's default)
+                 [Skip(Path(row[0]), *row[1:3]) for row in stored["skipped"]],
+                 dict(stored.get("excluded", {}))),
             tuple(row["sha256"] for row in stored["utterances"]))
     scan = _drop_short(read_corpus(root, kind, label_map=label_map, subset=subset), cfg.data.min_duration)
     kept, digests, skipped = [], [], list(scan.skipped)
@@ -149,7 +155,8 @@ def scan_corpus(root: Path, kind: CorpusKind, *, cfg: StudyConfig,
         "options": options,
         "utterances": [{"utterance": u.to_json(), "sha256": d, "stat": _stat(u.path)}
                        for u, d in zip(kept, digests, strict=True)],
-        "skipped": [[str(s.path), s.reason] for s in skipped],
+        "skipped": [[str(s.path), s.reason, s.kind] for s in skipped],
+        "excluded": scan.excluded,
     })
     return Manifest(replace(scan, utterances=kept, skipped=skipped), tuple(digests))
 
@@ -202,6 +209,11 @@ class Prepared:
 
     def __len__(self) -> int:
         return len(self.utterances)
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skips per kind (common.corpora.SKIP_KINDS), most frequent first: the reader's, too short,
+        unreadable audio; ``skip_summary(prepared.skip_counts())`` is the one-line report."""
+        return count_skips(self.skipped)
 
     def stats(self, rows: Collection[int] | None = None) -> MinMax:
         """The min/max of ``rows`` (all by default) without reading a feature."""
@@ -317,6 +329,9 @@ class Corpus:
     classes: tuple[str, ...]
     stats_by_session: dict[int, MinMax]
     overall: MinMax  # every utterance's min/max (corpora without sessions)
+    # Skips per kind of the whole labeled corpus (not only these sessions: a skip may have none),
+    # e.g. {"too short": 11, "unknown label": 1}; skip_summary(corpus.skips) is the one-line report.
+    skips: dict[str, int] = field(default_factory=dict)
 
     def session_stats(self) -> dict[int, MinMax]:
         """Per-session min/max scalars: what each federated node reports (seed 002 §4.2)."""
@@ -366,7 +381,7 @@ def load_corpus(cfg: StudyConfig, sessions: Collection[int] | None = None) -> Co
     feats = {prepared.utterances[r].id: prepared.feature(r) for r in rows}
     session_stats = {s: m for s, m in prepared.session_stats().items() if sessions is None or s in sessions}
     return Corpus([prepared.utterances[r] for r in rows], feats, cfg.data.classes, session_stats,
-                  prepared.stats(rows))
+                  prepared.stats(rows), prepared.skip_counts())
 
 
 class StreamedPatches:

@@ -6,9 +6,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
+from common import audio
+from common.corpora import check, read_corpus
 from common.corpora.iemocap import DEFAULT_LABEL_MAP
 from common.corpora.synthetic import MANIFEST_NAME, write_iemocap
 from simulations.cli import app
@@ -47,6 +51,11 @@ def test_check_json_equals_the_writers_manifest(synthetic_root: Path, subset: st
     assert report["per_speaker"] == want["per_speaker"]
     assert report["skipped"] == [] and report["deviations"] == []
     assert report["reference"] == "synthetic corpus manifest"
+    # What the 4-class map leaves out is counted apart, and is all the writer's other labels.
+    rows = json.loads((synthetic_root / MANIFEST_NAME).read_text())["utterances"]
+    dropped = Counter(r["raw_label"] for r in rows if r["raw_label"] not in DEFAULT_LABEL_MAP
+                      and (subset == "all" or r["improvised"] == (subset == "improvised")))
+    assert report["excluded_by_label_map"] == dict(dropped) and sum(dropped.values()) > 0
 
 
 def test_cross_speaker_dialogs_exist_so_the_speaker_rule_matters(synthetic_root: Path) -> None:
@@ -61,5 +70,32 @@ def test_a_deleted_wav_shows_as_skip_and_deviation(tmp_path: Path) -> None:
     victim = next(r for r in rows if r["raw_label"] == "neu")
     (root / victim["path"]).unlink()
     report = json.loads(CliRunner().invoke(app, ["corpus", "check", str(root), "--json"]).output)
-    assert report["skipped"] == [{"path": str(root / victim["path"]), "reason": "missing audio file"}]
+    assert report["skipped"] == [
+        {"path": str(root / victim["path"]), "reason": "missing audio file", "kind": "missing audio file"}]
     assert any(d.startswith(f"Session{victim['session']} neu: found") for d in report["deviations"])
+
+
+def test_the_check_reads_samples_and_skips_non_finite_audio(tmp_path: Path) -> None:
+    root = write_iemocap(tmp_path, seed=1, utterances_per_dialog=2)
+    rows = json.loads((root / MANIFEST_NAME).read_text())["utterances"]
+    victim = next(r for r in rows if r["raw_label"] == "ang")
+    wav = root / victim["path"]
+    samples, rate = sf.read(wav, dtype="float32")
+    samples[len(samples) // 2] = np.nan  # a valid header over one NaN sample: only reading shows it
+    sf.write(wav, samples, rate, subtype="FLOAT")
+    report = json.loads(CliRunner().invoke(app, ["corpus", "check", str(root), "--json"]).output)
+    assert report["skipped"] == [
+        {"path": str(wav), "reason": "audio contains NaN or Inf samples", "kind": "non-finite samples"}]
+    assert report["skipped_by_kind"] == {"non-finite samples": 1}
+    assert any(d.startswith(f"Session{victim['session']} ang: found") for d in report["deviations"])
+
+
+def test_verify_audio_reads_each_kept_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_iemocap(tmp_path, seed=1, utterances_per_dialog=2)
+    scan = read_corpus(root)
+    opened: list[str] = []
+    blocks = audio.sf.blocks
+    monkeypatch.setattr(audio.sf, "blocks", lambda file, *a, **k: opened.append(file) or blocks(file, *a, **k))
+    verified = check.verify_audio(scan)
+    assert verified.utterances == scan.utterances
+    assert sorted(opened) == sorted(str(u.path) for u in scan.utterances)

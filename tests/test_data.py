@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import common.data as data
 from common.audio import write_wav
@@ -78,3 +80,64 @@ def test_streamed_patches_draw_what_the_in_memory_sampler_draws(cfg) -> None:
             (x, y), (x0, _y0) = streamed(5), in_memory(5)
             np.testing.assert_array_equal(x.numpy(), x0.numpy())
             assert x.shape == (5, 1, prepared.feature(0).shape[0], size) and not y.any()
+
+
+def _spoil(tree: Path) -> None:
+    """One malformed label line, one too-short clip, one clip with a NaN sample (beside the tree's
+    AppleDouble file and missing wav)."""
+    evals = tree / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
+    evals.write_text(evals.read_text().replace("[6.2901 - 8.2357]", "[6.2901 - ]"))
+    write_wav(tree / "Session3" / "sentences" / "wav" / "Ses03M_impro05a" / "Ses03M_impro05a_F000.wav", tone(0.1))
+    nan = tone()
+    nan[100] = np.nan
+    sf.write(tree / "Session5" / "sentences" / "wav" / "Ses05M_script01_1b" / "Ses05M_script01_1b_M000.wav",
+             nan, 16_000, subtype="FLOAT")
+
+
+SPOILED = {"AppleDouble file": 1, "missing audio file": 1, "malformed label line": 1, "too short": 1,
+           "non-finite samples": 1}
+
+
+def test_prepared_and_corpus_report_skips_by_kind(cfg, iemocap_tree: Path) -> None:
+    _spoil(iemocap_tree)
+    prepared = data.prepared_labeled(cfg)
+    assert prepared.skip_counts() == SPOILED
+    corpus = data.load_corpus(cfg, sessions={3})
+    assert corpus.skips == SPOILED  # the whole corpus's skips, whichever sessions a node holds
+    assert data.skip_summary(corpus.skips) == (
+        "skipped 5 entries: 1 AppleDouble file, 1 malformed label line, 1 missing audio file, "
+        "1 non-finite samples, 1 too short")
+
+
+def test_the_manifest_keeps_skip_kinds_and_reads_old_rows_with_a_fallback(cfg, iemocap_tree: Path,
+                                                                         monkeypatch) -> None:
+    _spoil(iemocap_tree)
+    scans = count_scans(monkeypatch)
+    first = data.labeled_manifest(cfg).scan
+    again = data.labeled_manifest(cfg).scan
+    assert len(scans) == 1
+    # "malformed label line" cannot be told from its reason (it opens with the file name): stored.
+    assert again.skipped == first.skipped and again.skip_counts() == first.skip_counts()
+    assert first.skip_counts()["malformed label line"] == 1
+    assert again.excluded == first.excluded == {"xxx": 1, "fru": 1}
+    # Rows of [path, reason] (no kind) still read: the kind comes from the reason.
+    (path,) = (cfg.work_dir / "prepared").glob("iemocap-*.json")
+    stored = json.loads(path.read_text())
+    assert all(len(row) == 3 for row in stored["skipped"])
+    stored["skipped"] = [row[:2] for row in stored["skipped"]]
+    path.write_text(json.dumps(stored))
+    legacy = data.labeled_manifest(cfg).scan
+    assert len(scans) == 1
+    assert {s.kind for s in legacy.skipped} == {"AppleDouble file", "missing audio file", "too short", "other"}
+
+
+def test_a_version_1_manifest_is_rescanned_not_reused(cfg, monkeypatch) -> None:
+    # Version 1 manifests were written by a reader that dropped a whole dialog for one bad line.
+    current = data.MANIFEST_VERSION
+    assert current >= 2
+    scans = count_scans(monkeypatch)
+    monkeypatch.setattr(data, "MANIFEST_VERSION", 1)
+    data.labeled_manifest(cfg)
+    monkeypatch.setattr(data, "MANIFEST_VERSION", current)
+    data.labeled_manifest(cfg)
+    assert len(scans) == 2

@@ -76,10 +76,12 @@ def test_reader_maps_labels_filters_and_counts_skips(iemocap_tree: Path) -> None
     assert by_id["Ses03M_impro05a_F000"].speaker == "Ses03F"
     assert by_id["Ses01F_impro01_F000"].duration == pytest.approx(0.5)
     assert by_id["Ses01F_impro01_F000"].path.name == "Ses01F_impro01_F000.wav"
-    reasons = scan.skip_counts()
-    assert reasons == {"AppleDouble metadata file": 1, "missing audio file": 1}
+    assert scan.skip_counts() == {"AppleDouble file": 1, "missing audio file": 1}
+    assert scan.skip_reasons() == {"AppleDouble metadata file": 1, "missing audio file": 1}
     missing = next(s for s in scan.skipped if s.reason == "missing audio file")
     assert missing.path.name == "Ses01F_impro01_F002.wav"
+    # xxx and fru are IEMOCAP labels the 4-class map leaves out: counted apart, not skips.
+    assert scan.excluded == {"xxx": 1, "fru": 1}
 
 
 def test_subsets_and_custom_label_map(iemocap_tree: Path) -> None:
@@ -145,3 +147,110 @@ def test_check_matches_known_totals_on_a_complete_copy_and_flags_a_gap(tmp_path:
     assert report["skipped_by_reason"] == {"missing audio file": 1}
     assert "total: found 2942, expected 2943" in report["deviations"]
     assert any(d.startswith("Session2 ") for d in report["deviations"])
+
+
+def test_check_with_an_unknown_label_deviates_and_says_why(tmp_path: Path) -> None:
+    root = tmp_path / "IEMOCAP_full_release"
+    _complete_copy(root, KNOWN_PER_SESSION["improvised"])
+    evals = root / "Session4" / "dialog" / "EmoEvaluation" / "Ses04F_impro01.txt"
+    lines = evals.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines, 1) if "\tsad\t" in line)
+    lines[number - 1] = lines[number - 1].replace("\tsad\t", "\txyz\t")
+    evals.write_text("\n".join(lines))
+    report = summarize(read_corpus(root, subset="improvised"), classes=CLASSES_4, subset="improvised",
+                       read_samples=False)
+    # The dropped fru lines stay what they were: the protocol, not skips, not deviations.
+    assert report["excluded_by_label_map"] == {"fru": 5}
+    assert report["skipped_by_kind"] == {"unknown label": 1}
+    assert report["skipped"][0]["reason"].startswith(f"Ses04F_impro01.txt:{number}: label 'xyz'")
+    assert report["deviations"] == ["total: found 2942, expected 2943", "Session4 sad: found 80, expected 81"]
+
+
+# ------------------------------------------------------------------------------ skips (issue 13)
+
+
+def _rewrite(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_a_malformed_line_costs_its_utterance_not_the_dialog(iemocap_tree: Path) -> None:
+    evals = iemocap_tree / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
+    _rewrite(evals, "[6.2901 - 8.2357]", "[6.2901 - oops]")
+    scan = read_iemocap(iemocap_tree)
+    ids = {u.id for u in scan.utterances}
+    assert "Ses01F_impro01_F000" not in ids
+    assert "Ses01F_impro01_M000" in ids  # the rest of the dialog is still read
+    bad = [s for s in scan.skipped if s.kind == "malformed label line"]
+    assert len(bad) == 1 and bad[0].path == evals
+    assert bad[0].reason.startswith("Ses01F_impro01.txt:3: malformed summary line: '[6.2901 - oops]")
+
+
+def test_annotator_lines_of_a_malformed_block_attach_to_nothing() -> None:
+    problems: list[EmoEvaluationError] = []
+    text = EMO_IMPRO01.replace("[10.0100 - 11.3925]", "[10.0100 11.3925]")
+    blocks = parse_emo_evaluation(text, "d.txt", problems)
+    assert [str(p).split(": ")[0] for p in problems] == ["d.txt:12"]
+    assert "Ses01F_impro01_M000" not in [b.utterance for b in blocks]
+    # The broken block's "C-M1: Neutral; Anger;" must not land on the block above it.
+    assert set(blocks[0].categorical) == {"E2", "E3", "E4", "F1"}
+    assert blocks[1].line == 19
+
+
+@pytest.mark.parametrize("word", ["xyz", "happy"])
+def test_an_unknown_label_is_a_skip_naming_file_and_line(iemocap_tree: Path, word: str) -> None:
+    evals = iemocap_tree / "Session3" / "dialog" / "EmoEvaluation" / "Ses03M_impro05a.txt"
+    _rewrite(evals, "\tsad\t", f"\t{word}\t")
+    scan = read_iemocap(iemocap_tree)
+    assert "Ses03M_impro05a_F000" not in {u.id for u in scan.utterances}
+    unknown = [s for s in scan.skipped if s.kind == "unknown label"]
+    assert [s.reason for s in unknown] == [
+        f"Ses03M_impro05a.txt:3: label '{word}' of Ses03M_impro05a_F000 is not an IEMOCAP label and not in the label map"
+    ]
+    assert scan.skip_counts()["unknown label"] == 1
+    assert scan.excluded == {"xxx": 1, "fru": 1}  # deliberate exclusions are still not skips
+
+
+def test_a_custom_map_that_leaves_out_neu_excludes_it_without_skipping(iemocap_tree: Path) -> None:
+    scan = read_iemocap(iemocap_tree, label_map={"ang": "ang", "sad": "sad"})
+    assert scan.excluded == {"neu": 2, "exc": 1, "xxx": 1, "fru": 1, "hap": 1}
+    assert "unknown label" not in scan.skip_counts()
+
+
+def test_a_directory_named_like_a_wav_is_not_a_missing_file(iemocap_tree: Path) -> None:
+    wav = iemocap_tree / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / "Ses01F_impro01_F000.wav"
+    wav.unlink()
+    wav.mkdir()
+    scan = read_iemocap(iemocap_tree)
+    skip = next(s for s in scan.skipped if s.path == wav)
+    assert (skip.reason, skip.kind) == ("not a file (a directory)", "not a file")
+
+
+def test_a_session_without_emo_evaluation_is_a_counted_skip(iemocap_tree: Path) -> None:
+    session = iemocap_tree / "Session3"
+    (session / "dialog" / "EmoEvaluation").rename(session / "dialog" / "EmoEvaluation.bak")
+    scan = read_iemocap(iemocap_tree)
+    assert {u.session for u in scan.utterances} == {1, 5}
+    skip = next(s for s in scan.skipped if s.kind == "missing EmoEvaluation")
+    assert skip.path == session
+    assert skip.reason == "no dialog/EmoEvaluation folder: its utterances (2 wavs) are unlabeled"
+
+
+def test_a_non_utf8_byte_spoils_only_its_line(iemocap_tree: Path) -> None:
+    evals = iemocap_tree / "Session5" / "dialog" / "EmoEvaluation" / "Ses05M_script01_1b.txt"
+    data = evals.read_bytes()
+    # A bad byte in the M000 label, and one in an annotator's comment (harmless).
+    evals.write_bytes(data.replace(b"\tang\t", b"\ta\xffg\t").replace(b"Neutral;\t()", b"Neutral;\t(\xe9)"))
+    scan = read_iemocap(iemocap_tree)
+    ids = {u.id for u in scan.utterances}
+    assert "Ses05M_script01_1b_F000" in ids and "Ses05M_script01_1b_M000" not in ids
+    assert [s.reason.split(": ")[0] for s in scan.skipped if s.kind == "malformed label line"] == [
+        "Ses05M_script01_1b.txt:6"]
+
+
+def test_an_empty_label_file_is_a_skip(iemocap_tree: Path) -> None:
+    evals = iemocap_tree / "Session5" / "dialog" / "EmoEvaluation" / "Ses05M_script01_1b.txt"
+    evals.write_text("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n")
+    scan = read_iemocap(iemocap_tree)
+    assert [(s.path, s.kind) for s in scan.skipped if s.kind == "empty label file"] == [(evals, "empty label file")]

@@ -26,11 +26,13 @@ def test_ravdess_fields_speaker_gender_and_label_map(tmp_path: Path) -> None:
         "03-01-05-02-01-01-12": ("ang", "Actor_12", "F"),
         "03-01-03-01-02-02-07": ("hap", "Actor_07", "M"),
     }
-    assert scan.skip_counts() == {
+    assert scan.skip_reasons() == {
         "AppleDouble metadata file": 1,
         "not audio-only speech (modality 03, vocal channel 01)": 1,
         "file name is not the seven-field RAVDESS identifier": 1,
     }
+    assert scan.skip_counts() == {"AppleDouble file": 1, "not speech audio": 1, "bad file name": 1}
+    assert scan.excluded == {"cal": 1}  # calm: left out by the 4-class map, not a skip
 
 
 def test_librispeech_layout_and_transcripts(tmp_path: Path) -> None:
@@ -60,7 +62,17 @@ def test_any_folder_of_audio_skips_non_audio_and_bad_files(tmp_path: Path) -> No
     scan = read_corpus(tmp_path, "folder")
     assert [(u.id, u.speaker) for u in scan.utterances] == [("alice__a", "alice"), ("bob__b", "bob")]
     assert scan.utterances[1].duration == 8000 / 22_050
-    reasons = scan.skip_counts()
+    reasons = scan.skip_reasons()
     assert reasons.pop("not an audio file (.txt)") == 1 and reasons.pop("AppleDouble metadata file") == 1
     assert list(reasons) == [next(r for r in reasons if r.startswith("unreadable audio"))]
+    assert scan.skip_counts() == {"not an audio file": 1, "unreadable audio": 1, "AppleDouble file": 1}
     assert np.isfinite(scan.utterances[0].duration)
+
+
+def test_a_folder_named_like_audio_is_a_skip_not_silence(tmp_path: Path) -> None:
+    write_wav(tmp_path / "alice" / "a.wav", tone())
+    (tmp_path / "alice" / "b.wav").mkdir()
+    scan = read_corpus(tmp_path, "folder")
+    assert [u.id for u in scan.utterances] == ["alice__a"]
+    assert [(s.path, s.reason, s.kind) for s in scan.skipped] == [
+        (tmp_path / "alice" / "b.wav", "not a file (a directory)", "not a file")]

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
-from common.corpora.base import Scan, Skip, Utterance
+from common.corpora.base import SKIP_KINDS, Scan, Skip, Utterance, count_skips, skip_kind, skip_summary
 from common.corpora.iemocap import DEFAULT_LABEL_MAP, Subset, read_iemocap
 from common.corpora.others import read_folder, read_librispeech, read_ravdess
 
@@ -15,6 +15,7 @@ LABELED: frozenset[str] = frozenset({"iemocap", "ravdess"})
 
 __all__ = [
     "CorpusKind", "Scan", "Skip", "Utterance", "detect_corpus", "read_corpus", "DEFAULT_LABEL_MAP",
+    "SKIP_KINDS", "count_skips", "skip_kind", "skip_summary",
 ]
 
 

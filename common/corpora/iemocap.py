@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from common.audio import AudioError, probe_duration
+from common.audio import AudioError, is_audio_file, probe_duration
 from common.config import CLASSES_4 as CLASSES_4  # re-exported: where readers and tests look for it
 from common.config import DEFAULT_LABEL_MAP
 from common.corpora.base import Scan, Skip, Utterance
@@ -41,11 +41,17 @@ KNOWN_PER_SESSION: dict[Subset, dict[int, dict[str, int]]] = {
     },
 }
 
+# The label codes of IEMOCAP's summary lines (IEMOCAP README; notes §2.2). A code outside this
+# vocabulary (a typo such as ``happy``) is an "unknown label" skip; one inside it that the label
+# map leaves out (``fru``, ``xxx``, ... under the 4-class map) is the protocol, not a skip.
+IEMOCAP_LABELS: frozenset[str] = frozenset({"ang", "hap", "exc", "sad", "neu", "fru", "sur", "fea", "dis", "oth", "xxx"})
+
 # "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]". The header line
 # "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]" also has brackets, so anchor on "^\[".
+# The label is any word here: whether it is one IEMOCAP uses is the reader's question.
 _SUMMARY = re.compile(
     r"^\[(?P<start>\d+(?:\.\d+)?) - (?P<end>\d+(?:\.\d+)?)\]\t(?P<utt>Ses(?P<session>\d\d)[FM]_\S+)\t"
-    r"(?P<label>[a-z]{3})\t\[(?P<v>\d+(?:\.\d+)?), (?P<a>\d+(?:\.\d+)?), (?P<d>\d+(?:\.\d+)?)\]\s*$"
+    r"(?P<label>[A-Za-z]+)\t\[(?P<v>\d+(?:\.\d+)?), (?P<a>\d+(?:\.\d+)?), (?P<d>\d+(?:\.\d+)?)\]\s*$"
 )
 # "C-E2:\tNeutral; Anger;\t()" (categorical) and "A-E3:\tval 3; act 2; dom  2;\t()" (dimensional).
 _EVALUATOR = re.compile(r"^(?P<kind>[CA])-(?P<who>[A-Z]\d+):\s*(?P<body>[^\t]*)(?:\t(?P<comment>.*))?$")
@@ -67,40 +73,53 @@ class Evaluation:
     categorical: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # annotator -> (val, act, dom)
     dimensional: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    line: int = 0  # the summary line's number in its file (1-based)
 
 
 class EmoEvaluationError(ValueError):
     """A line of an EmoEvaluation file that looks like data but does not parse."""
 
 
-def parse_emo_evaluation(text: str, source: str = "<string>") -> list[Evaluation]:
-    """Parse one ``EmoEvaluation/<dialog>.txt``; annotator lines attach to the block above them."""
+def parse_emo_evaluation(
+    text: str, source: str = "<string>", problems: list[EmoEvaluationError] | None = None
+) -> list[Evaluation]:
+    """Parse one ``EmoEvaluation/<dialog>.txt``; annotator lines attach to the block above them.
+
+    A summary line that does not parse raises :class:`EmoEvaluationError` (``source:line: ...``),
+    or, when a ``problems`` list is given, is appended to it and left out with its annotator
+    lines, so that one bad line costs one utterance, not the dialog.
+    """
     blocks: list[Evaluation] = []
+    current: Evaluation | None = None  # the block annotator lines attach to (None after a bad line)
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.rstrip("\r\n")
-        if not line.strip() or line.startswith("%"):
+        line = raw.strip()
+        if not line or line.startswith("%"):
             continue  # blank separators and the "% [START_TIME - END_TIME] ..." header
         if line.startswith("["):
             m = _SUMMARY.match(line)
             if m is None:
-                raise EmoEvaluationError(f"{source}:{number}: malformed summary line: {line!r}")
-            blocks.append(
-                Evaluation(
-                    utterance=m["utt"], start=float(m["start"]), end=float(m["end"]), label=m["label"],
-                    valence=float(m["v"]), activation=float(m["a"]), dominance=float(m["d"]),
-                )
+                error = EmoEvaluationError(f"{source}:{number}: malformed summary line: {line!r}")
+                if problems is None:
+                    raise error
+                problems.append(error)
+                current = None
+                continue
+            current = Evaluation(
+                utterance=m["utt"], start=float(m["start"]), end=float(m["end"]), label=m["label"],
+                valence=float(m["v"]), activation=float(m["a"]), dominance=float(m["d"]), line=number,
             )
+            blocks.append(current)
             continue
         m = _EVALUATOR.match(line)
-        if m is None or not blocks:
+        if m is None or current is None:
             continue  # free-text lines outside any block carry no labels
         body = m["body"]
         if m["kind"] == "C":
-            blocks[-1].categorical[m["who"]] = tuple(x.strip() for x in body.split(";") if x.strip())
+            current.categorical[m["who"]] = tuple(x.strip() for x in body.split(";") if x.strip())
         else:
             dims = dict(_DIMENSION.findall(body))
             if len(dims) == 3:
-                blocks[-1].dimensional[m["who"]] = (
+                current.dimensional[m["who"]] = (
                     float(dims["val"]), float(dims["act"]), float(dims["dom"])
                 )
     return blocks
@@ -179,9 +198,11 @@ def read_iemocap(
 ) -> Scan:
     """Read IEMOCAP_full_release at ``root`` into a :class:`Scan`.
 
-    Utterances whose label is not in ``label_map`` or outside ``subset`` are filtered (not
-    skips). Missing or unreadable wavs, AppleDouble/non-text evaluation files and malformed
-    lines are skips with a reason.
+    Utterances outside ``subset`` are filtered; those whose IEMOCAP label the label map leaves
+    out are counted in ``Scan.excluded`` (the protocol, not a loss). Everything else that is left
+    out is a skip with its reason: a session without EmoEvaluation folder, AppleDouble and other
+    non-label files, each malformed summary line (file and line number), each label that is not
+    IEMOCAP's, and each missing, non-file or unreadable wav.
     """
     scan = Scan(corpus="iemocap", root=root)
     found = list(_sessions(root))
@@ -194,43 +215,63 @@ def read_iemocap(
             continue
         eval_dir = session_dir / "dialog" / "EmoEvaluation"
         if not eval_dir.is_dir():
-            scan.skipped.append(Skip(eval_dir, "missing EmoEvaluation folder"))
+            wavs = sum(1 for p in (session_dir / "sentences" / "wav").rglob("*.wav") if is_audio_file(p))
+            scan.skipped.append(Skip(
+                session_dir, f"no dialog/EmoEvaluation folder: its utterances ({wavs} wavs) are unlabeled",
+                "missing EmoEvaluation"))
             continue
         for eval_file in sorted(eval_dir.iterdir()):
             if not eval_file.is_file():
                 continue  # Categorical/, Attribute/, Self-evaluation/ sub-folders
             if eval_file.name.startswith("._"):
-                scan.skipped.append(Skip(eval_file, "AppleDouble metadata file"))
+                scan.skipped.append(Skip(eval_file, "AppleDouble metadata file", "AppleDouble file"))
                 continue
             if eval_file.suffix != ".txt" or eval_file.name.startswith("."):
-                scan.skipped.append(Skip(eval_file, "not an EmoEvaluation .txt file"))
+                scan.skipped.append(Skip(eval_file, "not an EmoEvaluation .txt file", "not a label file"))
                 continue
-            try:
-                blocks = parse_emo_evaluation(
-                    eval_file.read_text(encoding="utf-8", errors="strict"), str(eval_file)
-                )
-            except (UnicodeDecodeError, EmoEvaluationError) as exc:
-                scan.skipped.append(Skip(eval_file, f"unparseable EmoEvaluation file ({exc})"))
-                continue
-            texts = _transcripts(session_dir, eval_file.stem)
-            for block in blocks:
-                _add(scan, session_dir, number, block, texts, label_map, subset)
+            _read_dialog(scan, session_dir, number, eval_file, label_map, subset)
     return scan
 
 
-def _add(
-    scan: Scan,
-    session_dir: Path,
-    session: int,
-    block: Evaluation,
-    texts: Mapping[str, str],
-    label_map: Mapping[str, str],
-    subset: Subset,
+def _read_dialog(
+    scan: Scan, session_dir: Path, session: int, eval_file: Path, label_map: Mapping[str, str], subset: Subset
 ) -> None:
-    utt = block.utterance
-    label = label_map.get(block.label)
-    if label is None or not _in_subset(utt, subset):
+    """The utterances of one EmoEvaluation file; a bad line is one skip, the rest of the file is read."""
+    try:
+        data = eval_file.read_bytes()
+    except OSError as exc:
+        scan.skipped.append(Skip(eval_file, f"unreadable EmoEvaluation file ({exc.strerror or exc})",
+                                 "unreadable label file"))
         return
+    # A stray non-UTF-8 byte spoils its own line only: a summary line holding it fails to parse.
+    problems: list[EmoEvaluationError] = []
+    blocks = parse_emo_evaluation(data.decode("utf-8", errors="replace"), eval_file.name, problems)
+    scan.skipped.extend(Skip(eval_file, str(p), "malformed label line") for p in problems)
+    if not blocks and not problems:
+        scan.skipped.append(Skip(eval_file, "EmoEvaluation file without a summary line", "empty label file"))
+        return
+    texts = _transcripts(session_dir, eval_file.stem)
+    for block in blocks:
+        if not _in_subset(block.utterance, subset):
+            continue
+        label = label_map.get(block.label)
+        if label is None:
+            # IEMOCAP's own labels that the map leaves out (fru, sur, xxx, ... under the 4-class
+            # map) are the protocol: counted apart, not skips, so a complete copy still shows
+            # "skipped: none" and the known totals (which leave them out too) still apply. Any
+            # other word is a damaged or foreign label: a skip naming file and line.
+            if block.label in IEMOCAP_LABELS:
+                scan.exclude(block.label)
+            else:
+                scan.skipped.append(Skip(
+                    eval_file, f"{eval_file.name}:{block.line}: label {block.label!r} of {block.utterance} "
+                    "is not an IEMOCAP label and not in the label map", "unknown label"))
+            continue
+        _add(scan, session_dir, session, block, label, texts.get(block.utterance))
+
+
+def _add(scan: Scan, session_dir: Path, session: int, block: Evaluation, label: str, text: str | None) -> None:
+    utt = block.utterance
     wav = session_dir / "sentences" / "wav" / dialog_of(utt) / f"{utt}.wav"
     try:
         duration = probe_duration(wav)
@@ -243,6 +284,6 @@ def _add(
             id=utt, path=wav, corpus="iemocap", speaker=speaker, session=session,
             gender="F" if speaker.endswith("F") else "M", label=label, raw_label=block.label,
             valence=block.valence, activation=block.activation, dominance=block.dominance,
-            improvised=is_improvised(utt), duration=duration, transcript=texts.get(utt),
+            improvised=is_improvised(utt), duration=duration, transcript=text,
         )
     )

@@ -20,16 +20,20 @@ _LIBRISPEECH = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 
 
 def _audio_files(root: Path, scan: Scan, ignore: Callable[[Path], bool]) -> Iterator[Path]:
-    """Every audio file under ``root`` in sorted order; AppleDouble and other files are skips."""
+    """Every audio file under ``root`` in sorted order; AppleDouble and other files are skips, and
+    so is a folder named like an audio file (``x.wav/``): it is not a lost file but not audio either."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if path.name.startswith("._"):
-            scan.skipped.append(Skip(path, "AppleDouble metadata file"))
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            if is_audio_file(path):
+                scan.skipped.append(Skip(path, "not a file (a directory)", "not a file"))
+        elif path.name.startswith("._"):
+            scan.skipped.append(Skip(path, "AppleDouble metadata file", "AppleDouble file"))
         elif is_audio_file(path):
             yield path
         elif not ignore(path):
-            scan.skipped.append(Skip(path, f"not an audio file ({path.suffix or 'no suffix'})"))
+            scan.skipped.append(Skip(path, f"not an audio file ({path.suffix or 'no suffix'})", "not an audio file"))
 
 
 def _add(scan: Scan, path: Path, **fields: object) -> None:
@@ -49,18 +53,19 @@ def read_ravdess(root: Path, *, label_map: Mapping[str, str] | None = None) -> S
     for path in _audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".md", ".pdf"}):
         m = _RAVDESS.match(path.stem)
         if m is None:
-            scan.skipped.append(Skip(path, "file name is not the seven-field RAVDESS identifier"))
+            scan.skipped.append(Skip(path, "file name is not the seven-field RAVDESS identifier", "bad file name"))
             continue
         modality, channel, emotion, _, _, _, actor = m.groups()
         if modality != "03" or channel != "01":
-            scan.skipped.append(Skip(path, "not audio-only speech (modality 03, vocal channel 01)"))
+            scan.skipped.append(Skip(path, "not audio-only speech (modality 03, vocal channel 01)", "not speech audio"))
             continue
         raw = RAVDESS_EMOTIONS.get(emotion)
         if raw is None:
-            scan.skipped.append(Skip(path, f"unknown RAVDESS emotion code {emotion}"))
+            scan.skipped.append(Skip(path, f"unknown RAVDESS emotion code {emotion}", "unknown label"))
             continue
         label = raw if label_map is None else label_map.get(raw)
-        if label is None:
+        if label is None:  # e.g. calm under the 4-class map: the protocol, counted apart (not a skip)
+            scan.exclude(raw)
             continue
         _add(scan, path, speaker=f"Actor_{actor}", gender="M" if int(actor) % 2 else "F", label=label,
              raw_label=raw)
@@ -81,7 +86,7 @@ def read_librispeech(root: Path) -> Scan:
     for path in _audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".json"}):
         m = _LIBRISPEECH.match(path.stem)
         if m is None:
-            scan.skipped.append(Skip(path, "file name is not <speaker>-<chapter>-<utterance>"))
+            scan.skipped.append(Skip(path, "file name is not <speaker>-<chapter>-<utterance>", "bad file name"))
             continue
         _add(scan, path, speaker=m[1], transcript=texts.get(path.stem))
     return scan
