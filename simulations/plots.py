@@ -1,4 +1,5 @@
-"""Figures logged as MLflow artifacts: confusion matrices and real-vs-generated spectrogram grids."""
+"""Figures logged as MLflow artifacts: confusion matrices, real-vs-generated spectrogram grids and the
+report's per-cell scores with confidence intervals."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 
 def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str) -> Path:
@@ -65,24 +67,41 @@ def spectrogram_grid_png(
     return path
 
 
-def bar_chart_png(
-    regimes: Sequence[str], means: dict[str, Sequence[float]], stds: dict[str, Sequence[float]],
-    paper_f1: dict[str, float], path: Path,
+def cells_interval_png(
+    groups: Sequence[str], cells: Sequence[Sequence[tuple[int, int, float]]], means: Sequence[float],
+    intervals: Sequence[tuple[float, float] | None], paper: dict[str, float], path: Path, metric: str = "score",
 ) -> Path:
-    """Grouped bars (one group per regime, one bar per metric, std as error bars); the paper's
-    Table 2 macro-F1 as a marker where it has one."""
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(regimes), 3.2), dpi=120)
-    width = 0.8 / len(means)
-    x = np.arange(len(regimes))
-    for k, (metric, values) in enumerate(means.items()):
-        ax.bar(x + (k - (len(means) - 1) / 2) * width, values, width, yerr=stds[metric], capsize=2, label=metric)
-    marks = [(i, paper_f1[r]) for i, r in enumerate(regimes) if r in paper_f1]
-    if marks:
-        ax.scatter([i for i, _ in marks], [v for _, v in marks], marker="_", s=400, color="black",
-                   label="seed 002 Table 2 F1", zorder=3)
-    ax.set_xticks(x, regimes, fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="upper right")
+    """One column per group (x axis): a point per ``(fold, seed, value)`` cell (colour = fold, marker =
+    seed, spread by seed so they do not overlap), to its right the mean with its confidence interval
+    as an error bar (none where ``intervals`` has None), and a grey dash at the reference value of
+    the groups ``paper`` has (seed 002 Table 2)."""
+    folds = sorted({f for group in cells for f, _, _ in group})
+    seeds = sorted({s for group in cells for _, s, _ in group})
+    colours = {f: plt.get_cmap("tab10")(k % 10) for k, f in enumerate(folds)}
+    markers = {s: "osD^vP*Xhp"[k % 10] for k, s in enumerate(seeds)}
+    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(groups), 3.6), dpi=120)
+    for i, (group, mine) in enumerate(zip(groups, cells, strict=True)):
+        for fold, seed, value in mine:
+            # Seeds side by side in [i - 0.35, i], folds a little apart within a seed.
+            x = (i - 0.35 + 0.35 * (seeds.index(seed) + 0.5) / len(seeds)
+                 + 0.1 / len(seeds) * (folds.index(fold) / max(len(folds) - 1, 1) - 0.5))
+            ax.scatter(x, value, s=18, color=colours[fold], marker=markers[seed], alpha=0.85, linewidths=0)
+        ci = intervals[i]
+        err = None if ci is None else [[means[i] - ci[0]], [ci[1] - means[i]]]
+        ax.errorbar(i + 0.2, means[i], yerr=err, fmt="D", color="black", markersize=5, capsize=4)
+        if group in paper:
+            ax.hlines(paper[group], i - 0.4, i + 0.4, colors="grey", linestyles="--", linewidth=1.2)
+    handles = [Line2D([], [], color=colours[f], marker="o", linestyle="", label=f"fold {f}") for f in folds]
+    if len(seeds) > 1:
+        handles += [Line2D([], [], color="grey", marker=markers[s], linestyle="", label=f"seed {s}") for s in seeds]
+    handles.append(Line2D([], [], color="black", marker="D", label="mean, 95 % CI"))
+    if paper:
+        handles.append(Line2D([], [], color="grey", linestyle="--", label="seed 002 Table 2 F1"))
+    ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=15 if len(groups) > 4 else 0)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(metric)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(handles=handles, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

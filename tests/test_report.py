@@ -1,0 +1,328 @@
+"""`fedser report`'s statistics (intervals over folds, paired Wilcoxon tests), its markdown, JSON and plot,
+and which MLflow runs it reads (newest parent per seed, finished folds only, newest of a repeated fold)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from simulations.plots import cells_interval_png
+from simulations.report import (
+    INTERVAL,
+    fold_interval,
+    fold_rows,
+    log_report,
+    markdown,
+    paired_tests,
+    paper_protocol,
+    regime_stats,
+    report_json,
+    report_png,
+    smallest_p,
+)
+
+T_975_DF4 = 2.7764451051977987  # Student t, 97.5 % quantile, 4 degrees of freedom (tables: 2.776)
+T_975_DF14 = 2.1447866879169273  # ... 14 degrees of freedom (tables: 2.145)
+
+
+def row(regime: str, seed: int, fold: int, f1: float, trainer: str = "ser-cnn", **extra: float) -> dict[str, Any]:
+    return {"regime": regime, "trainer": trainer, "seed": seed, "fold": fold,
+            "f1_macro": f1, "ua": f1 + 0.1, "wa": f1 + 0.2, **extra}
+
+
+def grid(regime: str, seeds: int = 3, folds: int = 5, base: float = 0.5) -> list[dict[str, Any]]:
+    """seeds x folds cells: a fold effect plus a seed effect that differs from fold to fold."""
+    return [row(regime, s, f, base + 0.02 * f + 0.007 * s * (-1) ** f + 0.001 * s * f)
+            for s in range(seeds) for f in range(1, folds + 1)]
+
+
+def exact_wilcoxon_p(diffs: list[float]) -> float:
+    """Two-sided signed-rank p by enumerating every sign assignment (zero differences dropped, no ties)."""
+    d = [x for x in diffs if x != 0]
+    ranks = {x: k + 1 for k, x in enumerate(sorted(d, key=abs))}
+    w = sum(ranks[x] for x in d if x > 0)
+    sums = [sum(r for r, plus in zip(range(1, len(d) + 1), signs, strict=True) if plus)
+            for signs in itertools.product((False, True), repeat=len(d))]
+    below = sum(s <= w for s in sums) / len(sums)
+    above = sum(s >= w for s in sums) / len(sums)
+    return min(1.0, 2 * min(below, above))
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def test_interval_is_student_t_over_the_per_fold_means_of_seed_averages() -> None:
+    rows = grid("real-central")
+    [stats] = regime_stats(rows)
+    values = [r["f1_macro"] for r in rows]
+    fold_means = [statistics.fmean(r["f1_macro"] for r in rows if r["fold"] == f) for f in range(1, 6)]
+    half = T_975_DF4 * statistics.stdev(fold_means) / math.sqrt(5)
+    centre = statistics.fmean(fold_means)
+
+    assert (stats["cells"], stats["folds"], stats["seeds"]) == (15, 5, 3)
+    assert stats["f1_macro"] == pytest.approx(statistics.fmean(values))
+    assert stats["f1_macro_std"] == pytest.approx(statistics.pstdev(values))  # over all cells, as before
+    assert stats["f1_macro_ci"] == pytest.approx((centre - half, centre + half))
+    # Not an interval over the 15 cells as if they were independent.
+    naive = T_975_DF14 * statistics.stdev(values) / math.sqrt(15)
+    assert stats["f1_macro_ci"][1] - stats["f1_macro_ci"][0] != pytest.approx(2 * naive, rel=1e-3)
+    # UA and WA get theirs too (shifted by 0.1 and 0.2 here).
+    assert stats["ua_ci"] == pytest.approx((centre + 0.1 - half, centre + 0.1 + half))
+    assert stats["wa_ci"] == pytest.approx((centre + 0.2 - half, centre + 0.2 + half))
+
+
+def test_a_fold_with_fewer_seeds_weighs_as_much_as_the_others() -> None:
+    rows = [r for r in grid("gan-central") if (r["seed"], r["fold"]) not in {(1, 5), (2, 5)}]
+    fold_means = [statistics.fmean(r["f1_macro"] for r in rows if r["fold"] == f) for f in range(1, 6)]
+    lo, hi = fold_interval(rows)
+    assert (lo + hi) / 2 == pytest.approx(statistics.fmean(fold_means))
+    assert (hi - lo) / 2 == pytest.approx(T_975_DF4 * statistics.stdev(fold_means) / math.sqrt(5))
+
+
+def test_one_fold_has_no_interval_and_equal_folds_a_point() -> None:
+    one_fold = [row("fedavg", s, 1, 0.5 + 0.01 * s) for s in range(3)]
+    assert fold_interval(one_fold) is None
+    assert regime_stats(one_fold)[0]["f1_macro_ci"] is None
+    assert "| fedavg | ser-cnn | 3 | 1 | 3 | 0.510 ± 0.008 | - |" in markdown(one_fold, False)
+    assert report_json(one_fold, False)["regimes"][0]["f1_macro_ci"] is None
+    flat = [row("fedavg", 0, f, 0.5) for f in range(1, 4)]
+    assert fold_interval(flat) == (0.5, 0.5)
+
+
+def test_pairs_compare_only_the_cells_both_regimes_have() -> None:
+    a = grid("real-central")
+    common = [(s, f) for s in range(3) for f in range(1, 6) if (s, f) != (2, 5)]
+    offsets = {c: (k + 1) * 0.003 * (1 if k % 4 else -1) for k, c in enumerate(common)}  # distinct sizes
+    b = [row("gan-central", r["seed"], r["fold"], r["f1_macro"] - offsets[r["seed"], r["fold"]])
+         for r in a if (r["seed"], r["fold"]) in offsets]
+    b.append(row("gan-central", 9, 1, 0.99))  # a seed real-central never ran: not paired
+    diffs = [next(x["f1_macro"] for x in a if (x["seed"], x["fold"]) == c)
+             - next(y["f1_macro"] for y in b if (y["seed"], y["fold"]) == c) for c in common]
+
+    [pair] = paired_tests(a + b)
+    assert (pair["a"], pair["b"], pair["trainer"], pair["metric"]) == ("real-central", "gan-central", "ser-cnn",
+                                                                       "f1_macro")
+    assert pair["n"] == 14
+    assert pair["mean_difference"] == pytest.approx(statistics.fmean(offsets.values()))
+    assert pair["p"] == pytest.approx(exact_wilcoxon_p(diffs))
+    assert pair["test"] == "wilcoxon signed-rank, two-sided"
+
+
+def test_pairs_stay_within_a_trainer() -> None:
+    rows = (grid("real-central") + grid("gan-central", base=0.4)
+            + [{**r, "trainer": "tu-dat"} for r in grid("real-central", base=0.3)])
+    assert [(p["a"], p["b"], p["trainer"]) for p in paired_tests(rows)] == [
+        ("real-central", "gan-central", "ser-cnn")]
+
+
+@pytest.mark.filterwarnings("error")  # all-zero differences: answered before scipy, which warns (1.17) or raises
+@pytest.mark.parametrize(("diffs", "p", "verdict"), [
+    ([0.01, 0.02, 0.03, 0.04, 0.05, 0.06], 2 / 2**6, "distinguishable"),  # every sign alike: 2 * 2^-n
+    ([0.01, 0.02, 0.03, 0.04, 0.05], 2 / 2**5, "not distinguishable"),
+    ([0.0] * 5, 1.0, "not distinguishable"),  # identical regimes: nothing to rank
+])
+def test_verdicts(diffs: list[float], p: float, verdict: str) -> None:
+    a = [row("real-central", 0, f, 0.5 + 0.1 * f) for f in range(1, len(diffs) + 1)]
+    b = [row("fedavg", 0, f, 0.5 + 0.1 * f - d) for f, d in enumerate(diffs, start=1)]
+    [pair] = paired_tests(a + b)
+    assert pair["n"] == len(diffs)
+    assert pair["p"] == pytest.approx(p)
+    assert pair["distinguishable"] is (verdict == "distinguishable")
+    assert f"| real-central | fedavg | ser-cnn | {len(diffs)} | " in markdown(a + b, False)
+    assert next(line for line in markdown(a + b, False).splitlines()
+                if line.startswith("| real-central | fedavg |")).endswith(f"| {verdict} |")
+
+
+def test_fewer_than_six_pairs_cannot_reach_five_percent() -> None:
+    # Exact figures, from scipy and from enumerating the 2^n sign assignments.
+    assert smallest_p(5) == pytest.approx(0.0625) == exact_wilcoxon_p([1, 2, 3, 4, 5])
+    assert smallest_p(6) == pytest.approx(0.03125) == exact_wilcoxon_p([1, 2, 3, 4, 5, 6])
+    assert all(smallest_p(n) > 0.05 for n in range(1, 6))
+    text = markdown(grid("real-central") + grid("fedavg", base=0.45), False)
+    assert "With fewer than 6 pairs a two-sided Wilcoxon signed-rank test cannot reach p < 0.05" in text
+    assert "5 pairs is 0.0625" in text
+
+
+# ----------------------------------------------------------------------------------------- outputs
+
+
+def test_markdown_tables() -> None:
+    rows = grid("real-central") + grid("gan-central", base=0.4)
+    text = markdown(rows, False)
+    stats = {s["regime"]: s for s in regime_stats(rows)}
+    lo, hi = stats["real-central"]["f1_macro_ci"]
+
+    assert "| regime | trainer | seed | fold | macro-F1 | UA | WA |" in text
+    assert sum(line.startswith("| real-central | ser-cnn | ") for line in text.splitlines()) == 15 + 1
+    first = rows[0]
+    assert f"| real-central | ser-cnn | 0 | 1 | {first['f1_macro']:.3f} |" in text
+    assert f"| real-central | ser-cnn | 15 | 5 | 3 | {stats['real-central']['f1_macro']:.3f} ± " in text
+    assert f"| [{lo:.3f}, {hi:.3f}] |" in text
+    assert "| 0.5727 ± 0.0099 |" in text and "| 0.4854 ± 0.0389 |" in text  # Table 2 beside
+    assert "protocol differs from the paper" in text and "protocol matches the paper" in markdown(rows, True)
+    assert "95 % CI: t over the k per-fold means (seeds averaged within a fold)" in text
+    assert "| regime A | regime B | trainer | n pairs | mean difference (A − B) | Wilcoxon p | verdict |" in text
+    diff = stats["real-central"]["f1_macro"] - stats["gan-central"]["f1_macro"]
+    [pair] = paired_tests(rows)
+    assert f"| real-central | gan-central | ser-cnn | 15 | {diff:+.3f} | {pair['p']:.4f} | distinguishable |" in text
+    assert "Pearson r" not in text
+
+
+def test_markdown_keeps_seed_000s_valence_table() -> None:
+    rows = [row("real-central", 0, f, 0.5, trainer="chang-multitask-cnn", ua3=0.6, pearson_r=0.3) for f in (1, 2)]
+    text = markdown(rows, False)
+    assert "| regime | trainer | 5-class UA (split labels) | 3-class UA | Pearson r |" in text
+    assert "| real-central | chang-multitask-cnn | 0.600 ± 0.000 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in text
+
+
+def plain_types(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(type(k) is str and plain_types(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(plain_types(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
+
+
+def test_json_carries_the_same_statistics_and_serializes() -> None:
+    rows = [{**r, "f1_macro": np.float64(r["f1_macro"]), "seed": np.int64(r["seed"]), "pearson_r": float("nan")}
+            for r in grid("real-central") + grid("gan-central", base=0.4)]
+    data = report_json(rows, True)
+
+    assert plain_types(data)
+    json.dumps(data, allow_nan=False)
+    assert set(data) >= {"rows", "regimes", "pairs", "interval"}
+    assert data["interval"] == INTERVAL and data["interval"].startswith(
+        "95 % CI: t over the k per-fold means (seeds averaged within a fold)")
+    assert len(data["rows"]) == 30 and data["rows"][0]["pearson_r"] is None  # NaN -> null
+    stats = regime_stats(rows)
+    for entry, s in zip(data["regimes"], stats, strict=True):
+        assert {k: entry[k] for k in ("regime", "trainer", "cells", "folds", "seeds")} == {
+            k: s[k] for k in ("regime", "trainer", "cells", "folds", "seeds")}
+        for m in ("f1_macro", "ua", "wa"):
+            assert entry[m] == pytest.approx(s[m]) and entry[f"{m}_std"] == pytest.approx(s[f"{m}_std"])
+            assert entry[f"{m}_ci"] == pytest.approx(list(s[f"{m}_ci"]))
+    assert data["regimes"][0]["table_2_f1"] == pytest.approx([0.5727, 0.0099])
+    [pair] = data["pairs"]
+    assert set(pair) == {"a", "b", "trainer", "metric", "n", "mean_difference", "test", "p", "distinguishable"}
+    assert pair["n"] == 15 and pair["distinguishable"] is True and pair["metric"] == "f1_macro"
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    rows = grid("real-central") + grid("gan-central", base=0.4) + [
+        {**r, "trainer": "tu-dat"} for r in grid("fedavg", seeds=1, folds=1)]
+    path = report_png(rows, tmp_path / "report.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bare = cells_interval_png(["a"], [[(1, 0, 0.5)]], [0.5], [None], {}, tmp_path / "bare.png")
+    assert bare.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------- the MLflow store
+
+T0 = 1_700_000_000_000  # ms; explicit start times make "newest" deterministic
+
+
+def scores(f1: float) -> dict[str, float]:
+    return {"f1_macro": f1, "ua": f1 + 0.01, "wa": f1 + 0.02}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A study's store: a superseded parent, a resumed parent (a KILLED and a FAILED fold, a fold logged
+    twice, a fold without every score, a skipped fold), a second seed, and two runs from before seeds
+    (and trainers) were tagged."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("study", artifact_location=(root / "artifacts").as_uri())
+
+    def run(start: int, tags: dict[str, str], metrics: dict[str, float] | None = None,
+            params: dict[str, str] | None = None, status: str = "FINISHED", parent: str | None = None) -> str:
+        tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
+        run_id = client.create_run(exp, start_time=T0 + start, tags=tags).info.run_id
+        for k, v in (params or {}).items():
+            client.log_param(run_id, k, v)
+        for k, v in (metrics or {}).items():
+            client.log_metric(run_id, k, v)
+        client.set_terminated(run_id, status=status, end_time=T0 + start + 1)
+        return run_id
+
+    def parent(start: int, regime: str, **tags: str) -> str:
+        return run(start, {"kind": "regime", "regime": regime, **tags}, params={"preset": "demo"},
+                   status="KILLED" if start == 200 else "FINISHED")
+
+    def fold(start: int, of: str, regime: str, n: int, metrics: dict[str, float], status: str = "FINISHED",
+             **tags: str) -> None:
+        run(start, {"regime": regime, "fold": str(n), "session": str(n), **tags}, metrics, status=status, parent=of)
+
+    real = {"trainer": "ser-cnn"}
+    old = parent(100, "real-central", seed="1", **real)  # superseded by the re-run below
+    fold(101, old, "real-central", 1, scores(0.11), seed="1", **real)
+    fold(102, old, "real-central", 4, scores(0.14), seed="1", **real)  # a fold the re-run lacks: still out
+    resumed = parent(200, "real-central", seed="1", **real)
+    fold(201, resumed, "real-central", 1, scores(0.21), seed="1", **real)
+    fold(202, resumed, "real-central", 2, scores(0.92), status="KILLED", seed="1", **real)  # the kill
+    fold(203, resumed, "real-central", 3, scores(0.93), status="FAILED", seed="1", **real)
+    fold(301, resumed, "real-central", 2, scores(0.22), seed="1", **real)  # the resumed study
+    fold(302, resumed, "real-central", 3, scores(0.23), seed="1", **real)
+    fold(303, resumed, "real-central", 1, scores(0.24), seed="1", **real)  # fold 1 again: the newest counts
+    fold(304, resumed, "real-central", 4, {"f1_macro": 0.94, "ua": 0.94}, seed="1", **real)  # no WA
+    fold(305, resumed, "real-central", 5, {}, seed="1", skipped="no test utterances", **real)
+    fold(306, resumed, "real-central", 6, scores(0.96), status="KILLED", seed="1", **real)  # killed again
+    fold(307, resumed, "real-central", 7, scores(0.97), status="FAILED", seed="1", **real)
+    other_seed = parent(250, "real-central", seed="2", **real)
+    fold(251, other_seed, "real-central", 1, scores(0.31), seed="2", **real)
+    fold(252, other_seed, "real-central", 2, scores(0.32), seed="2", **real)
+    legacy = run(260, {"kind": "regime", "regime": "gan-central"}, params={"training.seed": "7"})
+    fold(261, legacy, "gan-central", 1, {**scores(0.41), "pearson_r": 0.5})
+    legacy_tu = run(270, {"kind": "regime", "regime": "fedavg", "trainer": "tu-dat"})
+    fold(271, legacy_tu, "fedavg", 1, scores(0.51), trainer="tu-dat")
+    fold(280, "no-such-parent", "fedavg", 2, scores(0.99), trainer="tu-dat")
+    run(400, {"kind": "report"})
+    return uri
+
+
+def test_fold_rows_reads_each_seeds_newest_parent_and_its_finished_folds(store: str) -> None:
+    rows = fold_rows(store, "study")
+    assert [(r["regime"], r["trainer"], r["seed"], r["fold"], r["f1_macro"]) for r in rows] == [
+        ("real-central", "ser-cnn", 1, 1, 0.24),
+        ("real-central", "ser-cnn", 1, 2, 0.22),
+        ("real-central", "ser-cnn", 1, 3, 0.23),
+        ("real-central", "ser-cnn", 2, 1, 0.31),
+        ("real-central", "ser-cnn", 2, 2, 0.32),
+        ("gan-central", "ser-cnn", 7, 1, 0.41),  # no seed tag: training.seed; no trainer tag: ser-cnn
+        ("fedavg", "tu-dat", 0, 1, 0.51),  # neither: seed 0
+    ]
+    assert all(type(r["seed"]) is int for r in rows)
+    assert rows[0] == {"regime": "real-central", "trainer": "ser-cnn", "seed": 1, "fold": 1,
+                       "f1_macro": 0.24, "ua": 0.25, "wa": 0.26}
+    assert rows[5]["pearson_r"] == 0.5
+    assert [(r["seed"], r["fold"]) for r in fold_rows(store, "study", regimes=["real-central"])] == [
+        (1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+    assert [r["regime"] for r in fold_rows(store, "study", trainers=["tu-dat"])] == ["fedavg"]
+    with pytest.raises(ValueError, match="no MLflow experiment 'missing'"):
+        fold_rows(store, "missing")
+
+
+def test_log_report_logs_markdown_json_and_plot(store: str) -> None:
+    rows = fold_rows(store, "study")
+    assert paper_protocol(store, "study") is False
+    text = markdown(rows, False)
+    run_id = log_report(store, "study", rows, text)
+
+    mlflow.set_tracking_uri(store)
+    assert {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id)} == {
+        "report.md", "report.json", "report.png"}
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id))
+    assert (folder / "report.md").read_text(encoding="utf-8") == text
+    assert json.loads((folder / "report.json").read_text(encoding="utf-8")) == report_json(rows, False)
+    # The report run is no regime: reading the store again gives the same rows.
+    assert fold_rows(store, "study") == rows
