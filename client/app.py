@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from threadpoolctl import threadpool_limits
 
 from common.config import SESSIONS, StudyConfig
 from common.data import Corpus, load_corpus
@@ -86,6 +87,22 @@ def session_of(node_config: Mapping[str, Any], cfg: StudyConfig) -> int:
     return SESSIONS[pid]
 
 
+_pool_threads: int | None = None  # the BLAS/OpenMP cap this process has applied
+
+
+def cap_threads(n: int) -> None:
+    """At most ``n`` threads for torch and for the BLAS/OpenMP pools numpy, scipy and librosa use
+    (feature extraction): a node gets ``federation.client_cpus`` cores, and every pool sized to
+    the whole machine would oversubscribe it. The pools are capped once per process (importing
+    this module loaded them all, so threadpoolctl sees them); torch's setting is per thread pool
+    and cheap, so it is set on every call."""
+    global _pool_threads
+    if _pool_threads != n:
+        threadpool_limits(limits=n)
+        _pool_threads = n
+    torch.set_num_threads(n)
+
+
 def node_of(context: Context) -> Node:
     """This node's session and data (validated and read once per run)."""
     key = (context.run_id, json.dumps(dict(context.node_config), sort_keys=True, default=str))
@@ -104,7 +121,7 @@ def node_of(context: Context) -> Node:
         for stale in [k for k in _NODES if k[0] != context.run_id]:  # an earlier run's nodes
             del _NODES[stale]
         _NODES[key] = Node(cfg, session, corpus)
-    torch.set_num_threads(_NODES[key].cfg.federation.client_cpus)
+    cap_threads(_NODES[key].cfg.federation.client_cpus)
     return _NODES[key]
 
 

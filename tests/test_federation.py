@@ -9,20 +9,25 @@ Flower or Ray process is left behind.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
+import torch
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from typer.testing import CliRunner
 
 from common.models.sngan import GanSpec, Generator
 from common.schema import config_from_run, load_config
 from simulations.cli import app
 from simulations.flower import descendants, stop_tree
+from simulations.regimes.federation import Federation, WireGrid, reason_line
 from tests.conftest import FAST_STUDY_TABLES, study_file
 
 FAST = """
@@ -119,7 +124,7 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     assert gan.data.metrics["nodes"] == 5
     assert gan.data.metrics["generators_received"] == 4 and gan.data.metrics["generator_failures"] == 1
     assert gan.data.metrics["failed_nodes"] == 1
-    assert "injected failure: train.gan on Session3" in gan.data.tags["failure.Session3"]
+    assert gan.data.tags["failure.Session3"] == f"train.gan: {INJECTED}"  # one line, after one retry
     assert parents["fedavg"].data.metrics["failed_nodes"] == 0
     ckpts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=gan.info.run_id, artifact_path="checkpoints")}
     assert ckpts == {f"checkpoints/generator_Session{s}.pt" for s in (1, 2, 4, 5)}
@@ -130,8 +135,8 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     shapes = {k: list(v.shape) for k, v in Generator(GanSpec.of(cfg)).state_dict().items()}
     lines = audit_lines(gan)
     by_type = {t: [x for x in lines if x["type"] == t] for t in ("query", "train.gan", "evaluate")}
-    assert len(by_type["query"]) == 5 and len(by_type["train.gan"]) == 5
-    assert [x["session"] for x in by_type["train.gan"] if x["error"]] == [3]
+    assert len(by_type["query"]) == 5 and len(by_type["train.gan"]) == 6  # Session3 was asked twice
+    assert [(x["session"], x["attempt"]) for x in by_type["train.gan"] if x["error"]] == [(3, 1), (3, 2)]
     assert {x["session"] for x in by_type["evaluate"]} == {1, 2}  # held-out nodes score the folds
     assert len(lines) == sum(map(len, by_type.values()))
     assert_eyes_off(lines, shapes)
@@ -145,7 +150,7 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     # The report reads both federated regimes; nothing Flower or Ray started is still running.
     report = runner.invoke(app, ["report", "--config", str(config), "--json"])
     assert report.exit_code == 0, report.output
-    assert {(r["regime"], r["fold"]) for r in json.loads(report.output)} == {
+    assert {(r["regime"], r["fold"]) for r in json.loads(report.output)["rows"]} == {
         (g, f) for g in ("gan-federated", "fedavg") for f in (1, 2)}
     assert flower_processes(tmp_path / "out" / "flower" / "home") == set()
     assert load_config(config).federation.failures == ("train.gan:3",)
@@ -165,3 +170,256 @@ def test_stop_tree_stops_a_process_and_its_children() -> None:
     assert parent.returncode is not None
     stat = Path(f"/proc/{child}/stat")
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+# --- The server's side of the wire, against a scripted grid (fast) --------------------------------
+
+# Real error reasons, as Flower 1.41's simulation runtime wrote them into error replies
+# (flwr/server/superlink/fleet/vce/vce_api.py, worker(): str(type(ex)) + ":<'" + str(ex) + "'>").
+# A ClientAppActor killed (kill -9) during train.gan:
+ACTOR_DIED = (
+    "<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before finishing this task.\n"
+    "\tclass_name: ClientAppActor\n\tactor_id: 4ba54b1df6d8d08a99c5516d01000000\n\tpid: 25219\n"
+    "\tnamespace: e3aefd80-9cc5-4a3a-be85-f979561e870a\n\tip: 192.0.2.2\nThe actor is dead because its "
+    "worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits "
+    "with a connection error code 2. End of file. Some common causes include: (1) the process was killed by "
+    "the OOM killer due to high memory usage, (2) ray stop --force was called, or (3) the worker crashed "
+    "unexpectedly due to SIGSEGV or another unexpected error.'>"
+)
+INJECTED = "RuntimeError: injected failure: train.gan on Session3 (federation.failures)"
+# Session3's handler raising (federation.failures) in the same run: Ray's RayTaskError text, the
+# traceback of our exception, then Flower's ClientAppException wrapper (ray_actor.py:65).
+CLIENT_RAISED = (
+    "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=28317, ip=192.0.2.2, actor_id=9cec11ad1b46f5559a02cc4201000000, repr=<flwr.simulation.ray_transport.ray_actor.ClientAppActor object at 0x7f6be14c4190>)\n"
+    '                  ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    '  File "/work/main/.venv/lib/python3.11/site-packages/flwr/clientapp/client_app.py", line 161, in __call__\n'
+    '    return self._registered_funcs[full_name](message, context)\n'
+    '           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    '  File "/tmp/h13/after/work/flower/home/apps/fedser.fedser.0.1.0.86f7a45d/client/app.py", line 157, in train_gan\n'
+    '    _check_failure(node, "train.gan")\n'
+    '  File "/tmp/h13/after/work/flower/home/apps/fedser.fedser.0.1.0.86f7a45d/client/app.py", line 131, in _check_failure\n'
+    '    raise RuntimeError(f"injected failure: {handler} on Session{node.session} (federation.failures)")\n'
+    'RuntimeError: injected failure: train.gan on Session3 (federation.failures)\n'
+    '\n'
+    'The above exception was the direct cause of the following exception:\n'
+    '\n'
+    '\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=28317, ip=192.0.2.2, actor_id=9cec11ad1b46f5559a02cc4201000000, repr=<flwr.simulation.ray_transport.ray_actor.ClientAppActor object at 0x7f6be14c4190>)\n'
+    '           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    '           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    '  File "/work/main/.venv/lib/python3.11/site-packages/flwr/simulation/ray_transport/ray_actor.py", line 65, in run\n'
+    '    raise ClientAppException(str(ex)) from ex\n'
+    'flwr.clientapp.client_app.ClientAppException: \n'
+    "Exception ClientAppException occurred. Message: injected failure: train.gan on Session3 (federation.failures)'>"
+)
+
+
+class ScriptedGrid:
+    """A Flower Grid whose nodes answer as scripted: per (node, message type), one entry per
+    attempt (None: a normal reply, a string: an error reply with that reason). Replies are handed
+    out in ``arrival`` order of the nodes (the default: the reverse of push order)."""
+
+    def __init__(self, nodes: dict[int, int], script: dict[tuple[int, str], list[str | None]] | None = None,
+                 arrival: list[int] | None = None) -> None:
+        self.sessions = nodes  # node id -> session its query reply states
+        self.script = script or {}
+        self.arrival = arrival
+        self.pushed: list[Message] = []
+        self.waiting: dict[str, Message] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.sessions)  # Flower: whatever order the link state has (here: by id)
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # what Flower's grids do
+            self.pushed.append(msg)
+            self.waiting[msg.metadata.message_id] = msg
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def reply(self, msg: Message) -> Message:
+        node = msg.metadata.dst_node_id
+        attempt = sum(m.metadata.dst_node_id == node for m in self.pushed
+                      if m.metadata.message_type == msg.metadata.message_type)
+        plan = self.script.get((node, msg.metadata.message_type)) or [None]
+        outcome = plan[min(attempt, len(plan)) - 1]
+        if outcome is not None:
+            return Message(Error(code=0, reason=outcome), reply_to=msg)
+        if msg.metadata.message_type == "query":
+            return Message(RecordDict({
+                "node": ConfigRecord({"session": self.sessions[node]}),
+                "metrics": MetricRecord({"utterances": 1, "feat-min": 0.0, "feat-max": 1.0,
+                                         **{f"count-{c}": 0 for c in ("neu", "hap", "ang", "sad")}}),
+            }), reply_to=msg)
+        return Message(RecordDict({"metrics": MetricRecord({"session": self.sessions[node]})}), reply_to=msg)
+
+    def pull_messages(self, message_ids: list[str]) -> list[Message]:
+        asked = [self.waiting.pop(m) for m in message_ids if m in self.waiting]
+        order = self.arrival or [m.metadata.dst_node_id for m in reversed(self.pushed)]
+        asked.sort(key=lambda m: order.index(m.metadata.dst_node_id))
+        return [self.reply(m) for m in asked]
+
+
+# Node ids are random per run: here their order is not the sessions' order.
+NODES = {907: 1, 113: 2, 555: 3, 42: 4, 731: 5}
+
+
+@pytest.fixture(autouse=True)
+def _serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower 1.41's Message() reads the running task's identity, which the ServerApp process sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in {"_run_id": 1, "_node_id": 0, "_task_id": 1}.items():
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def federation(grid: ScriptedGrid, tmp_path: Path) -> Federation:
+    """A Federation over ``grid`` whose five nodes have answered discovery."""
+    cfg = load_config(overrides={"federation": {"timeout": 5, "node_wait": 5},
+                                 "data": {"classes": ["neu", "hap", "ang", "sad"]}})
+    fed = Federation(WireGrid(grid, tmp_path / "audit.jsonl"), cfg)
+    fed.discover()
+    assert set(fed.nodes) == set(NODES.values())
+    return fed
+
+
+@pytest.mark.parametrize("arrival", [None, [42, 731, 113, 907, 555], [555, 113, 907, 731, 42]])
+def test_replies_come_back_in_session_order_whatever_order_they_arrive_in(tmp_path: Path, arrival) -> None:
+    grid = ScriptedGrid(NODES, arrival=arrival)
+    fed = federation(grid, tmp_path)
+    # The grid a Flower strategy sees: nodes listed, and replies returned, by session.
+    wire = fed.grid
+    assert [NODES[n] for n in wire.get_node_ids()] == [1, 2, 3, 4, 5]
+    pushed_by_id = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in sorted(NODES, reverse=True)]
+    replies = wire.send_and_receive(pushed_by_id, timeout=5)
+    assert [int(r.content["metrics"]["session"]) for r in replies] == [1, 2, 3, 4, 5]
+    # ... and so does an exchange by session (its outcome's dicts are built in that order).
+    outcome = fed.exchange("evaluate", {s: RecordDict() for s in (5, 3, 1, 4, 2)})
+    assert list(outcome.replies) == [1, 2, 3, 4, 5] and not outcome.failures
+
+
+def test_an_error_reply_is_retried_once_and_counts_only_if_the_retry_fails(tmp_path: Path, caplog) -> None:
+    # Session2's node fails once (its actor died) then answers; Session3's fails both times.
+    grid = ScriptedGrid(NODES, {(113, "train.gan"): [ACTOR_DIED, None],
+                                (555, "train.gan"): [ACTOR_DIED, CLIENT_RAISED]})
+    fed = federation(grid, tmp_path)
+    with caplog.at_level(logging.INFO, logger="fedser.server"):
+        outcome = fed.exchange("train.gan", dict.fromkeys(NODES.values(), RecordDict()))
+    assert sorted(outcome.replies) == [1, 2, 4, 5]
+    assert outcome.failures == {3: f"train.gan: {INJECTED}"}
+    assert fed.failures == {3: f"train.gan: {INJECTED}"}  # recorded once, with the final reason
+    sent = [NODES[m.metadata.dst_node_id] for m in grid.pushed if m.metadata.message_type == "train.gan"]
+    assert sorted(sent) == [1, 2, 2, 3, 3, 4, 5]  # one retry each for 2 and 3, none for the others
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("asking once more" in w for w in warnings) == 2
+    assert [w for w in warnings if "asking once more" not in w] == [f"Session3: train.gan: {INJECTED}"]
+    # The audit shows both attempts, one line each, with one-line reasons.
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    gan = [(x["session"], x["attempt"], x["error"] and x["error"]["reason"]) for x in lines if x["type"] == "train.gan"]
+    assert sorted(gan, key=lambda x: (x[0], x[1])) == [
+        (1, 1, None), (2, 1, ACTOR_REASON), (2, 2, None), (3, 1, ACTOR_REASON), (3, 2, INJECTED),
+        (4, 1, None), (5, 1, None)]
+
+
+def test_a_single_ask_survives_one_failure(tmp_path: Path) -> None:
+    grid = ScriptedGrid(NODES, {(907, "evaluate"): [ACTOR_DIED, None]})
+    fed = federation(grid, tmp_path)
+    assert int(fed.ask("evaluate", 1, RecordDict())["metrics"]["session"]) == 1
+    assert fed.failures == {}
+
+
+ACTOR_REASON = "ActorDiedError: The actor died unexpectedly before finishing this task."
+
+
+@pytest.mark.parametrize(("reason", "line"), [
+    (ACTOR_DIED, ACTOR_REASON),
+    (CLIENT_RAISED, INJECTED),
+    # A deployed SuperNode's ClientApp process (flwr/supernode/runtime/run_clientapp.py) names the
+    # handler's exception itself; an unregistered message type is Flower's own ValueError.
+    (f"<class 'RuntimeError'>:<'{INJECTED.split(': ', 1)[1]}'>", INJECTED),
+    ("<class 'ValueError'>:<'No train function registered with name 'x''>",
+     "ValueError: No train function registered with name 'x'"),
+    # The SuperLink's own reasons (flwr/server/superlink/linkstate/utils.py): kept, on one line.
+    ("Error: Reply Message Unavailable - The reply message has expired.",
+     "Error: Reply Message Unavailable - The reply message has expired."),
+    ("\x1b[36mray::ClientAppActor.run()\x1b[39m failed\n  twice", "ray::ClientAppActor.run() failed twice"),
+])
+def test_failure_reasons_are_one_readable_line(reason: str, line: str) -> None:
+    assert reason_line(reason) == line
+    assert "\n" not in reason_line(reason) and "\x1b" not in reason_line(reason)
+
+
+def test_failure_reasons_are_bounded() -> None:
+    long = "<class 'RuntimeError'>:<'" + "x" * 2000 + "\nmore'>"
+    assert len(reason_line(long)) == 500 and reason_line(long).startswith("RuntimeError: xxx")
+
+
+def test_a_node_caps_every_thread_pool_at_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import client.app as client_app
+
+    monkeypatch.setattr(client_app, "_pool_threads", None)
+    with threadpool_limits(limits=None):  # puts this process's pools back as they were on exit
+        client_app.cap_threads(1)
+        pools = threadpool_info()
+        assert {p["internal_api"] for p in pools} >= {"openblas", "openmp"}  # numpy/scipy, torch/sklearn
+        assert [p["num_threads"] for p in pools] == [1] * len(pools) and torch.get_num_threads() == 1
+
+
+class FakeActor:
+    """A Ray actor handle as Flower's pool sees it: an id, and ``run.remote`` giving a future."""
+
+    def __init__(self, name: str, dead: bool = False) -> None:
+        self.name, self.dead = name, dead
+        self._actor_id = type("ActorID", (), {"hex": lambda _self: name})()
+
+
+class FakePool:
+    """flwr's BasicActorPool (ray_actor.py), with futures resolved at once: a dead actor's raises."""
+
+    def __init__(self, actors: list[FakeActor]) -> None:
+        self.pool, self.created = list(actors), 0
+        self._future_to_actor: dict[int, FakeActor] = {}
+
+    def create_actor_fn(self) -> FakeActor:
+        self.created += 1
+        return FakeActor(f"new{self.created}")
+
+    def submit(self, actor_fn: Any, job: Any) -> int:
+        actor = self.pool.pop()  # LIFO, as in flwr
+        self._future_to_actor[id(job)] = actor
+        return id(job)
+
+    def add_actor_back_to_pool(self, future: int) -> None:
+        self.pool.append(self._future_to_actor.pop(future))
+
+    def fetch_result_and_return_actor_to_pool(self, future: int) -> tuple[str, None]:
+        from ray.exceptions import ActorDiedError
+
+        actor = self._future_to_actor[future]
+        if actor.dead:
+            error = ActorDiedError()
+            error.actor_id = actor.name
+            raise error
+        self.add_actor_back_to_pool(future)
+        return f"served by {actor.name}", None
+
+
+def test_a_dead_ray_actor_is_replaced_not_handed_the_next_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from ray.exceptions import ActorDiedError
+
+    from simulations.regimes.federation import mend_ray_pool
+
+    monkeypatch.setattr(RayBackend, "process_message", RayBackend.process_message)  # undone after the test
+    mend_ray_pool()
+    backend = RayBackend.__new__(RayBackend)  # no Ray: the pool is the fake above
+    backend.pool, backend.app_fn = FakePool([FakeActor("alive"), FakeActor("killed", dead=True)]), lambda: None
+    context = type("Context", (), {"node_config": {"partition-id": 0}})()
+    with pytest.raises(ActorDiedError):  # the message the actor was running is lost (and retried)
+        backend.process_message(None, context)
+    # Unpatched, flwr put the dead actor back on top and it would take the next message too.
+    assert [backend.process_message(None, context)[0] for _ in range(3)] == ["served by new1"] * 3
+    assert sorted(a.name for a in backend.pool.pool) == ["alive", "new1"] and backend.pool.created == 1

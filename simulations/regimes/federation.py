@@ -3,12 +3,20 @@
 Nothing here waits forever (notes/flower-1.41.md §6): discovery waits ``federation.node_wait``
 seconds for IEMOCAP's five session nodes, every round ``federation.timeout`` seconds for replies; a
 node that fails or stays silent is reported by session and the regime goes on without it.
+
+Replies come back in session order, not arrival order, so that FedAvg sums them in the same order
+on every run (float addition is not associative). A node whose reply is an error is asked once
+more before it counts as failed: in a simulation, a Ray actor that dies fails every message it
+takes, including messages of nodes it was not serving (README, "When a node fails").
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,9 +49,37 @@ def describe(content: RecordDict) -> dict[str, Any]:
     return out
 
 
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # colour codes Ray puts in task tracebacks
+# Flower's simulation runtime turns an exception into ``str(type(ex)) + ":<'" + str(ex) + "'>"``
+# (flwr/server/superlink/fleet/vce/vce_api.py, worker()); the ClientApp process does the same.
+WRAPPED = re.compile(r"<class '([^']+)'>:<'(.*)'>", re.S)
+# A traceback's "module.Type: message" line (unindented): in a RayTaskError, the first one is the
+# exception our handler raised; Flower's ClientAppException wrapper comes after it.
+RAISED = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure)): ?(.*)$", re.M)
+WRAPPERS = ("ClientAppException", "RayTaskError")
+REASON_CHARS = 500
+
+
+def reason_line(reason: str, limit: int = REASON_CHARS) -> str:
+    """An error reply's reason as one readable line: ``Type: message`` for an exception (the one
+    the ClientApp raised, not Ray's or Flower's wrapper; ANSI codes, tracebacks and Ray's detail
+    lines dropped), any other reason with its whitespace collapsed; at most ``limit`` characters."""
+    text = ANSI.sub("", reason).strip()
+    if wrapped := WRAPPED.fullmatch(text):
+        kind, body = wrapped.group(1).rsplit(".", 1)[-1], wrapped.group(2).strip()
+        raised = [m for m in RAISED.finditer(body) if m.group(1) not in WRAPPERS]
+        if raised:  # a task error: Ray's text is the traceback, the cause is printed first
+            kind, body = raised[0].group(1), raised[0].group(2)
+        elif kind.startswith(WRAPPERS):  # no traceback line: Flower's "Exception X occurred. Message: m"
+            kind, body = "ClientAppException", body.rsplit("Message: ", 1)[-1]
+        text = f"{kind}: {body.strip().splitlines()[0] if body.strip() else ''}".rstrip(": ")
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def failed(reply: Message) -> str:
-    """Why an error reply failed, in one line."""
-    return f"{reply.metadata.message_type or 'message'} failed (code {reply.error.code}): {reply.error.reason}"
+    """Why an error reply failed, in one line (``train.gan: ActorDiedError: The actor died ...``)."""
+    return f"{reply.metadata.message_type or 'message'}: {reason_line(reply.error.reason)}"
 
 
 def silent(message_type: str, timeout: float | None) -> str:
@@ -51,25 +87,40 @@ def silent(message_type: str, timeout: float | None) -> str:
     return f"{message_type}: no reply within {timeout:.0f} s"
 
 
+# Message types whose handler is a function of the message and the node's data alone (seeded by
+# round and session; client/app.py), so a second attempt gives the reply the first would have:
+# all of ours, FedAvg's ``train`` rounds included.
+RETRIED = frozenset({"query", "train.gan", "train", "evaluate"})
+
+
 class WireGrid:
     """A Grid that writes one JSON line per reply it hands out (who, what type, what shapes), and
-    optionally shows only some nodes (a fold's training nodes to a Flower strategy)."""
+    optionally shows only some nodes (a fold's training nodes to a Flower strategy).
+
+    ``send_and_receive`` (what Flower's strategies call) and ``collect`` return replies in session
+    order and ask a node whose reply is an error once more (message types in ``RETRIED``)."""
 
     def __init__(self, grid: Grid, audit: Path | None, nodes: Iterable[int] | None = None) -> None:
         self.grid, self.audit = grid, audit
         self.nodes = None if nodes is None else set(nodes)
         self.sessions: dict[int, int] = {}  # node id -> session, for readable audit lines
         self.sent: dict[str, Message] = {}
+        self.retries: dict[str, str] = {}  # message id of a second attempt -> the first's
         self.failures: dict[int, str] = {}  # session (or node id) -> first failure reason
 
     def restrict(self, nodes: Iterable[int]) -> WireGrid:
         """The same grid and audit, showing only ``nodes``."""
         view = WireGrid(self.grid, self.audit, nodes)
-        view.sessions, view.sent, view.failures = self.sessions, self.sent, self.failures  # shared
+        view.sessions, view.sent, view.retries, view.failures = self.sessions, self.sent, self.retries, self.failures
         return view
 
+    def order(self, node: int) -> tuple[int, int]:
+        """Sort key of a node: by session once discovery knows it (node ids are random per run)."""
+        return (self.sessions[node], 0) if node in self.sessions else (len(SESSIONS) + 1, node)
+
     def get_node_ids(self) -> list[int]:
-        ids = list(self.grid.get_node_ids())
+        """The (visible) online nodes in session order: what Flower's strategies sample from."""
+        ids = sorted(self.grid.get_node_ids(), key=self.order)
         return ids if self.nodes is None else [n for n in ids if n in self.nodes]
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
@@ -79,45 +130,84 @@ class WireGrid:
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Flower's pull, each reply written to the audit (failures are recorded by ``collect``)."""
         replies = list(self.grid.pull_messages(message_ids))
         for reply in replies:
             self._record(reply)
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """Push, then pull until every message has a reply or ``timeout`` seconds passed."""
+        """Push, then pull until every message has a reply or ``timeout`` seconds passed (see ``collect``)."""
         return self.collect(self.push_messages(messages), timeout)
 
     def collect(self, message_ids: Iterable[str], timeout: float | None) -> list[Message]:
-        """Replies to ``message_ids`` as they arrive, until all came or ``timeout`` s passed; the
-        nodes that stayed silent are recorded as failed."""
-        ids = set(message_ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while ids and (deadline is None or time.monotonic() < deadline):
-            new = self.pull_messages(list(ids))
-            replies += new
-            ids -= {m.metadata.reply_to_message_id for m in new}
-            if ids:
-                time.sleep(0.1)
+        """One reply per message of ``message_ids`` that got one, in session order (then push
+        order), whatever order they arrived in; failures are recorded by session.
+
+        A node whose reply is an error is sent a copy of its message once more, one node at a
+        time, each with its own ``timeout``: one at a time because Flower's Ray backend puts a dead
+        actor back on top of its idle stack, so a batch of retries would hand it one of them again.
+        Silent nodes are not asked again: their message still waits in the node's queue."""
+        pushed = list(message_ids)
+        rank = {mid: (self.order(self.sent[mid].metadata.dst_node_id), i) for i, mid in enumerate(pushed)}
+        ids = sorted(pushed, key=rank.__getitem__)
+        replies = self._pull(ids, timeout)
         for mid in ids:
-            self.fail(self.sent[mid].metadata.dst_node_id, silent(self.sent[mid].metadata.message_type, timeout))
+            reply = replies.get(mid)
+            if reply is not None and reply.has_error() and reply.metadata.message_type in RETRIED:
+                replies[mid] = self._retry(mid, reply, timeout)
+        for mid in ids:
+            node = self.sent[mid].metadata.dst_node_id
+            if mid not in replies:
+                self.fail(node, silent(self.sent[mid].metadata.message_type, timeout))
+            elif replies[mid].has_error():
+                self.fail(node, failed(replies[mid]))
+        return [replies[mid] for mid in ids if mid in replies]
+
+    def _pull(self, ids: list[str], timeout: float | None) -> dict[str, Message]:
+        """Replies to ``ids`` by message id, pulled until all came or ``timeout`` s passed."""
+        waiting = set(ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: dict[str, Message] = {}
+        while waiting and (deadline is None or time.monotonic() < deadline):
+            for reply in self.pull_messages(list(waiting)):
+                replies[reply.metadata.reply_to_message_id] = reply
+            waiting -= set(replies)
+            if waiting:
+                time.sleep(0.1)
         return replies
+
+    def _retry(self, mid: str, first: Message, timeout: float | None) -> Message:
+        """The reply to a second copy of message ``mid``; the first error reply if none came."""
+        request = self.sent[mid]
+        node, meta = request.metadata.dst_node_id, request.metadata
+        log.warning("%s: %s; asking once more", self.who(node), failed(first))
+        again = Message(request.content, dst_node_id=node, message_type=meta.message_type,
+                        ttl=meta.ttl, group_id=meta.group_id)
+        [retry_id] = self.push_messages([again])
+        self.retries[retry_id] = mid
+        second = self._pull([retry_id], timeout).get(retry_id, first)
+        if not second.has_error():
+            log.info("%s: %s answered on the second attempt", self.who(node), meta.message_type)
+        return second
+
+    def who(self, node: int) -> str:
+        """A node as log lines name it: its session once discovery knows it."""
+        return f"Session{self.sessions[node]}" if node in self.sessions else f"node {node}"
 
     def fail(self, node: int, reason: str) -> None:
         """Record (once per node) why a node failed; logged and reported to MLflow by the regime."""
-        key = self.sessions.get(node, node)
-        log.warning("Session%s: %s", key, reason)
-        self.failures.setdefault(key, reason)
+        log.warning("%s: %s", self.who(node), reason)
+        self.failures.setdefault(self.sessions.get(node, node), reason)
 
     def _record(self, reply: Message) -> None:
         request = self.sent.get(reply.metadata.reply_to_message_id)
         node = request.metadata.dst_node_id if request is not None else reply.metadata.src_node_id
         line = {"time": time.time(), "session": self.sessions.get(node), "node": node,
-                "type": reply.metadata.message_type, "error": None}
+                "type": reply.metadata.message_type, "error": None,
+                "attempt": 2 if reply.metadata.reply_to_message_id in self.retries else 1}
         if reply.has_error():
-            line["error"] = {"code": reply.error.code, "reason": reply.error.reason}
-            self.fail(node, failed(reply))
+            line["error"] = {"code": reply.error.code, "reason": reason_line(reply.error.reason)}
         else:
             line |= describe(reply.content)
         if self.audit is None:
@@ -183,7 +273,7 @@ class Federation:
     def _add(self, reply: Message) -> None:
         request = self.grid.sent[reply.metadata.reply_to_message_id]
         if reply.has_error():
-            log.warning("query to node %s failed: %s", request.metadata.dst_node_id, reply.error.reason)
+            log.warning("query to node %s failed: %s", request.metadata.dst_node_id, reason_line(reply.error.reason))
             return
         session = int(reply.content["node"]["session"])
         if session not in SESSIONS:
@@ -202,7 +292,8 @@ class Federation:
         self.grid.sessions[request.metadata.dst_node_id] = session
 
     def exchange(self, message_type: str, contents: Mapping[int, RecordDict]) -> Outcome:
-        """Send ``contents[session]`` to each session's node; collect replies until ``timeout``."""
+        """Send ``contents[session]`` to each session's node; collect replies until ``timeout``
+        (a node whose reply is an error is asked once more; ``WireGrid.collect``)."""
         out = Outcome()
         targets = {s: c for s, c in contents.items() if s in self.nodes}
         for s in contents:
@@ -211,8 +302,8 @@ class Federation:
         messages = {s: Message(c, dst_node_id=self.nodes[s].node_id, message_type=message_type)
                     for s, c in targets.items()}
         ids = dict(zip(self.grid.push_messages(messages.values()), messages, strict=True))  # message id -> session
-        for reply in self.grid.collect(ids, self.cfg.federation.timeout):
-            session = ids[reply.metadata.reply_to_message_id]
+        for reply in self.grid.collect(ids, self.cfg.federation.timeout):  # session order, errors retried once
+            session = self.grid.sessions[self.grid.sent[reply.metadata.reply_to_message_id].metadata.dst_node_id]
             if reply.has_error():
                 out.failures[session] = failed(reply)
             else:
@@ -239,6 +330,42 @@ class NodeFailure(RuntimeError):
     def __init__(self, session: int, reason: str) -> None:
         super().__init__(f"Session{session}: {reason}")
         self.session, self.reason = session, reason
+
+
+def mend_ray_pool() -> None:
+    """Make Flower 1.41's Ray simulation backend replace an actor that died (``kill -9``, the OOM
+    killer) with a new one. Unpatched, ``RayBackend.process_message`` puts the dead actor back on
+    top of its idle stack (flwr/server/superlink/fleet/vce/backend/raybackend.py, ``except``
+    branch), and every later message it is handed fails with ``ActorDiedError``, whichever node the
+    message was for. Patched, a death costs the message that actor was running (which
+    ``WireGrid.collect`` then retries). Call it in the ServerApp: in a simulation the ServerApp
+    runs in the process of the backend (``flwr-simulation``); elsewhere the patch is never used."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from ray.exceptions import ActorDiedError
+
+    process = RayBackend.process_message
+    if getattr(process, "replaces_dead_actors", False):
+        return
+    replaced: set[str] = set()  # dead actors' ids: each is replaced once, by whichever worker saw it first
+    lock = threading.Lock()
+
+    def process_message(self: Any, message: Message, context: Any) -> Any:
+        try:
+            return process(self, message, context)
+        except ActorDiedError as ex:
+            if self.pool is not None and ex.actor_id:
+                with lock:
+                    for actor in [a for a in self.pool.pool if a._actor_id.hex() == ex.actor_id]:
+                        with contextlib.suppress(ValueError):  # another worker took it meanwhile
+                            self.pool.pool.remove(actor)
+                    if ex.actor_id not in replaced:
+                        replaced.add(ex.actor_id)
+                        self.pool.pool.append(self.pool.create_actor_fn())
+                        log.warning("Ray actor %s died; replaced by a new one", ex.actor_id)
+            raise
+
+    process_message.replaces_dead_actors = True  # type: ignore[attr-defined]
+    RayBackend.process_message = process_message  # type: ignore[method-assign]
 
 
 def stats_config(stats: MinMax, **extra: Any) -> ConfigRecord:
