@@ -19,7 +19,7 @@ from common.config import FEDERATED_REGIMES, StudyConfig
 from common.schema import config_from_run
 from simulations.regimes import FoldOutcome
 from simulations.regimes.federated import REGIMES
-from simulations.regimes.federation import Federation, WireGrid
+from simulations.regimes.federation import Federation, WireGrid, mend_ray_pool
 from simulations.tracking import Tracker, tracked
 
 app = ServerApp()
@@ -30,8 +30,9 @@ log = logging.getLogger("fedser.server")
 def main(grid: Grid, context: Context) -> None:
     """Flower's entry: the configured regime over the nodes of this run."""
     cfg = config_from_run(context.run_config)
-    regime = str(context.run_config.get("regime", ""))
-    run_regime(grid, cfg, regime, run_id=context.run_id)
+    config = context.run_config
+    run_regime(grid, cfg, str(config.get("regime", "")), run_id=context.run_id,
+               owner=str(config.get("owner", "")) or None, resume=bool(config.get("resume", True)))
 
 
 def _log_to_stderr() -> None:
@@ -50,16 +51,19 @@ def audit_path(cfg: StudyConfig, regime: str, run_id: int) -> Path:
     return cfg.work_dir / "flower" / f"audit-{regime}-{run_id}.jsonl"
 
 
-def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0) -> list[FoldOutcome]:
+def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0, owner: str | None = None,
+               resume: bool = True) -> list[FoldOutcome]:
     """Discover the nodes, then run ``regime`` fold by fold inside its MLflow run (failures and the
-    wire audit logged with it)."""
+    wire audit logged with it). ``owner``: the study process that started this run (its runs are
+    its to mark KILLED); ``resume``: run only the folds an earlier run of this config left."""
     if regime not in REGIMES:
         raise ValueError(f"run config regime: {regime!r} is not a federated regime; choose from "
                          f"{', '.join(FEDERATED_REGIMES)}")
     _log_to_stderr()
+    mend_ray_pool()  # a simulated node's dead Ray actor is replaced (README "When a node fails")
     torch.set_num_threads(os.cpu_count() or 1)  # the server trains while the nodes idle
     audit = audit_path(cfg, regime, run_id)
     fed = Federation(WireGrid(grid, audit), cfg)
     federated = REGIMES[regime](fed, cfg)
     federated.log.artifacts.append((audit, "flower"))
-    return tracked(federated, Tracker(cfg), cfg, flwr_run_id=run_id)
+    return tracked(federated, Tracker(cfg, owner), cfg, resume=resume, flwr_run_id=run_id)

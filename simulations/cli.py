@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -14,9 +15,10 @@ from typing import Annotated, Any, Optional, TypeVar, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from common.config import ConfigError, StudyConfig
+from common.config import ConfigError, StudyConfig, config_warnings
 from common.corpora import read_corpus
 from common.schema import load_config
 from simulations.flower import FlowerRunError
@@ -41,15 +43,26 @@ def friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` cleans up as Ctrl-C does
         try:
             return fn(*args, **kwargs)
         except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError, FlowerRunError) as exc:
             if os.environ.get("FEDSER_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold yellow]interrupted:[/] open runs marked KILLED and every process this command "
+                              "started stopped; run the same command again to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return cast(F, wrapper)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 # --------------------------------------------------------------------------------------- corpus
@@ -106,7 +119,7 @@ def _print_check(report: dict[str, Any]) -> None:
     elif report["deviations"]:
         console.print(f"[bold yellow]{len(report['deviations'])} deviation(s) from {report['reference']}:[/]")
         for line in report["deviations"]:
-            console.print(f"  {line}", highlight=False)
+            console.print(f"  {line}", markup=False, highlight=False)
     else:
         console.print(f"[bold green]matches {report['reference']}[/]")
 
@@ -125,11 +138,11 @@ def corpus_synth(
 
     start = time.perf_counter()
     root = write_iemocap(out, seed=seed, utterances_per_dialog=utterances_per_dialog)
-    console.print(f"wrote {root}", highlight=False)
+    console.print(f"wrote {root}", markup=False, highlight=False)
     if librispeech:
-        console.print(f"wrote {write_librispeech(out, seed=seed, speakers=pretrain_speakers)}", highlight=False)
+        console.print(f"wrote {write_librispeech(out, seed=seed, speakers=pretrain_speakers)}", markup=False, highlight=False)
     console.print(f"done in {time.perf_counter() - start:.1f} s; check it with: fedser corpus check {root}",
-                  highlight=False)
+                  markup=False, highlight=False)
 
 
 # --------------------------------------------------------------------------------------- config
@@ -144,6 +157,13 @@ def config_show(config: ConfigArg = None) -> None:
     for key, value in cfg.flat().items():
         table.add_row(key, value)
     console.print(table)
+    _warn(cfg)
+
+
+def _warn(cfg: StudyConfig) -> None:
+    """One line per configured path that does not exist (data.root, model.pretrained, ...)."""
+    for line in config_warnings(cfg):
+        err_console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------- features
@@ -157,7 +177,7 @@ def features(config: ConfigArg = None) -> None:
 
 
 def _features(cfg: StudyConfig) -> dict[str, Any]:
-    from common.data import labeled_manifest, prepare
+    from common.data import labeled_manifest, prepare, skip_summary
     from common.features import MinMax
 
     start = time.perf_counter()
@@ -177,12 +197,14 @@ def _features(cfg: StudyConfig) -> dict[str, Any]:
         f"features: {len(prepared)} utterances ({sum(prepared.frames)} frames), {failed} unreadable, "
         f"{seconds:.1f} s; cache {prepared.cache.hits} hits / {prepared.cache.misses} misses at "
         f"{prepared.cache.root}; index under {cfg.work_dir / 'prepared'}",
-        highlight=False,
+        markup=False, highlight=False,
     )
+    console.print(skip_summary(prepared.skip_counts()) + " (`fedser corpus check` lists them)",
+                  markup=False, highlight=False)
     for skip in prepared.skipped[len(manifest.scan.skipped):]:
-        console.print(f"  skipped {skip.path}: {skip.reason}", highlight=False)
+        console.print(f"  skipped {skip.path}: {skip.reason}", markup=False, highlight=False)
     return {"utterances": len(prepared), "skipped": failed, "hits": prepared.cache.hits,
-            "misses": prepared.cache.misses}
+            "misses": prepared.cache.misses, "skips": prepared.skip_counts()}
 
 
 # ---------------------------------------------------------------------------------------- folds
@@ -234,32 +256,57 @@ def _folds(cfg: StudyConfig, as_json: bool = False) -> list[dict[str, Any]]:
 def pretrain(config: ConfigArg = None) -> None:
     """Pre-train the GAN (autoencoder, then WGAN-GP) on the unlabeled corpus; write the checkpoint."""
     from common.pipeline import pretrain as run_pretrain
+    from simulations.processes import work_dir_lock
 
     cfg = load_config(config)
     start = time.perf_counter()
-    path = run_pretrain(cfg, progress=console.is_terminal)
+    with work_dir_lock(cfg.work_dir, "pretrain"):
+        path = run_pretrain(cfg, progress=console.is_terminal)
     console.print(f"pre-trained GAN ({cfg.preset} preset) written to {path} in "
-                  f"{time.perf_counter() - start:.0f} s", highlight=False)
+                  f"{time.perf_counter() - start:.0f} s", markup=False, highlight=False)
 
 
 @app.command("study")
 @friendly
-def study(config: ConfigArg = None) -> None:
-    """Run every configured regime over the leave-one-session-out folds, logged to MLflow."""
-    _study(load_config(config))
+def study(
+    config: ConfigArg = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds, e.g. 0,1,2 (overrides `seeds`).")] = None,  # noqa: UP045
+    fresh: Annotated[bool, typer.Option("--fresh", help="Run every fold again instead of resuming.")] = False,
+) -> None:
+    """Run every configured regime x trainer x seed over the folds (leave-one-session-out, or
+    k-fold with folds.scheme = "kfold"), logged to MLflow.
+
+    Re-running the same command resumes: the folds that already finished with the same resolved
+    config are kept, only the rest run (--fresh runs everything again)."""
+    overrides = {"seeds": _seed_list(seeds)} if seeds is not None else None
+    _study(load_config(config, overrides), resume=not fresh)
 
 
-def _study(cfg: StudyConfig) -> None:
-    from simulations.regimes import summary
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+
+
+def _study(cfg: StudyConfig, resume: bool = True) -> None:
+    from simulations.report import regime_stats
     from simulations.study import run_study
 
     start = time.perf_counter()
-    rows = run_study(cfg, progress=console.is_terminal, say=lambda line: console.print(line, highlight=False))
-    table = Table("regime", "trainer", "macro-F1 mean ± std", "folds",
+    rows = run_study(cfg, progress=console.is_terminal, say=_say, resume=resume)
+    table = Table("regime", "trainer", "macro-F1 mean ± std", "95 % CI", "seeds", "folds",
                   title=f"{cfg.name}: {time.perf_counter() - start:.0f} s, MLflow {cfg.tracking_uri}")
-    for s in summary(rows):
-        table.add_row(s["regime"], s["trainer"], f"{s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f}", str(s["folds"]))
+    for s in regime_stats(rows):
+        ci = s["f1_macro_ci"]
+        table.add_row(s["regime"], s["trainer"], f"{s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f}",
+                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", str(s["seeds"]), str(s["folds"]))
     console.print(table)
+
+
+def _say(line: str) -> None:
+    """A progress line as written: no Rich markup (``[ser-cnn]`` is text) and no highlighting."""
+    console.print(line, markup=False, highlight=False)
 
 
 @app.command("report")
@@ -268,26 +315,29 @@ def report(
     experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default: the config's).")] = None,  # noqa: UP045
     config: Annotated[Optional[Path], typer.Option(help="Study config for the tracking URI/experiment.")] = None,  # noqa: UP045
     tracking_uri: Annotated[Optional[str], typer.Option(help="Overrides the config's tracking URI.")] = None,  # noqa: UP045
-    as_json: Annotated[bool, typer.Option("--json", help="Print rows (regime, trainer, fold, f1_macro, ua, wa, ...) as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows, per-regime statistics and paired tests as JSON.")] = False,
 ) -> None:
-    """Regime x fold macro-F1 / UA / WA from MLflow with mean ± std, beside seed 002 Table 2."""
+    """Regime x seed x fold macro-F1 / UA / WA from MLflow: mean ± std and 95 % CI beside seed 002
+    Table 2, and a paired Wilcoxon test for every pair of regimes."""
     cfg = load_config(config)
     _report(tracking_uri or cfg.tracking_uri, experiment or cfg.tracking.experiment, as_json)
 
 
 def _report(uri: str, name: str, as_json: bool = False) -> None:
-    from simulations.report import fold_rows, log_report, markdown, paper_protocol
+    from simulations.report import fold_rows, log_report, markdown, paper_protocol, report_json
 
     rows = fold_rows(uri, name)
     if not rows:
         raise ValueError(f"experiment {name!r} has no finished fold runs yet")
+    matches = paper_protocol(uri, name)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(report_json(rows, matches), indent=2))
         return
-    text = markdown(rows, paper_protocol(uri, name))
-    run_id = log_report(uri, name, rows, text)
+    text = markdown(rows, matches)
+    run_id = log_report(uri, name, rows, text, matches_paper=matches)
     print(text)  # plain: markdown meant to be copied, never re-wrapped to the terminal width
-    console.print(f"logged report.md and report.png to MLflow run {run_id} ({uri})", highlight=False)
+    console.print(f"logged report.md, report.json and report.png to MLflow run {run_id} ({uri})",
+                  markup=False, highlight=False)
 
 
 # ----------------------------------------------------------------------------------------- demo
@@ -298,15 +348,22 @@ def _report(uri: str, name: str, as_json: bool = False) -> None:
 def demo(config: ConfigArg = None) -> None:
     """The embedded default end to end: synthetic corpus -> check -> pretrain -> study (every regime,
     every fold) -> report, then where the MLflow store is and how to open it."""
+    from simulations.processes import work_dir_lock
+
+    cfg = load_config(config)
+    with work_dir_lock(cfg.work_dir, "demo"):
+        _demo(cfg)
+
+
+def _demo(cfg: StudyConfig) -> None:
     from common.corpora.check import summarize
     from common.data import labeled_scan, synthetic_iemocap_root
     from common.pipeline import pretrain as run_pretrain
 
-    cfg = load_config(config)
     start = time.perf_counter()
     console.rule("1. synthetic IEMOCAP-format corpus")
     root = cfg.data.root or synthetic_iemocap_root(cfg)
-    console.print(f"corpus at {root}", highlight=False)
+    console.print(f"corpus at {root}", markup=False, highlight=False)
     console.rule("2. corpus check")
     _print_check(summarize(labeled_scan(cfg), classes=cfg.data.classes, label_map=cfg.data.label_map,
                            subset=cfg.data.subset))
@@ -315,7 +372,7 @@ def demo(config: ConfigArg = None) -> None:
     console.rule(f"4. pre-training the GAN ({cfg.preset} preset)")
     lap = time.perf_counter()
     console.print(f"wrote {run_pretrain(cfg, progress=console.is_terminal)} in {time.perf_counter() - lap:.0f} s",
-                  highlight=False)
+                  markup=False, highlight=False)
     console.rule(f"5. study: {', '.join(cfg.regimes)} x {len(cfg.folds.sessions)} folds")
     _study(cfg)
     console.rule("6. report")
@@ -323,7 +380,7 @@ def demo(config: ConfigArg = None) -> None:
     console.rule("done")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s. MLflow store: {cfg.tracking_uri} "
                   f"(experiment {cfg.tracking.experiment!r}, artifacts under {cfg.work_dir / 'mlartifacts'}).\n"
-                  f"Open it with: {_ui_command(cfg)}", highlight=False, soft_wrap=True)
+                  f"Open it with: {_ui_command(cfg)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _ui_command(cfg: StudyConfig) -> str:

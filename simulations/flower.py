@@ -13,10 +13,9 @@ passed to the SuperLink, whose simulation process calls ``ray.init()``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
+import re
 import socket
 import subprocess
 import sys
@@ -26,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.config import SESSIONS, StudyConfig
+from simulations.processes import Watchdog, descendants, stop_tree
+
+__all__ = ["APP_DIR", "LocalSuperLink", "descendants", "flwr_run", "free_port", "stop_tree", "write_run_config"]
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the repo root: pyproject.toml with [tool.flwr.app]
 CONNECTION = "fedser"
@@ -50,46 +52,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (from /proc; Flower starts its SuperExec in a new session,
-    so a process group does not cover everything the SuperLink spawned)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def stop_tree(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM ``proc`` and every descendant, wait up to ``grace`` s, then SIGKILL what is left."""
-    family = [proc.pid, *descendants(proc.pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in family:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in family):
-            proc.poll()  # reap our own child
-            time.sleep(0.2)
-    proc.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; its parent (or init) reaps it
-
-
 class LocalSuperLink:
     """A simulation SuperLink on loopback, owned by this process (a context manager)."""
 
@@ -97,6 +59,7 @@ class LocalSuperLink:
         self.home, self.startup = home.resolve(), startup
         self.port = 0
         self.proc: subprocess.Popen | None = None
+        self.watchdog: Watchdog | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -119,6 +82,8 @@ class LocalSuperLink:
             cwd=self.home, start_new_session=True,
         )
         log.close()
+        # Stops the SuperLink's tree even if this process is SIGKILLed (simulations/processes.py).
+        self.watchdog = Watchdog(self.proc.pid, self.home / "watchdog.log").__enter__()
         deadline = time.monotonic() + self.startup
         while not self._healthy():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -138,24 +103,28 @@ class LocalSuperLink:
         if self.proc is not None:
             stop_tree(self.proc)
             self.proc = None
+        if self.watchdog is not None:
+            self.watchdog.__exit__()
+            self.watchdog = None
 
-    def run(self, cfg: StudyConfig, regime: str, say: Callable[[str], None] = print) -> None:
-        """``flwr run`` of ``regime`` with one virtual node per session; raises if the run fails."""
+    def run(self, cfg: StudyConfig, regime: str, say: Callable[[str], None] = print, **extra: object) -> None:
+        """``flwr run`` of ``regime`` with one virtual node per session (``extra``: more run config,
+        e.g. ``owner`` and ``resume``); raises if the run fails."""
         fed = cfg.federation
         federation = (f"num-supernodes={len(SESSIONS)} client-resources-num-cpus={fed.client_cpus} "
                       f"client-resources-num-gpus={fed.client_gpus}")
         if not os.environ.get("RAY_ADDRESS"):  # an existing cluster refuses num-cpus (notes §3.4)
             federation += f" init-args-num-cpus={os.cpu_count() or 1}"
-        run_config = write_run_config(self.home / f"run-{regime}.toml", cfg, regime)
+        run_config = write_run_config(self.home / f"run-{regime}.toml", cfg, regime, **extra)
         flwr_run(self.env, CONNECTION, run_config, self.home / f"flwr-run-{regime}.log", federation, say)
 
 
-def write_run_config(path: Path, cfg: StudyConfig, regime: str) -> Path:
+def write_run_config(path: Path, cfg: StudyConfig, regime: str, **extra: object) -> Path:
     """The run config of one regime: the resolved study config travels as JSON, so remote nodes
-    need no file (json.dumps of a str is a valid TOML basic string: same escapes)."""
+    need no file (json.dumps of a str, bool or int is a valid TOML value: same escapes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"regime = {json.dumps(regime)}\nstudy-config = {json.dumps(cfg.model_dump_json())}\n"
-                    f"work-dir = {json.dumps(str(cfg.work_dir))}\n", encoding="utf-8")
+    values = {"regime": regime, "study-config": cfg.model_dump_json(), "work-dir": str(cfg.work_dir), **extra}
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()), encoding="utf-8")
     return path
 
 
@@ -163,37 +132,56 @@ def flwr_run(env: dict[str, str], connection: str, run_config: Path, log_path: P
              federation_config: str | None = None, say: Callable[[str], None] = print) -> None:
     """``flwr run`` of this repository's app on ``connection`` (a simulation or a deployment),
     streamed; our own log lines are relayed to ``say``, everything goes to ``log_path``. Raises
-    :class:`FlowerRunError` unless the SuperLink reports the run completed."""
+    :class:`FlowerRunError` unless the SuperLink reports the run completed. Interrupted (Ctrl-C),
+    it stops the run on the SuperLink before re-raising."""
     cmd = [_bin("flwr"), "run", str(APP_DIR), connection, "--run-config", str(run_config), "--stream"]
     if federation_config:
         cmd += ["--federation-config", federation_config]
+    run_id: str | None = None
+    # Its own session: a Ctrl-C reaches this process only, which then stops the run itself.
     with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        text=True, cwd=APP_DIR,
+        text=True, cwd=APP_DIR, start_new_session=True,
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if _worth_showing(line):
-                say("  " + line.rstrip())
-        code = proc.wait()
-    status = run_status(env, connection)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if run_id is None and (found := _STARTED.search(line)):
+                    run_id = found.group(1)
+                if _worth_showing(line):
+                    say("  " + line.rstrip())
+            code = proc.wait()
+        except BaseException:
+            stop_tree(proc, grace=5)
+            if run_id is not None:
+                _flwr(env, "stop", run_id, connection)
+            raise
+    status = run_status(env, connection, run_id)
     if code != 0 or status not in ("finished:completed", None):
         raise FlowerRunError(f"flwr run ended with exit code {code}, status {status}; see {log_path} "
                              "and the SuperLink's log")
 
 
-def run_status(env: dict[str, str], connection: str) -> str | None:
-    """The newest run's status as the SuperLink reports it (``flwr ls``), None if unknown."""
-    out = subprocess.run([_bin("flwr"), "ls", connection, "--format", "json"], env=env,
-                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+_STARTED = re.compile(r"Successfully started run (\d+)")
+
+
+def _flwr(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([_bin("flwr"), *args], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def run_status(env: dict[str, str], connection: str, run_id: str | None = None) -> str | None:
+    """Run ``run_id``'s status as the SuperLink reports it (``flwr ls``; the newest run when no id
+    is known), None if unknown."""
     try:
-        runs = json.loads(out.stdout).get("runs", [])
+        runs = json.loads(_flwr(env, "ls", connection, "--format", "json").stdout).get("runs", [])
     except json.JSONDecodeError:
         return None
-    if not runs:
+    mine = [r for r in runs if run_id is None or str(r.get("run-id")) == run_id]
+    if not mine:
         return None
-    last = max(runs, key=lambda r: r.get("pending-at", "") or "")
+    last = max(mine, key=lambda r: r.get("pending-at", "") or "")
     return str(last.get("status"))
 
 

@@ -1,30 +1,74 @@
 """MLflow tracking, as a wrapper around a regime (with report.py, the only MLflow code).
 
-:func:`tracked` runs a regime inside one parent run and logs each fold it yields as a nested
-child run, tagged with ``regime``, ``fold`` and ``session``, so that every regime of a study lands
-in one experiment and compares fold by fold. Regimes know nothing of MLflow.
+:func:`tracked` runs a regime inside one parent run per (regime, trainer, seed) and logs each fold
+it yields as a nested child run, tagged with ``regime``, ``trainer``, ``seed``, ``fold`` and
+``session``, so that every regime of a study lands in one experiment and compares fold by fold.
+Regimes know nothing of MLflow.
+
+Resume: every run carries ``config_hash`` (:func:`config_digest`: the resolved config of that
+regime x trainer x seed, and the pre-trained checkpoint's bytes) and ``owner`` (the process that
+opened it, simulations/processes.py). Re-running a study re-opens the newest parent of the same
+hash and runs only the folds without a FINISHED child; runs whose owner process is gone are
+marked KILLED (:meth:`Tracker.reap`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+import torch
+from mlflow.entities import Run
 from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
 from common.config import StudyConfig
+from common.corpora import skip_summary
 from common.features import random_patch
 from common.metrics import confusion_cells
-from common.pipeline import save_checkpoint
+from common.models.sngan import GanSpec, Generator
+from common.pipeline import load_checkpoint, save_checkpoint
 from common.views import LabeledSet
 from simulations.plots import confusion_png, spectrogram_grid_png
+from simulations.processes import owner, owner_alive
 from simulations.regimes import SCORES, FoldOutcome, Regime, RegimeLog, summary
+
+log = logging.getLogger("fedser")
+
+# What does not change a single (regime, trainer, seed) run's fold results: the study's axes and
+# bookkeeping (which folds run, too: a fold's result does not depend on the others). Everything
+# else of the resolved config is hashed.
+UNHASHED: dict[str, Any] = {**dict.fromkeys(("name", "work_dir", "regimes", "trainers", "seeds", "workers",
+                                             "tracking"), True), "folds": {"sessions"}}
+
+
+@functools.cache
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_digest(cfg: StudyConfig) -> str:
+    """16 hex digits naming what one (regime, trainer, seed) run computes: the resolved config
+    without :data:`UNHASHED`, and the pre-trained checkpoint's content when there is one."""
+    tree = cfg.model_dump(mode="json", exclude=UNHASHED)
+    path = cfg.pretrained_path
+    if path.is_file():
+        st = path.stat()
+        tree["pretrained_sha256"] = _file_digest(path, st.st_size, st.st_mtime_ns)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def quiet_mlflow() -> None:
@@ -36,7 +80,9 @@ def quiet_mlflow() -> None:
 class Tracker:
     """An MLflow experiment with an absolute artifact location (Flower apps run with another cwd)."""
 
-    def __init__(self, cfg: StudyConfig) -> None:
+    def __init__(self, cfg: StudyConfig, owner_tag: str | None = None) -> None:
+        # The study process's identity, also on the runs its ServerApp opens (run config ``owner``).
+        self.owner = owner_tag or owner()
         self.uri = cfg.tracking_uri
         self.experiment = cfg.tracking.experiment
         quiet_mlflow()
@@ -53,11 +99,51 @@ class Tracker:
             self.experiment_id = found.experiment_id
 
     @contextlib.contextmanager
-    def run(self, name: str, tags: Mapping[str, Any], nested: bool = False) -> Iterator[str]:
-        """A run (nested under the active one when ``nested``); yields its id."""
-        with mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=nested,
-                              tags={k: str(v) for k, v in tags.items()}) as active:
+    def run(self, name: str, tags: Mapping[str, Any], nested: bool = False, run_id: str | None = None) -> Iterator[str]:
+        """A run (nested under the active one when ``nested``; the existing run ``run_id`` re-opened);
+        yields its id. It ends FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+        active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else self.experiment_id,
+                                  run_name=None if run_id else name, nested=nested)
+        mlflow.set_tags({**{k: str(v) for k, v in tags.items()}, "owner": self.owner})
+        try:
             yield active.info.run_id
+        except (KeyboardInterrupt, SystemExit):
+            mlflow.end_run("KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        mlflow.end_run("FINISHED")
+
+    def reap(self, mine: bool = False) -> int:
+        """Mark KILLED the RUNNING runs whose owner process is gone (``mine``: this process's,
+        after an interrupt); returns how many. Runs of other hosts and untagged runs are left."""
+        client = mlflow.MlflowClient()
+        stale = [run for run in client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+                 if "owner" in run.data.tags
+                 and (run.data.tags["owner"] == self.owner if mine else owner_alive(run.data.tags["owner"]) is False)]
+        for run in stale:
+            client.set_terminated(run.info.run_id, "KILLED")
+        return len(stale)
+
+    def progress(self, regime: str, cfg: StudyConfig, folds: Sequence[int]) -> Progress:
+        """What an earlier run of the same (regime, trainer, seed, config hash) already finished."""
+        digest = config_digest(cfg)
+        tags = {"kind": "regime", "regime": regime, "trainer": cfg.training.trainer,
+                "seed": str(cfg.training.seed), "config_hash": digest}
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        parents = mlflow.search_runs([self.experiment_id], query, output_format="list",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+        if not parents:
+            return Progress(digest, list(folds))
+        [parent] = parents
+        children = mlflow.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
+            f"attributes.status = 'FINISHED' and tags.config_hash = '{digest}'", output_format="list")
+        done = {int(c.data.tags["fold"]): {"regime": regime, "trainer": cfg.training.trainer,
+                                           "fold": int(c.data.tags["fold"]), **c.data.metrics}
+                for c in children if "fold" in c.data.tags and all(m in c.data.metrics for m in SCORES)}
+        return Progress(digest, [f for f in folds if f not in done], parent, done)
 
     @staticmethod
     def params(params: Mapping[str, Any]) -> None:
@@ -82,17 +168,79 @@ class Tracker:
         mlflow.set_tag(key, str(value))
 
 
-def tracked(regime: Regime, tracker: Tracker, cfg: StudyConfig, **tags: Any) -> list[FoldOutcome]:
+@dataclass
+class Progress:
+    """A (regime, trainer, seed) cell's state in MLflow: the parent run to re-open (None: start
+    one), the folds still to run, and the finished ones' rows."""
+
+    digest: str
+    todo: list[int]
+    parent: Run | None = None
+    done: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Nothing left to run and the parent ended cleanly."""
+        return not self.todo and self.parent is not None and self.parent.info.status == "FINISHED"
+
+
+class RunStore:
+    """Generators kept as the parent run's artifacts (``checkpoints/generator_<name>.pt``)."""
+
+    def __init__(self, tracker: Tracker, cfg: StudyConfig, run_id: str | None) -> None:
+        self.tracker, self.cfg, self.run_id = tracker, cfg, run_id
+
+    def load(self) -> dict[str, torch.nn.Module]:
+        if self.run_id is None:
+            return {}
+        client, spec = mlflow.MlflowClient(), GanSpec.of(self.cfg)
+        found = {Path(f.path).stem.removeprefix("generator_"): f.path for f in client.list_artifacts(self.run_id, "checkpoints")
+                 if Path(f.path).name.startswith("generator_")}
+        out: dict[str, torch.nn.Module] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, path in found.items():
+                ckpt = load_checkpoint(Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=path,
+                                                                                dst_path=tmp)))
+                if ckpt.get("spec") == spec.to_dict():
+                    gen = Generator(spec)
+                    gen.load_state_dict(ckpt["generator"])
+                    out[name] = gen.eval()
+        return out
+
+    def keep(self, generators: Mapping[str, torch.nn.Module]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            log_generators(self.tracker, self.cfg.data.classes, generators, None, Path(tmp))
+
+
+def tracked(regime: Regime, tracker: Tracker, cfg: StudyConfig, resume: bool = True,
+            say: Callable[[str], None] = log.info, skips: Mapping[str, int] | None = None,
+            **tags: Any) -> list[FoldOutcome]:
     """Run ``regime`` inside a parent run (params = the flat config, ``tags``); each fold it yields
     becomes a nested run; then the regime's own log, its failures and the summary over the folds.
-    A regime that raises leaves its parent run FAILED, with whatever it logged so far."""
-    trainer = cfg.training.trainer
-    base = {"regime": regime.name, "trainer": trainer, "study": cfg.name}
+    ``skips``: what the corpus reader skipped, by kind (``skipped.<kind>`` metrics).
+
+    With ``resume``, the newest parent of the same config hash is re-opened and only its folds
+    without a FINISHED child run. A regime that raises leaves its parent FAILED (KILLED on Ctrl-C),
+    with whatever it logged so far."""
+    trainer, seed = cfg.training.trainer, cfg.training.seed
+    state = tracker.progress(regime.name, cfg, regime.folds) if resume else Progress(config_digest(cfg), list(regime.folds))
+    label = f"{regime.name} [{trainer}] seed {seed}"
+    if state.complete:
+        say(f"{label}: all {len(state.done)} folds finished in an earlier run (config {state.digest}); skipped")
+        return []
+    if state.done:
+        say(f"{label}: resuming run {state.parent.info.run_id if state.parent else ''}: folds "
+            f"{sorted(state.done)} finished earlier, running {state.todo}")
+    base = {"regime": regime.name, "trainer": trainer, "seed": seed, "study": cfg.name, "config_hash": state.digest}
     outcomes: list[FoldOutcome] = []
-    with tracker.run(regime.name, {"kind": "regime", **base, "preset": cfg.preset, **tags}):
-        tracker.params(cfg.flat())
+    parent_id = state.parent.info.run_id if state.parent is not None else None
+    with tracker.run(regime.name, {"kind": "regime", **base, "preset": cfg.preset, **tags}, run_id=parent_id) as run_id:
+        if parent_id is None:
+            tracker.params(cfg.flat())
+        if skips is not None:
+            log_skips(tracker, skips)
         try:
-            for outcome in regime.run():
+            for outcome in regime.run(state.todo, RunStore(tracker, cfg, run_id)):
                 with tracker.run(f"{regime.name}/fold{outcome.fold}", {**base, "fold": outcome.fold,
                                                                         "session": outcome.test_session}, nested=True):
                     if outcome.skipped is not None:
@@ -101,9 +249,10 @@ def tracked(regime: Regime, tracker: Tracker, cfg: StudyConfig, **tags: Any) -> 
                     log_fold(tracker, cfg.data.classes, outcome)
                 outcomes.append(outcome)
         finally:
-            log_regime(tracker, cfg.data.classes, regime.log)
-        if outcomes:  # mean and std over the folds of each score
-            [stats] = summary([o.row(trainer) for o in outcomes])
+            log_regime(tracker, regime.log)
+        rows = [*state.done.values(), *(o.row(trainer) for o in outcomes)]
+        if rows:  # mean and std over the folds of each score
+            [stats] = summary(rows)
             tracker.metrics({**{f"{k}_mean": stats[k] for k in SCORES}, **{f"{k}_std": stats[f"{k}_std"] for k in SCORES}})
     return outcomes
 
@@ -130,14 +279,17 @@ def log_fold(tracker: Tracker, classes: Sequence[str], outcome: FoldOutcome) -> 
                        seed=outcome.fold)
 
 
-def log_regime(tracker: Tracker, classes: Sequence[str], log: RegimeLog) -> None:
-    """A regime's own scalars, generators, files, and the nodes that failed or timed out (a
+def log_skips(tracker: Tracker, skips: Mapping[str, int]) -> None:
+    """The corpus reader's skips: a ``skipped.<kind>`` metric each, their total, and the summary line."""
+    tracker.metrics({"skipped": sum(skips.values()), **{f"skipped.{k.replace(' ', '_')}": n for k, n in skips.items()}})
+    tracker.tag("skips", skip_summary(skips))
+
+
+def log_regime(tracker: Tracker, log: RegimeLog) -> None:
+    """A regime's own scalars, files, and the nodes that failed or timed out (a
     ``failure.SessionN`` tag each and a ``failed_nodes`` count)."""
     if log.metrics:
         tracker.metrics(log.metrics)
-    if log.generators:
-        with tempfile.TemporaryDirectory() as tmp:
-            log_generators(tracker, classes, log.generators, None, Path(tmp))
     for path, folder in log.artifacts:
         if path.exists():
             tracker.artifact(path, folder)

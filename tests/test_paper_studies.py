@@ -64,7 +64,7 @@ experiment = "papers"
     assert result.exit_code == 0, result.output
     report = runner.invoke(app, ["report", "--config", str(config), "--json"])
     assert report.exit_code == 0, report.output
-    rows = json.loads(report.output)
+    rows = json.loads(report.output)["rows"]
     assert {(r["regime"], r["trainer"], r["fold"]) for r in rows} == {
         (regime, trainer, 1) for regime in ("real-central", "fedavg") for trainer in ("tu-dat", "chang-multitask-cnn")}
     # Seed 000's valence measures travel from the held-out node and reach the report.

@@ -65,11 +65,14 @@ def test_pretrain_then_study_logs_every_regime_and_fold(tmp_path: Path) -> None:
     as_json = runner.invoke(app, ["report", "--config", str(config), "--json"])
     assert as_json.exit_code == 0, as_json.output
 
-    rows = json.loads(as_json.output)
+    report = json.loads(as_json.output)
+    rows = report["rows"]
     assert {(r["regime"], r["fold"]) for r in rows} == {
         (g, f) for g in ("real-central", "gan-central", "baseline-gan") for f in (1, 2)
     }
-    assert all(set(r) == {"regime", "trainer", "fold", "f1_macro", "ua", "wa"} for r in rows)
+    assert all(set(r) == {"regime", "trainer", "seed", "fold", "f1_macro", "ua", "wa"} for r in rows)
+    assert {(p["a"], p["b"]) for p in report["pairs"]} == {
+        ("real-central", "gan-central"), ("real-central", "baseline-gan"), ("gan-central", "baseline-gan")}
     assert {r["trainer"] for r in rows} == {"ser-cnn"}  # training.trainer, tagged on every run
     table = runner.invoke(app, ["report", "--config", str(config)])
     assert table.exit_code == 0, table.output
@@ -77,4 +80,4 @@ def test_pretrain_then_study_logs_every_regime_and_fold(tmp_path: Path) -> None:
     report_run = next(r for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
                       if r.data.tags.get("kind") == "report")
     assert {a.path for a in mlflow.artifacts.list_artifacts(run_id=report_run.info.run_id)} == {
-        "report.md", "report.png"}
+        "report.md", "report.json", "report.png"}

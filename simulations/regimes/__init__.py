@@ -12,7 +12,7 @@ regime and writes MLflow runs from what it yields (a wrapper, not a callback thr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,12 +67,23 @@ class FoldOutcome:
 
 @dataclass
 class RegimeLog:
-    """What a regime did besides its folds: scalars, generators by name, failed nodes, files."""
+    """What a regime did besides its folds: scalars, failed nodes, files."""
 
     metrics: dict[str, float] = field(default_factory=dict)
-    generators: dict[str, torch.nn.Module] = field(default_factory=dict)
     failures: Mapping[Any, str] = field(default_factory=dict)
     artifacts: list[tuple[Path, str]] = field(default_factory=list)  # (file, artifact folder)
+
+
+class GeneratorStore(Protocol):
+    """Where a regime keeps generators it may reuse when a killed study is resumed (the MLflow
+    parent run's artifacts, simulations/tracking.py): only a run of the same resolved config is
+    ever resumed, so a stored generator is the one the regime would train again."""
+
+    def load(self) -> dict[str, torch.nn.Module]:
+        """The generators stored so far, by name (e.g. ``Session3``)."""
+
+    def keep(self, generators: Mapping[str, torch.nn.Module]) -> None:
+        """Store ``generators`` now (before any fold runs, so that a kill does not lose them)."""
 
 
 class Regime(Protocol):
@@ -80,9 +91,10 @@ class Regime(Protocol):
 
     name: str
     log: RegimeLog
+    folds: tuple[int, ...]  # every fold the regime runs (fold index; the test session for LOSO)
 
-    def run(self) -> Iterator[FoldOutcome]:
-        """Each fold's outcome as it finishes."""
+    def run(self, todo: Collection[int], store: GeneratorStore) -> Iterator[FoldOutcome]:
+        """The outcome of each fold in ``todo`` as it finishes (the others finished in an earlier run)."""
 
 
 def summary(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = SCORES) -> list[dict[str, Any]]:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from common.config import StudyConfig
 from common.data import Corpus
@@ -32,7 +34,8 @@ from common.synthesis import ClassConditionalGenerator, SyntheticPool
 from common.trainers.bagan import train_bagan
 from common.trainers.registry import SerTrainer, build_trainer
 from common.views import LabeledSet, Sampler
-from simulations.regimes import FoldOutcome, RegimeLog
+from simulations.processes import die_with_parent
+from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog
 
 
 def synthetic_sampler(cfg: StudyConfig, generators: list[ClassConditionalGenerator], per_class: int,
@@ -106,37 +109,59 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
 
 class CentralRegime:
     """A centralized regime over ``folds``: in-process with one worker, else a pool of ``workers``
-    spawned processes (one torch thread each: the pool is the parallelism)."""
+    spawned processes that share the machine's cores (never more torch threads than cores)."""
 
     def __init__(self, name: str, data: FoldData, folds: list[Fold], workers: int = 0,
                  say: Callable[[str], None] = print, progress: bool = False) -> None:
         if name not in SOURCES:
             raise ValueError(f"unknown centralized regime {name!r}; choose from {sorted(SOURCES)}")
-        self.name, self.data, self.folds, self.say, self.progress = name, data, folds, say, progress
-        self.workers = min(workers or os.cpu_count() or 1, len(folds))
+        self.name, self.data, self.say, self.progress = name, data, say, progress
+        self.by_index = {fold.index: fold for fold in folds}
+        self.folds = tuple(self.by_index)
+        self.workers = workers
         self.log = RegimeLog()
 
-    def run(self) -> Iterator[FoldOutcome]:
-        """Each fold's outcome as it finishes."""
-        if self.workers <= 1:
-            for fold in self.folds:
+    def run(self, todo: Collection[int], store: GeneratorStore) -> Iterator[FoldOutcome]:
+        """Each fold's outcome as it finishes (centralized regimes store no generators to resume)."""
+        folds = [self.by_index[i] for i in self.folds if i in todo]
+        cores = os.cpu_count() or 1
+        workers = min(self.workers or cores, cores, len(folds))
+        if workers <= 1:
+            for fold in folds:
                 self.say(f"{self.name}: fold {fold.index} (test Session{fold.test_session})")
                 yield run_central_fold(self.name, self.data, fold, self.progress)
             return
-        self.say(f"{self.name}: {len(self.folds)} folds in {self.workers} processes")
+        threads = cores // workers
+        self.say(f"{self.name}: {len(folds)} folds in {workers} processes ({threads} thread(s) each)")
         # spawn: a clean interpreter per worker (torch and forked threads do not mix).
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(self.data,)) as pool:
-            futures = [pool.submit(_worker_fold, self.name, fold) for fold in self.folds]
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(self.data, threads))
+        own = torch.get_num_threads()
+        torch.set_num_threads(1)  # this process only logs (spectrogram grids) while the workers train
+        try:
+            futures = [pool.submit(_worker_fold, self.name, fold) for fold in folds]
             for future in as_completed(futures):
                 yield future.result()
+        except BaseException:  # Ctrl-C, a failed fold, or the consumer gone: do not wait for the others
+            for process in list(getattr(pool, "_processes", {}).values()):  # Python 3.14: pool.kill_workers()
+                process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            torch.set_num_threads(own)
+        pool.shutdown()
 
 
 _WORKER: dict[str, FoldData] = {}  # a worker's FoldData, pickled once per worker rather than per fold
 
 
-def _worker_init(data: FoldData) -> None:
-    torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+def _worker_init(data: FoldData, threads: int) -> None:
+    # The study's process handles Ctrl-C and stops the pool; a worker dies with the study (Linux).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    # cores // workers threads for torch and for numpy's BLAS/OpenMP pools: the pool is the parallelism.
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
     _WORKER["data"] = data
 
 

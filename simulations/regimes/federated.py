@@ -14,8 +14,9 @@ No raw audio, features or per-utterance values ever reach the server: only weigh
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
@@ -28,7 +29,7 @@ from common.models.sngan import Generator
 from common.pipeline import pretrained
 from common.trainers.base import KeepBest, LoopResult
 from common.trainers.registry import SerTrainer, build_trainer
-from simulations.regimes import FoldOutcome, RegimeLog
+from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog
 from simulations.regimes.central import synthetic_sampler
 from simulations.regimes.federation import Federation, NodeFailure, restore_fp32, stats_config
 
@@ -56,24 +57,27 @@ class FederatedRegime:
 
     def __init__(self, fed: Federation, cfg: StudyConfig) -> None:
         self.fed, self.cfg = fed, cfg
+        self.folds = tuple(cfg.folds.sessions)  # a fold is named by its held-out session
         self.log = RegimeLog(failures=fed.failures)
 
-    def run(self) -> Iterator[FoldOutcome]:
-        """Discover the nodes, then one outcome per fold of ``folds.sessions`` (skipped folds say why)."""
+    def run(self, todo: Collection[int], store: GeneratorStore) -> Iterator[FoldOutcome]:
+        """Discover the nodes, then one outcome per fold in ``todo`` (skipped folds say why)."""
+        if not todo:
+            return
         nodes = self.fed.discover()
         self.log.metrics["nodes"] = len(nodes)
         if not nodes:
             raise RuntimeError(f"no node answered within federation.node_wait = {self.cfg.federation.node_wait} s; "
                                "are the SuperNodes connected?")
-        self.prepare()
-        for session in self.cfg.folds.sessions:
+        self.prepare(store)
+        for session in (s for s in self.folds if s in todo):
             outcome = self.fold(session)
             if outcome.skipped is None:  # what `flwr run --stream` (and `fedser study`) shows per fold
                 m = outcome.metrics
                 log.info("%s fold %s: macro-F1 %.3f UA %.3f WA %.3f", self.name, session, m["f1_macro"], m["ua"], m["wa"])
             yield outcome
 
-    def prepare(self) -> None:
+    def prepare(self, store: GeneratorStore) -> None:
         """Work done once before the folds (none by default)."""
 
     def fold(self, test: int) -> FoldOutcome:
@@ -114,26 +118,35 @@ class GanFederated(FederatedRegime):
 
     name = "gan-federated"
 
-    def prepare(self) -> None:
+    def prepare(self, store: GeneratorStore) -> None:
         gan = pretrained(self.cfg)
         gen, disc = gan.networks()
         self.scaling = self.stats(gan.pretrain_stats)
+        device = resolve_device(self.cfg.training.device)
+        # A resumed run reuses the generators its killed predecessor received (same resolved config).
+        stored = store.load()
+        self.generators: dict[int, Generator] = {
+            s: stored[f"Session{s}"].to(device).eval() for s in self.fed.nodes if f"Session{s}" in stored}
+        if self.generators:
+            log.info("reusing the stored generators of sessions %s", sorted(self.generators))
         start = time.perf_counter()
         content = RecordDict({"generator": ArrayRecord(gen.state_dict()),
                               "discriminator": ArrayRecord(disc.state_dict()), "config": stats_config(self.scaling)})
-        outcome = self.fed.exchange("train.gan", dict.fromkeys(self.fed.nodes, content))
-        self.generators: dict[int, Generator] = {}
+        ask = [s for s in self.fed.nodes if s not in self.generators]
+        outcome = self.fed.exchange("train.gan", dict.fromkeys(ask, content))
+        fresh: dict[int, Generator] = {}
         for session, reply in sorted(outcome.replies.items()):
             g = Generator(gen.spec)
             g.load_state_dict(restore_fp32(reply["generator"]))
-            self.generators[session] = g.to(resolve_device(self.cfg.training.device)).eval()
+            fresh[session] = g.to(device).eval()
+        self.generators = dict(sorted({**self.generators, **fresh}.items()))
         sizes = [reply["generator"].count_bytes() for reply in outcome.replies.values()]
         self.log.metrics.update({"gan_round_seconds": time.perf_counter() - start,
-                                 "generators_received": len(self.generators),
+                                 "generators_received": len(fresh), "generators_reused": len(self.generators) - len(fresh),
                                  "generator_failures": len(outcome.failures),
                                  "generator_bytes": sizes[0] if sizes else 0.0})
-        # The server holds no real data: its spectrogram grids show generated columns only.
-        self.log.generators.update({f"Session{s}": g for s, g in self.generators.items()})
+        # Stored at once (the server holds no real data: its spectrogram grids show generated columns only).
+        store.keep({f"Session{s}": g for s, g in fresh.items()})
         log.info("generators from sessions %s, failures %s", sorted(self.generators), outcome.failures)
 
     def fold(self, test: int) -> FoldOutcome:
@@ -167,7 +180,7 @@ class FedAvgRegime(FederatedRegime):
 
     name = "fedavg"
 
-    def prepare(self) -> None:
+    def prepare(self, store: GeneratorStore) -> None:
         # fedavg needs no GAN; with a checkpoint its pre-training corpus counts as in every regime.
         has_gan = self.cfg.pretrained_path.is_file()
         self.scaling = self.stats(pretrained(self.cfg).pretrain_stats if has_gan else MinMax.empty())
@@ -192,6 +205,9 @@ class FedAvgRegime(FederatedRegime):
                 keep.on_eval(rnd, value, {})
                 return MetricRecord({f"val_{trainer.selection}": value})
 
+            # Flower's strategies sample nodes with Python's global `random` (strategy_utils.py):
+            # seeded per fold, a resumed fold draws what an uninterrupted study would.
+            random.seed(self.cfg.training.seed + test)
             result = STRATEGIES[self.cfg.federation.strategy](self.cfg).start(
                 grid=self.fed.grid.restrict(train_nodes), initial_arrays=ArrayRecord(trainer.state_dict()),
                 num_rounds=self.cfg.federation.rounds, timeout=self.cfg.federation.timeout,
