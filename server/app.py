@@ -7,6 +7,7 @@ study config as JSON, a study TOML path, or "" for the embedded default) and ``w
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,8 +32,10 @@ def main(grid: Grid, context: Context) -> None:
     """Flower's entry: the configured regime over the nodes of this run."""
     cfg = config_from_run(context.run_config)
     config = context.run_config
+    skips = str(config.get("skips", ""))
     run_regime(grid, cfg, str(config.get("regime", "")), run_id=context.run_id,
-               owner=str(config.get("owner", "")) or None, resume=bool(config.get("resume", True)))
+               owner=str(config.get("owner", "")) or None, resume=bool(config.get("resume", True)),
+               skips=json.loads(skips) if skips else None)
 
 
 def _log_to_stderr() -> None:
@@ -52,10 +55,11 @@ def audit_path(cfg: StudyConfig, regime: str, run_id: int) -> Path:
 
 
 def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0, owner: str | None = None,
-               resume: bool = True) -> list[FoldOutcome]:
+               resume: bool = True, skips: dict[str, int] | None = None) -> list[FoldOutcome]:
     """Discover the nodes, then run ``regime`` fold by fold inside its MLflow run (failures and the
     wire audit logged with it). ``owner``: the study process that started this run (its runs are
-    its to mark KILLED); ``resume``: run only the folds an earlier run of this config left."""
+    its to mark KILLED); ``resume``: run only the folds an earlier run of this config left;
+    ``skips``: the study's corpus skips by kind (the corpus the simulated nodes read), logged."""
     if regime not in REGIMES:
         raise ValueError(f"run config regime: {regime!r} is not a federated regime; choose from "
                          f"{', '.join(FEDERATED_REGIMES)}")
@@ -66,4 +70,4 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0, owner
     fed = Federation(WireGrid(grid, audit), cfg)
     federated = REGIMES[regime](fed, cfg)
     federated.log.artifacts.append((audit, "flower"))
-    return tracked(federated, Tracker(cfg, owner), cfg, resume=resume, flwr_run_id=run_id)
+    return tracked(federated, Tracker(cfg, owner), cfg, resume=resume, skips=skips, flwr_run_id=run_id)

@@ -10,6 +10,7 @@ the pre-trained GAN are read once here and handed to the centralized regimes' wo
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -92,4 +93,4 @@ def _run(cfg: StudyConfig, tracker: Tracker, progress: bool, say: Callable[[str]
                     if link is None:  # one SuperLink for all federated regimes of the study
                         link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
                     say(f"{regime} [{trainer}] seed {seed}: flwr run on a local simulation ({len(SESSIONS)} session nodes)")
-                    link.run(scfg, regime, say, owner=tracker.owner, resume=resume)
+                    link.run(scfg, regime, say, owner=tracker.owner, resume=resume, skips=json.dumps(corpus.skips))

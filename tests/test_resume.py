@@ -242,6 +242,9 @@ def test_a_sigkilled_federated_study_resumes_and_matches_a_fresh_one(tmp_path: P
     mlflow.set_tracking_uri(uri)
     assert not [r for r in mlflow.search_runs(experiment_names=["kill"], output_format="list")
                 if r.info.status == "RUNNING"]
+    [parent] = [r for r in mlflow.search_runs(experiment_names=["kill"], output_format="list")
+                if r.data.tags.get("kind") == "regime"]
+    assert parent.data.metrics["generators_reused"] == 5 and "skipped" in parent.data.metrics
     again = runner.invoke(app, ["study", str(config)])
     assert again.exit_code == 0 and "finished in an earlier run" in again.output and "flwr run" not in again.output
 

@@ -59,7 +59,8 @@ def test_pretrain_then_study_logs_every_regime_and_fold(tmp_path: Path) -> None:
             assert [a.path for a in ckpts] == ["checkpoints/generator_0.pt"]
     for parent in parents.values():
         assert parent.data.params["model.width"] == "0.125"
-        assert {"f1_macro_mean", "f1_macro_std"} <= set(parent.data.metrics)
+        assert {"f1_macro_mean", "f1_macro_std", "skipped"} <= set(parent.data.metrics)
+        assert parent.data.tags["skips"].startswith("skipped")  # the reader's skips, one line
 
     # The report reads the same store: one row per regime x fold, then artifacts of a report run.
     as_json = runner.invoke(app, ["report", "--config", str(config), "--json"])
