@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -139,13 +140,20 @@ def test_path_fields_are_the_ones_the_rule_covers() -> None:
                                           ("features", "cache_dir"), ("model", "pretrained")}
 
 
-def test_relative_paths_in_a_config_file_resolve_against_its_folder(tmp_path: Path, monkeypatch) -> None:
+def _study_in(tmp_path: Path, text: str, cwd: str) -> Path:
+    """``text`` as tmp_path/studies/s.toml, with the current directory moved to tmp_path/``cwd``."""
     (tmp_path / "studies").mkdir()
-    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / cwd).mkdir(exist_ok=True)
     path = tmp_path / "studies" / "s.toml"
-    path.write_text(RELATIVE)
-    monkeypatch.chdir(tmp_path / "elsewhere")
-    for cfg in (load_config(path), load_config(Path("../studies/s.toml"))):
+    path.write_text(text)
+    os.chdir(tmp_path / cwd)
+    return path
+
+
+def test_relative_paths_in_a_config_file_resolve_against_its_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # restored after the test
+    _study_in(tmp_path, RELATIVE, "elsewhere")
+    for cfg in (load_config(tmp_path / "studies" / "s.toml"), load_config(Path("../studies/s.toml"))):
         assert cfg.work_dir == tmp_path / "studies" / "out"
         assert cfg.data.root == tmp_path / "corpora" / "IEMOCAP"
         assert cfg.data.pretrain_root == tmp_path / "studies" / "libri"
@@ -179,11 +187,8 @@ def test_overrides_and_defaults_resolve_against_the_current_directory(tmp_path: 
 def test_config_from_run_anchors_a_toml_at_its_folder_and_keeps_json(tmp_path: Path, monkeypatch) -> None:
     from common.schema import config_from_run
 
-    (tmp_path / "studies").mkdir()
-    (tmp_path / "superlink").mkdir()
-    path = tmp_path / "studies" / "s.toml"
-    path.write_text(RELATIVE)
-    monkeypatch.chdir(tmp_path / "superlink")
+    monkeypatch.chdir(tmp_path)  # restored after the test
+    path = _study_in(tmp_path, RELATIVE, "superlink")
     from_toml = config_from_run({"study-config": str(path)})
     assert from_toml == load_config(path)
     assert from_toml.data.root == tmp_path / "corpora" / "IEMOCAP"
