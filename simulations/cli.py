@@ -390,3 +390,7 @@ def _ui_command(cfg: StudyConfig) -> str:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":  # python -m simulations.cli
+    main()

@@ -246,6 +246,8 @@ def tracked(regime: Regime, tracker: Tracker, cfg: StudyConfig, resume: bool = T
                     if outcome.skipped is not None:
                         tracker.tag("skipped", outcome.skipped)
                         continue
+                    if outcome.model_digest is not None:
+                        tracker.tag("model_sha256", outcome.model_digest)
                     log_fold(tracker, cfg.data.classes, outcome)
                 outcomes.append(outcome)
         finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from common.models.sngan import GanSpec, Generator
+from common.pipeline import state_digest
 from common.schema import load_config
 from simulations.cli import app
 from simulations.processes import WorkDirBusy, owner, owner_alive, work_dir_lock
@@ -205,10 +208,22 @@ def _fold_runs(uri: str, experiment: str) -> list:
     return [r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list") if "fold" in r.data.tags]
 
 
+def _finished_folds(db: Path) -> int:
+    """FINISHED fold runs in an MLflow sqlite store, read directly (milliseconds, not MLflow's seconds)."""
+    if not db.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(db, timeout=1)) as con:
+        try:
+            return con.execute("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                               "WHERE t.key = 'fold' AND r.status = 'FINISHED'").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+            return 0
+
+
 @pytest.mark.slow
 def test_a_sigkilled_federated_study_resumes_and_matches_a_fresh_one(tmp_path: Path) -> None:
-    config = study_file(tmp_path, 'name = "kill"\nregimes = ["gan-federated"]\n' + FAST_STUDY_TABLES
-                        + '[tracking]\nexperiment = "kill"\n')
+    config = study_file(tmp_path, 'name = "kill"\nregimes = ["gan-federated", "fedavg"]\n' + FAST_STUDY_TABLES
+                        + '[federation]\nrounds = 2\nlocal_iterations = 4\n[tracking]\nexperiment = "kill"\n')
     uri, home = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", tmp_path / "out" / "flower" / "home"
     runner = CliRunner()
     assert runner.invoke(app, ["pretrain", str(config)]).exit_code == 0
@@ -216,9 +231,9 @@ def test_a_sigkilled_federated_study_resumes_and_matches_a_fresh_one(tmp_path: P
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
-        while not any(r.info.status == "FINISHED" for r in _fold_runs(uri, "kill")):
+        while not _finished_folds(tmp_path / "out" / "mlflow.db"):  # polled in SQL: a fold can take 2 s
             assert study.poll() is None and time.monotonic() < deadline, "the study ended before its first fold"
-            time.sleep(1)
+            time.sleep(0.1)
         os.kill(study.pid, signal.SIGKILL)  # after its first finished fold
         study.wait()
         # The watchdog stops the SuperLink's tree: nothing finishes the regime unattended.
@@ -237,13 +252,14 @@ def test_a_sigkilled_federated_study_resumes_and_matches_a_fresh_one(tmp_path: P
     assert "reusing the stored generators of sessions [1, 2, 3, 4, 5]" in resumed.output
     runs = _fold_runs(uri, "kill")
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert sorted(int(r.data.tags["fold"]) for r in finished) == [1, 2]  # every fold exactly once
+    assert sorted((r.data.tags["regime"], int(r.data.tags["fold"])) for r in finished) == [
+        ("fedavg", 1), ("fedavg", 2), ("gan-federated", 1), ("gan-federated", 2)]  # every fold exactly once
     assert first.info.run_id in {r.info.run_id for r in finished}  # kept, not recomputed
     mlflow.set_tracking_uri(uri)
     assert not [r for r in mlflow.search_runs(experiment_names=["kill"], output_format="list")
                 if r.info.status == "RUNNING"]
     [parent] = [r for r in mlflow.search_runs(experiment_names=["kill"], output_format="list")
-                if r.data.tags.get("kind") == "regime"]
+                if r.data.tags.get("kind") == "regime" and r.data.tags["regime"] == "gan-federated"]
     assert parent.data.metrics["generators_reused"] == 5 and "skipped" in parent.data.metrics
     again = runner.invoke(app, ["study", str(config)])
     assert again.exit_code == 0 and "finished in an earlier run" in again.output and "flwr run" not in again.output
@@ -251,10 +267,22 @@ def test_a_sigkilled_federated_study_resumes_and_matches_a_fresh_one(tmp_path: P
     # The same seed gives the same metrics bit for bit, whether the study was killed and resumed or not.
     fresh = runner.invoke(app, ["study", str(config), "--fresh"])
     assert fresh.exit_code == 0, fresh.output
-    newest = {}
+    by_fold: dict[tuple[str, str], list] = {}
     for r in sorted(_fold_runs(uri, "kill"), key=lambda r: r.info.start_time):
         if r.info.status == "FINISHED":
-            newest.setdefault(r.data.tags["fold"], []).append(r.data.metrics)
-    for fold, (before, after) in newest.items():
-        scores = {k: v for k, v in before.items() if k not in ("seconds",)}
-        assert scores == {k: after[k] for k in scores}, fold
+            by_fold.setdefault((r.data.tags["regime"], r.data.tags["fold"]), []).append(r.data)
+    assert len(by_fold) == 4
+    for cell, (before, after) in by_fold.items():  # fedavg too: replies are summed in session order
+        scores = {k: v for k, v in before.metrics.items() if k != "seconds"}
+        assert scores == {k: after.metrics[k] for k in scores}, cell
+        assert before.tags["model_sha256"] == after.tags["model_sha256"], cell  # the same weights, bit for bit
+
+
+def test_state_digest_names_weights_by_content() -> None:
+    torch.manual_seed(0)
+    state = {"w": torch.randn(3, 4), "n": torch.tensor(5)}
+    copy = {k: v.clone() for k, v in state.items()}
+    assert state_digest(state) == state_digest(copy)
+    copy["w"][1, 2] = torch.nextafter(copy["w"][1, 2], torch.tensor(1e9))  # one ulp
+    assert state_digest(state) != state_digest(copy)
+    assert state_digest({"w": torch.zeros(2, 2)}) != state_digest({"w": torch.zeros(4)})  # shape counts

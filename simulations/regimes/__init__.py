@@ -43,6 +43,8 @@ class FoldOutcome:
     # Validation score per federated round (fedavg), for the fold's curve.
     history: list[tuple[int, float]] = field(default_factory=list)
     skipped: str | None = None
+    # sha256 of the scored SER weights (common.pipeline.state_digest): the fold's model, by content.
+    model_digest: str | None = None
 
     # Outcomes cross process boundaries (parallel folds); spectral-norm parametrized modules do not
     # pickle, so generators travel as (class, spec, weights) and are rebuilt on arrival.

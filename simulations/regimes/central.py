@@ -28,7 +28,7 @@ from common.config import StudyConfig
 from common.data import Corpus
 from common.features import MinMax, resolve_device
 from common.models.sngan import GanSpec, Generator
-from common.pipeline import PretrainedGan, finetune, training_speakers
+from common.pipeline import PretrainedGan, finetune, state_digest, training_speakers
 from common.splits import Fold
 from common.synthesis import ClassConditionalGenerator, SyntheticPool
 from common.trainers.bagan import train_bagan
@@ -104,7 +104,8 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
     val = result.best_score if result.best_step is not None else None
     return FoldOutcome(regime, fold.index, fold.test_session, metrics, val, time.perf_counter() - start,
-                       generators, train, trainer.selection, history=result.evals)
+                       generators, train, trainer.selection, history=result.evals,
+                       model_digest=state_digest(trainer.state_dict()))
 
 
 class CentralRegime:

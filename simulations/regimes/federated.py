@@ -26,7 +26,7 @@ from common.config import StudyConfig
 from common.features import MinMax, resolve_device
 from common.metrics import confusion_from_cells
 from common.models.sngan import Generator
-from common.pipeline import pretrained
+from common.pipeline import pretrained, state_digest
 from common.trainers.base import KeepBest, LoopResult
 from common.trainers.registry import SerTrainer, build_trainer
 from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog
@@ -106,7 +106,7 @@ class FederatedRegime:
             log.warning("fold %s of %s cannot be scored: %s", test, self.name, exc)
             return self.skip(test, f"the held-out node cannot score: {exc}")
         return FoldOutcome(self.name, test, test, metrics, best, time.perf_counter() - start,
-                           selection=trainer.selection, history=history)
+                           selection=trainer.selection, history=history, model_digest=state_digest(trainer.state_dict()))
 
     def skip(self, test: int, reason: str) -> FoldOutcome:
         """A fold without metrics, and why."""
