@@ -114,6 +114,7 @@ def node_of(context: Context) -> Node:
         if "work-dir" in node:  # the node's own outputs (feature cache): not the server's folder
             cfg = cfg.model_copy(update={"work_dir": Path(str(node["work-dir"])).resolve()})
         session = session_of(node, cfg)
+        cap_threads(cfg.federation.client_cpus)  # before reading: a cache miss extracts features
         corpus = load_corpus(cfg, sessions={session})
         if not corpus.utterances:
             raise ValueError(f"node for Session{session}: no usable utterances under "

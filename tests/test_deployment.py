@@ -184,7 +184,7 @@ def test_tls_deployment_on_loopback(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_study_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
-    """`ray start --head` on loopback, `fedser study` with RAY_ADDRESS, then `ray stop`."""
+    """`ray start --head` on loopback, `fedser study` with RAY_ADDRESS, then the cluster stopped by PID."""
     import tempfile
 
     from typer.testing import CliRunner
@@ -213,7 +213,22 @@ def test_study_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
         drivers = list(ray_tmp.glob("session_*/logs/python-core-driver-*.log"))
         assert drivers, sorted(p.name for p in ray_tmp.glob("session_*/logs/*"))
     finally:
-        stopped = subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, text=True,
-                                 timeout=120)
+        # By PID: `ray stop` would end every Ray process on the machine, other users' simulations too.
+        cluster = processes_mentioning(str(ray_tmp))
+        for pid in cluster:
+            stop_tree(pid, grace=10)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert stopped.returncode == 0, stopped.stderr
+    assert cluster and not [pid for pid in cluster if Path(f"/proc/{pid}").exists()
+                            and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (the Ray head's processes name its temp dir)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
