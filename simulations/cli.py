@@ -276,8 +276,7 @@ def study(
     """Run every configured regime x trainer x seed over the folds (leave-one-session-out, or
     k-fold with folds.scheme = "kfold"), logged to MLflow.
 
-    Re-running the same command resumes: the folds that already finished with the same resolved
-    config are kept, only the rest run (--fresh runs everything again)."""
+    A rerun resumes: folds finished with the same resolved config are kept (--fresh: run all again)."""
     overrides = {"seeds": _seed_list(seeds)} if seeds is not None else None
     _study(load_config(config, overrides), resume=not fresh)
 
