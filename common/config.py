@@ -198,6 +198,24 @@ class SynthesisConfig(Section):
     per_class_central: int = Field(40_000, ge=1)
     # Samples per generator call: memory is one batch, never the pool.
     batch_size: int = Field(64, ge=1)
+    # Train the SER models on the generators an earlier run logged (its MLflow run id) instead of
+    # training generators: seed 002 §5, the data may be gone when a later model is trained.
+    from_run: str | None = None
+
+
+class AuditConfig(Section):
+    """The generator audit (common/audit.py): quality and privacy figures of every generator."""
+
+    enabled: bool = True
+    # Share of every generator's utterances held back from its fine-tuning (by a hash of the
+    # utterance id), so that membership can be tested on unseen utterances of the same speakers.
+    holdout: float = Field(0.2, gt=0, lt=1)
+    # Generated (and real) samples per class the figures are computed on.
+    samples_per_class: int = Field(500, ge=10)
+    # Training steps of the audit's classifiers (seed 002's SER network, GAN-test / GAN-train).
+    iterations: int = Field(2000, ge=1)
+    # k-means cells of the data-copying statistic C_T (Meehan et al. 2020).
+    cells: int = Field(5, ge=1)
 
 
 # IEMOCAP's five sessions: one node each in the federated regimes (simulated node i holds SESSIONS[i]).
@@ -264,10 +282,12 @@ class TrackingConfig(Section):
 
 
 # DESIGN.md's five regimes; the centralized ones run in-process, the federated ones through Flower.
-Regime = Literal["real-central", "gan-central", "gan-federated", "baseline-gan", "fedavg"]
+Regime = Literal["real-central", "gan-central", "gan-federated", "gan-fedavg", "baseline-gan", "fedavg"]
 CENTRAL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "baseline-gan")
-FEDERATED_REGIMES: tuple[Regime, ...] = ("gan-federated", "fedavg")
-ALL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "gan-federated", "baseline-gan", "fedavg")
+FEDERATED_REGIMES: tuple[Regime, ...] = ("gan-federated", "gan-fedavg", "fedavg")
+ALL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "gan-federated", "gan-fedavg", "baseline-gan", "fedavg")
+# The regimes whose SER model trains on generated samples (each generator is audited).
+GAN_REGIMES: tuple[Regime, ...] = ("gan-central", "gan-federated", "gan-fedavg", "baseline-gan")
 
 
 class StudyConfig(Section):
@@ -294,15 +314,16 @@ class StudyConfig(Section):
     folds: FoldConfig = FoldConfig()
     federation: FederationConfig = FederationConfig()
     tracking: TrackingConfig = TrackingConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _federated_by_session(self) -> StudyConfig:
         if any(r in FEDERATED_REGIMES for r in self.regimes) and self.folds.scheme != "session":
             raise ValueError("the federated regimes hold out one session node per fold: folds.scheme = \"kfold\" "
-                             "runs centralized regimes only; drop gan-federated/fedavg from regimes")
+                             "runs centralized regimes only; drop the federated regimes from regimes")
         if any(r in FEDERATED_REGIMES for r in self.regimes) and self.federation.partition != "session":
             raise ValueError("the federated regimes run one node per session: set federation.partition = "
-                             "\"session\" or drop gan-federated/fedavg from regimes")
+                             "\"session\" or drop the federated regimes from regimes")
         return self
 
     def with_trainer(self, name: str) -> StudyConfig:
@@ -380,6 +401,7 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         },
         "synthesis": {"per_class_federated": 250, "per_class_central": 1000, "batch_size": 64},
         "federation": {"rounds": 6, "local_iterations": 50},
+        "audit": {"samples_per_class": 150, "iterations": 300},
     },
 }
 
