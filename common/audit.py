@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from typing import cast
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from common.config import StudyConfig
 from common.features.windows import patches, random_patch
+from common.models.sngan import Discriminator
 from common.synthesis import ClassConditionalGenerator, SyntheticPool
 from common.trainers.ser import SerCnnTrainer
 from common.views import LabeledSet, subset
@@ -107,7 +109,7 @@ def real_patches(data: LabeledSet, per_class: int, size: int, n_classes: int, se
 
 def _embed(ref: SerCnnTrainer, x: np.ndarray) -> np.ndarray:
     """(N, F, P) patches -> (N, hidden) features of the reference network (its body without the head)."""
-    net = ref.net  # seed 002's Discriminator with an N_c head
+    net = cast(Discriminator, ref.net)  # seed 002's SER network: the discriminator with an N_c head
     net.eval()
     out = []
     with torch.no_grad():

@@ -29,6 +29,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
 from common.config import StudyConfig
@@ -184,6 +185,58 @@ class Progress:
         return not self.todo and self.parent is not None and self.parent.info.status == "FINISHED"
 
 
+def _run_generators(run_id: str, spec: GanSpec, folder: Path) -> dict[str, torch.nn.Module]:
+    """The generators logged on run ``run_id`` (``checkpoints/generator_<name>.pt``) of size ``spec``."""
+    client = mlflow.MlflowClient()
+    out: dict[str, torch.nn.Module] = {}
+    for f in client.list_artifacts(run_id, "checkpoints"):
+        name = Path(f.path).stem.removeprefix("generator_")
+        if not Path(f.path).name.startswith("generator_"):
+            continue
+        ckpt = load_checkpoint(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f.path,
+                                                                        dst_path=str(folder))))
+        if ckpt.get("spec") == spec.to_dict():
+            gen = Generator(spec)
+            gen.load_state_dict(ckpt["generator"])
+            out[name] = gen.eval()
+    return out
+
+
+def stored_generators(run_id: str, spec: GanSpec) -> dict[str, torch.nn.Module]:
+    """Every generator an earlier regime run logged, by name: those on the parent run itself
+    (gan-federated's ``Session<N>``) and those of its fold runs as ``fold<N>`` (the other GAN
+    regimes train one per fold). ``run_id`` may also name a single fold run."""
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"no MLflow run {run_id!r} in this tracking store; copy the run id from `mlflow ui` "
+                         "or the study's output") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        found = {f"fold{run.data.tags['fold']}" if "fold" in run.data.tags else k: g
+                 for k, g in _run_generators(run_id, spec, Path(tmp)).items()}
+        children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' "
+                                      "and attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
+        for child in children:  # a fold finished twice: its newest run wins
+            for gen in _run_generators(child.info.run_id, spec, Path(tmp)).values():
+                found[f"fold{child.data.tags['fold']}"] = gen
+    return found
+
+
+def run_config(run_id: str) -> dict[str, Any]:
+    """The resolved study config a regime run logged (``config/study.json``), as plain data."""
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    parent = run.data.tags.get("mlflow.parentRunId", run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="config/study.json", dst_path=tmp)
+        except (OSError, MlflowException):
+            raise ValueError(f"run {run_id} has no config/study.json (logged by fedser since the generator audit); "
+                             "pass the study's config file with --config") from None
+        return json.loads(Path(path).read_text())
+
+
 class RunStore:
     """Generators kept as the parent run's artifacts (``checkpoints/generator_<name>.pt``)."""
 
@@ -193,19 +246,8 @@ class RunStore:
     def load(self) -> dict[str, torch.nn.Module]:
         if self.run_id is None:
             return {}
-        client, spec = mlflow.MlflowClient(), GanSpec.of(self.cfg)
-        found = {Path(f.path).stem.removeprefix("generator_"): f.path for f in client.list_artifacts(self.run_id, "checkpoints")
-                 if Path(f.path).name.startswith("generator_")}
-        out: dict[str, torch.nn.Module] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for name, path in found.items():
-                ckpt = load_checkpoint(Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=path,
-                                                                                dst_path=tmp)))
-                if ckpt.get("spec") == spec.to_dict():
-                    gen = Generator(spec)
-                    gen.load_state_dict(ckpt["generator"])
-                    out[name] = gen.eval()
-        return out
+            return _run_generators(self.run_id, GanSpec.of(self.cfg), Path(tmp))
 
     def keep(self, generators: Mapping[str, torch.nn.Module]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -237,6 +279,9 @@ def tracked(regime: Regime, tracker: Tracker, cfg: StudyConfig, resume: bool = T
     with tracker.run(regime.name, {"kind": "regime", **base, "preset": cfg.preset, **tags}, run_id=parent_id) as run_id:
         if parent_id is None:
             tracker.params(cfg.flat())
+            with tempfile.TemporaryDirectory() as tmp:  # the exact config, for `fedser audit` and from_run
+                (Path(tmp) / "study.json").write_text(cfg.model_dump_json(indent=1))
+                tracker.artifact(Path(tmp) / "study.json", "config")
         if skips is not None:
             log_skips(tracker, skips)
         try:
@@ -265,7 +310,8 @@ def log_fold(tracker: Tracker, classes: Sequence[str], outcome: FoldOutcome) -> 
     and the generator."""
     # Every scalar the trainer reports (seed 000 adds ua3 and pearson_r to SCORES).
     scalars = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
-    tracker.metrics({**scalars, **confusion_cells(outcome.metrics["confusion"]), "seconds": outcome.seconds})
+    tracker.metrics({**scalars, **confusion_cells(outcome.metrics["confusion"]), "seconds": outcome.seconds,
+                     **{f"audit.{k}": v for k, v in outcome.audit.items()}})
     if outcome.validation_score is not None:
         tracker.metrics({f"val_{outcome.selection}": outcome.validation_score})
     for step, score in outcome.history:
@@ -292,6 +338,8 @@ def log_regime(tracker: Tracker, log: RegimeLog) -> None:
     ``failure.SessionN`` tag each and a ``failed_nodes`` count)."""
     if log.metrics:
         tracker.metrics(log.metrics)
+    for name, audit in log.audits.items():  # one generator serving several folds: audit.<name>.<figure>
+        tracker.metrics({f"audit.{name}.{k}": v for k, v in audit.items()})
     for path, folder in log.artifacts:
         if path.exists():
             tracker.artifact(path, folder)

@@ -1,4 +1,4 @@
-"""The five regimes of DESIGN.md, central and federated, in one home.
+"""The regimes (DESIGN.md's five and FedGAN's ``gan-fedavg``), central and federated, in one home.
 
 Every regime is an object whose :meth:`Regime.run` yields one :class:`FoldOutcome` per fold as the
 fold finishes, and which records what it did beyond folds (metrics, generators, failed nodes) in
@@ -6,7 +6,7 @@ its :class:`RegimeLog`. Nothing here logs anywhere: :func:`simulations.tracking.
 regime and writes MLflow runs from what it yields (a wrapper, not a callback threaded through).
 
 - central.py: ``real-central``, ``gan-central``, ``baseline-gan`` (in process, folds in parallel);
-- federated.py: ``gan-federated``, ``fedavg`` (inside the ServerApp, over the session nodes);
+- federated.py: ``gan-federated``, ``gan-fedavg``, ``fedavg`` (inside the ServerApp, over the session nodes);
 - federation.py: the server's view of the nodes (bounded message rounds, the wire audit).
 """
 
@@ -45,6 +45,8 @@ class FoldOutcome:
     skipped: str | None = None
     # sha256 of the scored SER weights (common.pipeline.state_digest): the fold's model, by content.
     model_digest: str | None = None
+    # The generator audit of the fold's generator (common/audit.py), for regimes with one per fold.
+    audit: dict[str, float] = field(default_factory=dict)
 
     # Outcomes cross process boundaries (parallel folds); spectral-norm parametrized modules do not
     # pickle, so generators travel as (class, spec, weights) and are rebuilt on arrival.
@@ -69,9 +71,11 @@ class FoldOutcome:
 
 @dataclass
 class RegimeLog:
-    """What a regime did besides its folds: scalars, failed nodes, files."""
+    """What a regime did besides its folds: scalars, failed nodes, files, and the audit of
+    generators that serve several folds (gan-federated's one per session), by name."""
 
     metrics: dict[str, float] = field(default_factory=dict)
+    audits: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: Mapping[Any, str] = field(default_factory=dict)
     artifacts: list[tuple[Path, str]] = field(default_factory=list)  # (file, artifact folder)
 

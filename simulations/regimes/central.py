@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
-from common.config import StudyConfig
+from common.audit import audit_generator, members_of
+from common.config import GAN_REGIMES, StudyConfig
 from common.data import Corpus
 from common.features import MinMax, resolve_device
 from common.models.sngan import GanSpec, Generator
@@ -99,13 +100,17 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
     train = corpus.labeled_set(fold.train, stats, training_speakers(fold.train))
     validation = corpus.labeled_set(fold.validation, stats)
     trainer = build_trainer(cfg, resolve_device(cfg.training.device))
-    sample, generators = SOURCES[regime](data, trainer, train, fold, progress)
+    audited = cfg.audit.enabled and regime in GAN_REGIMES
+    # The audit holds back some of every speaker's utterances from the generator (its non-members).
+    members, held_out = members_of(train, cfg.audit.holdout, cfg.training.seed) if audited else (train, train)
+    sample, generators = SOURCES[regime](data, trainer, members if regime in GAN_REGIMES else train, fold, progress)
     result = trainer.fit(sample, validation, progress=progress)
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
     val = result.best_score if result.best_step is not None else None
+    audit = audit_generator(cfg, generators[0], members, held_out, seed=cfg.training.seed) if audited else {}
     return FoldOutcome(regime, fold.index, fold.test_session, metrics, val, time.perf_counter() - start,
                        generators, train, trainer.selection, history=result.evals,
-                       model_digest=state_digest(trainer.state_dict()))
+                       model_digest=state_digest(trainer.state_dict()), audit=audit)
 
 
 class CentralRegime:
