@@ -5,6 +5,9 @@ Handlers (message types, notes/flower-1.41.md §1.1):
 - ``query``: the node's session, utterance counts per class and feature min/max (scalars);
 - ``train.gan``: fine-tune the received pre-trained GAN on this session (stage 3, seed 002 §3.2),
   reply with the generator only;
+- ``train.fedgan``: one FedGAN round (gan-fedavg): local conditional steps from the received
+  generator and discriminator, reply with both;
+- ``query.audit``: the generator audit of a received generator on this session (scalars only);
 - ``train``: one FedAvg round of the configured SER trainer on this session;
 - ``evaluate``: score received SER weights on this session's validation or test speaker(s).
 
@@ -30,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from threadpoolctl import threadpool_limits
 
+from common.audit import audit_generator, members_of, reference_classifier
 from common.config import SESSIONS, StudyConfig
 from common.data import Corpus, load_corpus
 from common.features import MinMax, resolve_device
@@ -38,8 +42,10 @@ from common.models.sngan import Discriminator, GanSpec, Generator
 from common.pipeline import finetune, iemocap_speakers
 from common.schema import config_from_run
 from common.splits import holdout_split
+from common.trainers.gan import train_stage
 from common.trainers.registry import build_trainer
-from common.views import LabeledSet
+from common.trainers.ser import SerCnnTrainer
+from common.views import LabeledSet, PatchSampler
 
 app = ClientApp()
 
@@ -53,18 +59,33 @@ class Node:
     session: int
     corpus: Corpus
     splits: dict[tuple[str, MinMax, tuple[str, ...]], LabeledSet] = field(default_factory=dict)
+    references: dict[MinMax, SerCnnTrainer] = field(default_factory=dict)
 
     def split(self, name: str, stats: MinMax, speakers: tuple[str, ...] = ()) -> LabeledSet:
         """The scaled ``train`` (the whole session), ``validation`` or ``test`` set; ``speakers``
-        is the fold's speaker vocabulary for trainers with a speaker head."""
+        is the fold's speaker vocabulary for trainers with a speaker head. ``members`` and
+        ``held_out``: the session split for the generator audit (common/audit.py): a generator
+        trains on the members only when the audit is on."""
         key = (name, stats, speakers)
         if key not in self.splits:
+            if name in ("members", "held_out"):
+                whole = self.split("train", stats, speakers)
+                members, held_out = (members_of(whole, self.cfg.audit.holdout, self.cfg.training.seed)
+                                     if self.cfg.audit.enabled else (whole, whole))
+                self.splits[key] = members if name == "members" else held_out
+                return self.splits[key]
             utts = self.corpus.utterances
             if name != "train":
                 validation, test, _ = holdout_split(utts, self.session, self.cfg.folds)
                 utts = {"validation": validation, "test": test}[name]
             self.splits[key] = self.corpus.labeled_set(list(utts), stats, speakers)
         return self.splits[key]
+
+    def reference(self, stats: MinMax) -> SerCnnTrainer:
+        """The audit's classifier trained on this node's members (once per run and scaling)."""
+        if stats not in self.references:
+            self.references[stats] = reference_classifier(self.cfg, self.split("members", stats), self.cfg.training.seed)
+        return self.references[stats]
 
 
 # Simulated nodes are Ray actors, each serving messages of several nodes of a run: the config is
@@ -111,6 +132,8 @@ def node_of(context: Context) -> Node:
         node = context.node_config
         if "data-root" in node:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(str(node["data-root"]))})})
+        elif cfg.federation.node_data_root is not None:  # a simulation whose nodes hold their own copy
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": cfg.federation.node_data_root})})
         if "work-dir" in node:  # the node's own outputs (feature cache): not the server's folder
             cfg = cfg.model_copy(update={"work_dir": Path(str(node["work-dir"])).resolve()})
         session = session_of(node, cfg)
@@ -161,16 +184,57 @@ def train_gan(msg: Message, context: Context) -> Message:
     gen, disc = Generator(spec), Discriminator(spec, head=1)
     gen.load_state_dict(msg.content["generator"].to_torch_state_dict())
     disc.load_state_dict(msg.content["discriminator"].to_torch_state_dict())
-    train = node.split("train", _stats(msg.content["config"]))
+    train = node.split("members", _stats(msg.content["config"]))
     torch.manual_seed(cfg.training.seed + node.session)
     gen = finetune(cfg, gen, disc, train)
-    state = gen.state_dict()
-    if cfg.federation.generator_fp16:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     return Message(RecordDict({
-        "generator": ArrayRecord(state),
+        "generator": ArrayRecord(_wire(cfg, gen.state_dict())),
         "metrics": MetricRecord({"num-examples": len(train), "seconds": time.perf_counter() - start}),
     }), reply_to=msg)
+
+
+def _wire(cfg: StudyConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as they travel back: fp16 when ``federation.generator_fp16``."""
+    if not cfg.federation.generator_fp16:
+        return state
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+@app.train("fedgan")
+def train_fedgan(msg: Message, context: Context) -> Message:
+    """One FedGAN round (gan-fedavg): ``local-steps`` conditional steps on this session's members
+    from the received generator and discriminator; reply with both (the server averages them)."""
+    node = node_of(context)
+    _check_failure(node, "train.gan")
+    cfg, config = node.cfg, msg.content["config"]
+    spec = GanSpec.of(cfg)
+    gen, disc = Generator(spec), Discriminator(spec, head=spec.n_c + 1)
+    gen.load_state_dict(msg.content["generator"].to_torch_state_dict())
+    disc.load_state_dict(msg.content["discriminator"].to_torch_state_dict())
+    train = node.split("members", _stats(config))
+    seed = cfg.training.seed + 1000 * int(config["server-round"]) + node.session
+    torch.manual_seed(seed)
+    train_stage("conditional", gen, disc, PatchSampler(train, spec.patch, seed=seed), cfg.training,
+                int(config["local-steps"]), resolve_device(cfg.training.device))
+    return Message(RecordDict({
+        "generator": ArrayRecord(gen.cpu().state_dict()), "discriminator": ArrayRecord(disc.cpu().state_dict()),
+        "metrics": MetricRecord({"num-examples": len(train)}),
+    }), reply_to=msg)
+
+
+@app.query("audit")
+def audit(msg: Message, context: Context) -> Message:
+    """The generator audit (common/audit.py) of the received generator against this session's
+    members and held-out utterances: scalars only."""
+    node = node_of(context)
+    _check_failure(node, "query")
+    stats = _stats(msg.content["config"])
+    spec = GanSpec.of(node.cfg)
+    gen = Generator(spec)
+    gen.load_state_dict(msg.content["generator"].to_torch_state_dict())
+    figures = audit_generator(node.cfg, gen.eval(), node.split("members", stats), node.split("held_out", stats),
+                              reference=node.reference(stats), seed=node.cfg.training.seed)
+    return Message(RecordDict({"audit": MetricRecord(figures)}), reply_to=msg)
 
 
 @app.train()

@@ -200,42 +200,47 @@ def audit_generator(cfg: StudyConfig, gen: ClassConditionalGenerator, members: L
     ``reference``: an already trained :func:`reference_classifier` on ``members`` (a node audits
     several generators against the same data); trained here when None.
     """
-    if not len(members) or not len(held_out):
-        raise ValueError(f"the audit needs member and held-out utterances, got {len(members)} and {len(held_out)}; "
-                         "raise audit.holdout or give the generator more utterances")
+    if not len(members):
+        raise ValueError("the audit needs the generator's training utterances; none were given")
     classes, n = len(cfg.data.classes), cfg.audit.samples_per_class
     size = gen.spec.patch  # type: ignore[attr-defined]  # both generator families carry their GanSpec
     ref = reference or reference_classifier(cfg, members, seed)
     fake, fake_y = generated(gen, n, classes, seed)
     real, real_y = real_patches(members, n, size, classes, seed)
-    unseen, unseen_y = real_patches(held_out, n, size, classes, seed + 1)
 
     ref.net.eval()
     with torch.no_grad():
         predicted = np.concatenate([ref._probs(fake[i : i + 256]).argmax(1) for i in range(0, len(fake), 256)])
     gan_test = float(np.mean(predicted == fake_y))
-    on_fake = classifier(cfg, seed + 1)
-    on_fake.fit(SyntheticPool([gen], n, classes, seed=seed + 2).sampler(seed=seed))
-    emb_fake, emb_real, emb_unseen = _embed(ref, fake), _embed(ref, real), _embed(ref, unseen)
     present = sorted(set(real_y.tolist()))
     diversity_fake = float(np.mean([mean_pairwise(fake[fake_y == c].reshape(-1, size * size)) for c in present]))
     diversity_real = float(np.mean([mean_pairwise(real[real_y == c].reshape(-1, size * size)) for c in present]))
-    train_windows = np.concatenate([patches(f, size, cfg.features.window_hop, pad_value=-1.0) for f in members.feats])
-    test_windows = np.concatenate([patches(f, size, cfg.features.window_hop, pad_value=-1.0) for f in held_out.feats])
-    auc, tpr = membership(members, held_out, fake, size, max(1, cfg.features.window_hop // 4), seed)
-    return {
+    emb_real = _embed(ref, real)
+    figures = {
         "gan_test": gan_test,
+        "fd": class_frechet(emb_real, real_y, _embed(ref, fake), fake_y),
+        "diversity": diversity_fake / diversity_real if diversity_real > 0 else float("nan"),
+        "diversity_generated": diversity_fake,
+    }
+    if not len(held_out):  # a node too small to hold any utterance back: no unseen data to compare with
+        return {k: figures.get(k, float("nan")) for k in AUDIT_KEYS}
+    on_fake = classifier(cfg, seed + 1)
+    on_fake.fit(SyntheticPool([gen], n, classes, seed=seed + 2).sampler(seed=seed))
+    unseen, unseen_y = real_patches(held_out, n, size, classes, seed + 1)
+    hop = cfg.features.window_hop
+    train_windows = np.concatenate([patches(f, size, hop, pad_value=-1.0) for f in members.feats])
+    test_windows = np.concatenate([patches(f, size, hop, pad_value=-1.0) for f in held_out.feats])
+    auc, tpr = membership(members, held_out, fake, size, max(1, hop // 4), seed)
+    figures |= {
         "gan_train": float(on_fake.evaluate(held_out)["f1_macro"]),
         "real_train": float(ref.evaluate(held_out)["f1_macro"]),
-        "fd": class_frechet(emb_real, real_y, emb_fake, fake_y),
-        "fd_real": class_frechet(emb_real, real_y, emb_unseen, unseen_y),
-        "diversity": diversity_fake / diversity_real if diversity_real > 0 else float("nan"),
+        "fd_real": class_frechet(emb_real, real_y, _embed(ref, unseen), unseen_y),
         "ct": data_copying(train_windows.reshape(len(train_windows), -1), test_windows.reshape(len(test_windows), -1),
                            fake.reshape(len(fake), -1), cfg.audit.cells, seed),
         "mia_auc": auc,
         "mia_tpr_1fpr": tpr,
-        "diversity_generated": diversity_fake,
     }
+    return {k: figures[k] for k in AUDIT_KEYS}
 
 
 def members_of(data: LabeledSet, fraction: float, seed: int) -> tuple[LabeledSet, LabeledSet]:

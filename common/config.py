@@ -263,6 +263,13 @@ class FederationConfig(Section):
     local_iterations: int = Field(500, ge=1)
     proximal_mu: float = Field(0.01, ge=0, description="FedProx: weight of the proximal term")
     server_lr: float = Field(0.01, gt=0, description="FedAdam: server learning rate (eta)")
+    # gan-fedavg (FedGAN, Rasouli et al. 2020): generator and discriminator averaged every round; each
+    # round runs finetune_iterations / gan_rounds local steps, so a node's steps equal gan-federated's.
+    gan_rounds: int = Field(10, ge=1)
+    # Simulation only: where the simulated nodes read the corpus (default data.root); a deployment's
+    # nodes name their copy in their node config (data-root). With synthesis.from_run, the server
+    # then needs no corpus at all.
+    node_data_root: Path | None = None
     # Generators go back to the server in fp16 (half the bytes; bf16 is refused by ArrayRecord).
     generator_fp16: bool = False
     # Seconds to wait for replies of one message round / for the nodes to connect; nothing waits forever.
@@ -272,6 +279,8 @@ class FederationConfig(Section):
     client_cpus: int = Field(1, ge=1)
     client_gpus: float = Field(0.0, ge=0)
     failures: tuple[FailureSpec, ...] = ()
+
+    _paths = field_validator("node_data_root")(_absolute_path)
 
 
 class TrackingConfig(Section):
@@ -400,7 +409,7 @@ PRESETS: dict[Preset, dict[str, Any]] = {
             "bagan_gan_iterations": 250,
         },
         "synthesis": {"per_class_federated": 250, "per_class_central": 1000, "batch_size": 64},
-        "federation": {"rounds": 6, "local_iterations": 50},
+        "federation": {"rounds": 6, "local_iterations": 50, "gan_rounds": 6},
         "audit": {"samples_per_class": 150, "iterations": 300},
     },
 }

@@ -1,7 +1,7 @@
 """The ServerApp: discover the session nodes, run one federated regime, log it to MLflow.
 
 Run configuration (``[tool.flwr.app.config]`` in pyproject.toml, overridable with
-``flwr run . --run-config``): ``regime`` (gan-federated or fedavg), ``study-config`` (the resolved
+``flwr run . --run-config``): ``regime`` (gan-federated, gan-fedavg or fedavg), ``study-config`` (the resolved
 study config as JSON, a study TOML path, or "" for the embedded default) and ``work-dir``.
 """
 
@@ -17,11 +17,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import FEDERATED_REGIMES, StudyConfig
+from common.models.sngan import GanSpec
 from common.schema import config_from_run
 from simulations.regimes import FoldOutcome
 from simulations.regimes.federated import REGIMES
 from simulations.regimes.federation import Federation, WireGrid, mend_ray_pool
-from simulations.tracking import Tracker, tracked
+from simulations.tracking import Tracker, stored_generators, tracked
 
 app = ServerApp()
 log = logging.getLogger("fedser.server")
@@ -68,6 +69,9 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0, owner
     torch.set_num_threads(os.cpu_count() or 1)  # the server trains while the nodes idle
     audit = audit_path(cfg, regime, run_id)
     fed = Federation(WireGrid(grid, audit), cfg)
-    federated = REGIMES[regime](fed, cfg)
+    tracker = Tracker(cfg, owner)
+    # synthesis.from_run: the SER models train on an earlier run's generators (no node fine-tunes).
+    stored = stored_generators(cfg.synthesis.from_run, GanSpec.of(cfg)) if cfg.synthesis.from_run else None
+    federated = REGIMES[regime](fed, cfg, stored)
     federated.log.artifacts.append((audit, "flower"))
-    return tracked(federated, Tracker(cfg, owner), cfg, resume=resume, skips=skips, flwr_run_id=run_id)
+    return tracked(federated, tracker, cfg, resume=resume, skips=skips, flwr_run_id=run_id)

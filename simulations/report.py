@@ -85,17 +85,9 @@ def fold_rows(tracking_uri: str, experiment: str, regimes: Sequence[str] | None 
 
     Of a parent's child runs only FINISHED ones with every score count (a killed study leaves
     KILLED or FAILED folds behind); a fold finished twice counts once, its newest run."""
-    quiet_mlflow()
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run `fedser study` first "
-                         "or pass --tracking-uri")
-    parents = {run.info.run_id: key for key, run in latest_seed_parents(experiment).items()
-               if (regimes is None or key[0] in regimes) and (trainers is None or key[1] in trainers)}
-    children = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                                  filter_string="tags.fold != ''", order_by=["attributes.start_time DESC"])
+    parents = {run.info.run_id: key for key, run in _selected_parents(tracking_uri, experiment, regimes, trainers).items()}
     newest: dict[tuple[str, str, int, int], dict[str, Any]] = {}
-    for r in children:
+    for r in _fold_children(experiment):
         parent = parents.get(r.data.tags.get("mlflow.parentRunId", ""))
         if parent is None or r.info.status != "FINISHED" or not all(m in r.data.metrics for m in SCORES):
             continue
@@ -105,9 +97,31 @@ def fold_rows(tracking_uri: str, experiment: str, regimes: Sequence[str] | None 
             "regime": regime, "trainer": trainer, "seed": seed, "fold": fold,
             **{m: r.data.metrics[m] for m in SCORES}, **{m: r.data.metrics[m] for m in EXTRA if m in r.data.metrics},
         })
+    return sorted(newest.values(), key=lambda r: (*_regime_order(r["regime"]), r["trainer"], r["seed"], r["fold"]))
+
+
+def _selected_parents(tracking_uri: str, experiment: str, regimes: Sequence[str] | None,
+                      trainers: Sequence[str] | None) -> dict[tuple[str, str, int], Any]:
+    """:func:`latest_seed_parents` of the regimes and trainers asked for (None: all); a missing
+    experiment is one clear error."""
+    quiet_mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run `fedser study` first "
+                         "or pass --tracking-uri")
+    return {key: run for key, run in latest_seed_parents(experiment).items()
+            if (regimes is None or key[0] in regimes) and (trainers is None or key[1] in trainers)}
+
+
+def _fold_children(experiment: str) -> list[Any]:
+    """Every fold run of ``experiment``, newest first."""
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              filter_string="tags.fold != ''", order_by=["attributes.start_time DESC"])
+
+
+def _regime_order(regime: str) -> tuple[int, str]:
     order = {r: i for i, r in enumerate(ALL_REGIMES)}  # DESIGN.md's order, then any other name
-    return sorted(newest.values(), key=lambda r: (order.get(r["regime"], len(order)), r["regime"], r["trainer"],
-                                                  r["seed"], r["fold"]))
+    return order.get(regime, len(order)), regime
 
 
 def paper_protocol(tracking_uri: str, experiment: str) -> bool:

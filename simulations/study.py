@@ -18,13 +18,14 @@ from common.config import CENTRAL_REGIMES, SESSIONS, StudyConfig
 from common.corpora import skip_summary
 from common.data import Corpus, load_corpus
 from common.features import MinMax
+from common.models.sngan import GanSpec
 from common.pipeline import PretrainedGan, pretrained
 from common.splits import make_folds
 from simulations.flower import LocalSuperLink
 from simulations.processes import work_dir_lock
 from simulations.regimes.central import CentralRegime, FoldData
 from simulations.report import fold_rows
-from simulations.tracking import Tracker, tracked
+from simulations.tracking import Tracker, stored_generators, tracked
 
 Row = dict[str, Any]
 
@@ -65,10 +66,18 @@ def _run(cfg: StudyConfig, tracker: Tracker, progress: bool, say: Callable[[str]
     # Read once (sizes checked) before any regime or Flower run starts; fedavg and real-central
     # scale with the checkpoint's statistics when there is one.
     gan = pretrained(cfg) if needs_gan or cfg.pretrained_path.is_file() else None
-    corpus = load_corpus(cfg)
-    say(f"corpus: {len(corpus.utterances)} utterances; {skip_summary(corpus.skips)}")
-    folds = make_folds(corpus.utterances, cfg.folds)
-    stats = scaling_stats(corpus, gan)
+    central = any(r in CENTRAL_REGIMES for r in cfg.regimes)
+    if cfg.synthesis.from_run and not central:
+        # SER from stored generators, scored at the nodes: the server reads no corpus (seed 002 §5).
+        corpus, folds, stats, stored = None, [], MinMax(), {}
+        say(f"SER from the generators of run {cfg.synthesis.from_run}; the nodes score, this process reads no corpus")
+    else:
+        corpus = load_corpus(cfg)
+        say(f"corpus: {len(corpus.utterances)} utterances; {skip_summary(corpus.skips)}")
+        folds = make_folds(corpus.utterances, cfg.folds)
+        stats = scaling_stats(corpus, gan)
+        stored = stored_generators(cfg.synthesis.from_run, GanSpec.of(cfg)) if cfg.synthesis.from_run else {}
+    skips = corpus.skips if corpus is not None else None
     with contextlib.ExitStack() as stack:
         link: LocalSuperLink | None = None
         for seed in cfg.study_seeds:
@@ -76,9 +85,10 @@ def _run(cfg: StudyConfig, tracker: Tracker, progress: bool, say: Callable[[str]
                 scfg = cfg.with_trainer(trainer).with_seed(seed)
                 for regime in cfg.regimes:
                     if regime in CENTRAL_REGIMES:
-                        central = CentralRegime(regime, FoldData(scfg, corpus, stats, gan), folds, cfg.workers,
-                                                say, progress)
-                        for outcome in tracked(central, tracker, scfg, resume=resume, say=say, skips=corpus.skips):
+                        assert corpus is not None  # read above whenever a centralized regime runs
+                        regime_run = CentralRegime(regime, FoldData(scfg, corpus, stats, gan, stored), folds,
+                                                   cfg.workers, say, progress)
+                        for outcome in tracked(regime_run, tracker, scfg, resume=resume, say=say, skips=skips):
                             m = outcome.metrics
                             say(f"{regime} [{trainer}] seed {seed}: fold {outcome.fold} (test Session"
                                 f"{outcome.test_session}): macro-F1 {m['f1_macro']:.3f}  UA {m['ua']:.3f}  "
@@ -93,4 +103,5 @@ def _run(cfg: StudyConfig, tracker: Tracker, progress: bool, say: Callable[[str]
                     if link is None:  # one SuperLink for all federated regimes of the study
                         link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
                     say(f"{regime} [{trainer}] seed {seed}: flwr run on a local simulation ({len(SESSIONS)} session nodes)")
-                    link.run(scfg, regime, say, owner=tracker.owner, resume=resume, skips=json.dumps(corpus.skips))
+                    link.run(scfg, regime, say, owner=tracker.owner, resume=resume,
+                             skips=json.dumps(skips) if skips is not None else "")

@@ -120,6 +120,9 @@ per_class_central = 8
 per_class_federated = 8
 [folds]
 sessions = [1, 2]
+[audit]
+samples_per_class = 12
+iterations = 4
 """
 
 

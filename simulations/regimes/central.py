@@ -16,9 +16,9 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,6 +57,16 @@ class FoldData:
     corpus: Corpus
     stats: MinMax
     gan: PretrainedGan | None
+    # synthesis.from_run: the earlier run's generators by name (``fold<N>``), trained on instead of new ones.
+    stored: Mapping[str, Any] = field(default_factory=dict)
+
+    def generator(self, regime: str, fold: Fold) -> Any:
+        """The stored generator of ``fold`` (one line when the earlier run has none)."""
+        name = f"fold{fold.index}"
+        if name not in self.stored:
+            raise ValueError(f"synthesis.from_run = {self.cfg.synthesis.from_run}: that run has no generator {name} "
+                             f"(it has {sorted(self.stored) or 'none'}); {regime} needs a run of the same regime")
+        return self.stored[name]
 
 
 def _real(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,
@@ -69,14 +79,17 @@ def _gan_central(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: F
     if data.gan is None:
         raise ValueError("gan-central needs the pre-trained GAN; run `fedser pretrain` first")
     cfg = data.cfg
-    gen = finetune(cfg, *data.gan.networks(), train, progress).to(resolve_device(cfg.training.device))
+    gen = data.generator("gan-central", fold) if cfg.synthesis.from_run else finetune(cfg, *data.gan.networks(), train, progress)
+    gen = gen.to(resolve_device(cfg.training.device))
     return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
 
 
 def _baseline(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,
               progress: bool) -> tuple[Sampler, list[Generator]]:
     cfg = data.cfg
-    gen = train_bagan(GanSpec.of(cfg), cfg.training, train, resolve_device(cfg.training.device), progress=progress)
+    device = resolve_device(cfg.training.device)
+    gen = (data.generator("baseline-gan", fold).to(device) if cfg.synthesis.from_run
+           else train_bagan(GanSpec.of(cfg), cfg.training, train, device, progress=progress))
     return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
 
 
@@ -100,7 +113,7 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
     train = corpus.labeled_set(fold.train, stats, training_speakers(fold.train))
     validation = corpus.labeled_set(fold.validation, stats)
     trainer = build_trainer(cfg, resolve_device(cfg.training.device))
-    audited = cfg.audit.enabled and regime in GAN_REGIMES
+    audited = cfg.audit.enabled and regime in GAN_REGIMES and not cfg.synthesis.from_run
     # The audit holds back some of every speaker's utterances from the generator (its non-members).
     members, held_out = members_of(train, cfg.audit.holdout, cfg.training.seed) if audited else (train, train)
     sample, generators = SOURCES[regime](data, trainer, members if regime in GAN_REGIMES else train, fold, progress)

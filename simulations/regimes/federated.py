@@ -5,6 +5,8 @@
   pool of the four training sessions' generators (``per_class_federated`` per emotion each, 10K in
   §4.5) and the held-out session's node scores it (validation speaker for model selection, test
   speaker for the fold's metrics).
+- ``gan-fedavg`` (FedGAN, Rasouli et al. 2020): per fold, the pre-trained GAN fine-tuned over the
+  training nodes with generator and discriminator averaged every round, then SER as above;
 - ``fedavg``: FedAvg / FedProx / FedAdam (``flwr.serverapp.strategy``) of the configured SER trainer
   over the four training nodes of each fold, selected and scored at the held-out node.
 
@@ -16,8 +18,10 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import cast
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
@@ -31,7 +35,13 @@ from common.trainers.base import KeepBest, LoopResult
 from common.trainers.registry import SerTrainer, build_trainer
 from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog
 from simulations.regimes.central import synthetic_sampler
-from simulations.regimes.federation import Federation, NodeFailure, restore_fp32, stats_config
+from simulations.regimes.federation import (
+    Federation,
+    NodeFailure,
+    restore_fp32,
+    stats_config,
+    weighted_average,
+)
 
 log = logging.getLogger("fedser.server")
 Score = Callable[[], float]
@@ -55,8 +65,9 @@ class FederatedRegime:
 
     name = ""
 
-    def __init__(self, fed: Federation, cfg: StudyConfig) -> None:
-        self.fed, self.cfg = fed, cfg
+    def __init__(self, fed: Federation, cfg: StudyConfig, stored: Mapping[str, torch.nn.Module] | None = None) -> None:
+        """``stored``: generators of an earlier run (``synthesis.from_run``) used instead of training any."""
+        self.fed, self.cfg, self.stored = fed, cfg, stored
         self.folds = tuple(cfg.folds.sessions)  # a fold is named by its held-out session
         self.log = RegimeLog(failures=fed.failures)
 
@@ -112,6 +123,32 @@ class FederatedRegime:
         """A fold without metrics, and why."""
         return FoldOutcome(self.name, test, test, {}, None, 0.0, skipped=reason)
 
+    def audit(self, generators: Mapping[int, Generator], at: Collection[int] | None = None) -> dict[int, dict[str, float]]:
+        """The generator audit (common/audit.py) run by the nodes that own the data: each session's
+        generator at that session's node, or one generator at every node of ``at`` (keyed by node).
+        Scalars come back only; a node that fails is recorded and left out."""
+        if not self.cfg.audit.enabled or self.stored is not None:
+            return {}
+        def content(g: Generator) -> RecordDict:
+            return RecordDict({"generator": ArrayRecord(g.state_dict()), "config": stats_config(self.scaling)})
+        if at is None:
+            asks = {s: content(g) for s, g in generators.items()}
+        else:
+            [g] = generators.values()
+            asks = dict.fromkeys(at, content(g))
+        outcome = self.fed.exchange("query.audit", asks)
+        for session, reason in outcome.failures.items():
+            log.warning("audit at Session%s failed: %s", session, reason)
+        return {s: {k: float(v) for k, v in reply["audit"].items()} for s, reply in outcome.replies.items()}
+
+    def stored_generator(self, name: str) -> Generator:
+        """Generator ``name`` of the run ``synthesis.from_run`` names (one line when it has none)."""
+        assert self.stored is not None
+        if name not in self.stored:
+            raise ValueError(f"synthesis.from_run = {self.cfg.synthesis.from_run}: that run has no generator {name} "
+                             f"(it has {sorted(self.stored) or 'none'}); {self.name} needs a run of the same regime")
+        return cast(Generator, self.stored[name]).to(resolve_device(self.cfg.training.device)).eval()
+
 
 class GanFederated(FederatedRegime):
     """Fine-tune one generator per session node (once), then one SER model per fold on their pool."""
@@ -123,6 +160,10 @@ class GanFederated(FederatedRegime):
         gen, disc = gan.networks()
         self.scaling = self.stats(gan.pretrain_stats)
         device = resolve_device(self.cfg.training.device)
+        if self.stored is not None:  # synthesis.from_run: SER from an earlier run's generators, no fine-tuning
+            self.generators = {s: self.stored_generator(f"Session{s}") for s in self.fed.nodes}
+            self.log.metrics["generators_reused"] = len(self.generators)
+            return
         # A resumed run reuses the generators its killed predecessor received (same resolved config).
         stored = store.load()
         self.generators: dict[int, Generator] = {
@@ -148,6 +189,7 @@ class GanFederated(FederatedRegime):
         # Stored at once (the server holds no real data: its spectrogram grids show generated columns only).
         store.keep({f"Session{s}": g for s, g in fresh.items()})
         log.info("generators from sessions %s, failures %s", sorted(self.generators), outcome.failures)
+        self.log.audits.update({f"Session{s}": figures for s, figures in self.audit(fresh).items()})
 
     def fold(self, test: int) -> FoldOutcome:
         sources = [g for s, g in self.generators.items() if s != test]
@@ -161,6 +203,64 @@ class GanFederated(FederatedRegime):
             return (result.best_score if result.best_step is not None else None), result.evals
 
         return self.scored(test, self.scaling, trainer, fit)
+
+
+class GanFedAvg(FederatedRegime):
+    """FedGAN (Rasouli et al. 2020) per fold: the pre-trained GAN fine-tuned over the fold's training
+    nodes, generator and discriminator averaged every round; then SER as in gan-federated, on a pool
+    of that one generator as large as gan-federated's (``per_class_federated`` x training nodes)."""
+
+    name = "gan-fedavg"
+
+    def prepare(self, store: GeneratorStore) -> None:
+        self.gan = pretrained(self.cfg)
+        self.scaling = self.stats(self.gan.pretrain_stats)
+
+    def fedgan(self, test: int, sessions: list[int]) -> Generator:
+        """``federation.gan_rounds`` rounds of local conditional steps and weighted averaging."""
+        cfg = self.cfg
+        gen, disc = self.gan.networks()
+        torch.manual_seed(cfg.training.seed + test)
+        disc.replace_head(gen.spec.n_c + 1)  # stage 3's N_c + 1 discriminator, as in finetune()
+        local = -(-cfg.training.finetune_iterations // cfg.federation.gan_rounds)
+        for rnd in range(1, cfg.federation.gan_rounds + 1):
+            content = RecordDict({"generator": ArrayRecord(gen.state_dict()), "discriminator": ArrayRecord(disc.state_dict()),
+                                  "config": stats_config(self.scaling, **{"server-round": rnd, "local-steps": local})})
+            outcome = self.fed.exchange("train.fedgan", dict.fromkeys(sessions, content))
+            if not outcome.replies:
+                raise NodeFailure(test, f"no training node answered FedGAN round {rnd}: {outcome.failures}")
+            replies = list(outcome.replies.values())
+            weights = [float(r["metrics"]["num-examples"]) for r in replies]
+            gen.load_state_dict(weighted_average([r["generator"].to_torch_state_dict() for r in replies], weights))
+            disc.load_state_dict(weighted_average([r["discriminator"].to_torch_state_dict() for r in replies], weights))
+        return gen.eval()
+
+    def fold(self, test: int) -> FoldOutcome:
+        sessions = [s for s in self.fed.nodes if s != test]
+        if not sessions:
+            return self.skip(test, "no training node")
+        start = time.perf_counter()
+        try:
+            gen = self.stored_generator(f"fold{test}") if self.stored is not None else self.fedgan(test, sessions)
+        except NodeFailure as exc:
+            log.warning("fold %s of %s: %s", test, self.name, exc)
+            return self.skip(test, str(exc))
+        gen = gen.to(resolve_device(self.cfg.training.device))
+        seconds = time.perf_counter() - start
+        figures = list(self.audit({test: gen}, at=sessions).values())  # the nodes whose data trained it
+        sample = synthetic_sampler(self.cfg, [gen], self.cfg.synthesis.per_class_federated * len(sessions), test)
+        trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
+
+        def fit(score: Score | None) -> Selection:
+            result = trainer.fit(sample, score)
+            return (result.best_score if result.best_step is not None else None), result.evals
+
+        outcome = self.scored(test, self.scaling, trainer, fit)
+        outcome.seconds += seconds
+        outcome.generators = [gen.cpu()]
+        if figures:  # the mean over the training nodes (each audits its own members and held-out data)
+            outcome.audit = {k: float(np.mean([f[k] for f in figures])) for k in figures[0]}
+        return outcome
 
 
 STRATEGIES: dict[str, Callable[[StudyConfig], Strategy]] = {
@@ -221,4 +321,5 @@ class FedAvgRegime(FederatedRegime):
         return self.scored(test, self.scaling, trainer, fit)
 
 
-REGIMES: dict[str, type[FederatedRegime]] = {"gan-federated": GanFederated, "fedavg": FedAvgRegime}
+REGIMES: dict[str, type[FederatedRegime]] = {"gan-federated": GanFederated, "gan-fedavg": GanFedAvg,
+                                             "fedavg": FedAvgRegime}

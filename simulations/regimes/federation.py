@@ -18,11 +18,12 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
@@ -376,3 +377,11 @@ def stats_config(stats: MinMax, **extra: Any) -> ConfigRecord:
 def restore_fp32(record: ArrayRecord) -> dict[str, Any]:
     """A received state dict with fp16 tensors (``generator_fp16``) back in fp32."""
     return {k: v.float() if v.is_floating_point() else v for k, v in record.to_torch_state_dict().items()}
+
+
+def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """FedAvg of state dicts: floating tensors averaged with ``weights`` (examples per node), the
+    others (counters) taken from the first state."""
+    total = float(sum(weights))
+    return {k: (sum((w / total) * s[k].float() for s, w in zip(states, weights, strict=True)) if v.is_floating_point()
+                else v) for k, v in states[0].items()}  # type: ignore[misc]
