@@ -36,12 +36,10 @@ embedding cannot hide it):
 from __future__ import annotations
 
 import hashlib
-import warnings
 from typing import cast
 
 import numpy as np
 import torch
-from scipy import linalg
 from scipy.stats import mannwhitneyu
 from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -119,13 +117,17 @@ def _embed(ref: SerCnnTrainer, x: np.ndarray) -> np.ndarray:
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to the rows of ``a`` (N, D) and ``b`` (M, D)."""
+    """Fréchet distance between Gaussians fitted to the rows of ``a`` (N, D) and ``b`` (M, D).
+
+    With X, Y the centred rows over sqrt(N - 1), sqrt(M - 1): cov_a = X'X, cov_b = Y'Y, and
+    tr sqrt(cov_a cov_b) is the sum of the singular values of X Y' (N x M): no D x D matrix square
+    root (D = 4096 at the paper's width), and exact for the rank-deficient covariances of N < D.
+    """
     mu = a.mean(0) - b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # a collapsed generator has a singular covariance: a valid, large distance
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        root = linalg.sqrtm(ca @ cb)
-    return float(mu @ mu + np.trace(ca + cb - 2 * np.real(root)))
+    x = (a - a.mean(0)) / np.sqrt(max(len(a) - 1, 1))
+    y = (b - b.mean(0)) / np.sqrt(max(len(b) - 1, 1))
+    cross = np.linalg.svd(x @ y.T, compute_uv=False).sum()
+    return float(mu @ mu + (x * x).sum() + (y * y).sum() - 2 * cross)
 
 
 def class_frechet(a: np.ndarray, ya: np.ndarray, b: np.ndarray, yb: np.ndarray) -> float:

@@ -1,9 +1,10 @@
 """The federated regimes end to end: `fedser study` -> `flwr run` -> five simulated session nodes.
 
-One study runs both federated regimes on a SuperLink it starts itself, with Session3's
-``train.gan`` made to fail. The test then reads MLflow (runs, metrics, tags, artifacts), inspects
-every reply that reached the server (the wire audit: the eyes-off guarantee) and checks that no
-Flower or Ray process is left behind.
+One study runs the three federated regimes on a SuperLink it starts itself, with Session3's
+``train.gan`` made to fail. The test then reads MLflow (runs, metrics, tags, artifacts, the
+generator audits), inspects every reply that reached the server (the wire audit: the eyes-off
+guarantee), checks that no Flower or Ray process is left behind, and trains SER again from the
+stored generators with the corpus folder gone (``synthesis.from_run``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ import torch
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from typer.testing import CliRunner
 
+from common.audit import AUDIT_KEYS
 from common.models.sngan import GanSpec, Generator
 from common.schema import config_from_run, load_config
 from simulations.cli import app
@@ -32,9 +35,10 @@ from tests.conftest import FAST_STUDY_TABLES, study_file
 
 FAST = """
 name = "fed"
-regimes = ["gan-federated", "fedavg"]
+regimes = ["gan-federated", "gan-fedavg", "fedavg"]
 """ + FAST_STUDY_TABLES + """
 [federation]
+gan_rounds = 2
 strategy = "fedprox"
 rounds = 2
 local_iterations = 3
@@ -63,6 +67,15 @@ def flower_processes(flwr_home: Path) -> set[int]:
     return found
 
 
+def left_behind(flwr_home: Path, grace: float = 15.0) -> set[int]:
+    """:func:`flower_processes` once they had ``grace`` seconds to exit (Ray's workers die after
+    their raylet, asynchronously, once the study stopped the tree)."""
+    deadline = time.monotonic() + grace
+    while (found := flower_processes(flwr_home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def audit_lines(run) -> list[dict]:
     [audit] = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="flower")]
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=audit)
@@ -74,6 +87,7 @@ SCALAR_REPLIES = {  # message type -> the metric keys a reply may hold (all scal
     "evaluate": re.compile(r"num-examples|f1_macro|ua|wa|cm_\d+_\d+"),
     "train": re.compile(r"num-examples|loss"),
     "train.gan": re.compile(r"num-examples|seconds"),
+    "train.fedgan": re.compile(r"num-examples"),
 }
 
 
@@ -82,12 +96,19 @@ def assert_eyes_off(lines: list[dict], generator_shapes: dict[str, list]) -> Non
     for line in lines:
         if line["error"]:
             continue
+        if line["type"] == "query.audit":  # the generator audit: its figures, scalars, nothing else
+            assert line["arrays"] == {} and line["configs"] == {} and set(line["metrics"]) == {"audit"}, line
+            assert line["metrics"]["audit"] == dict.fromkeys(AUDIT_KEYS, "float"), line
+            continue
         assert set(line["metrics"]) <= {"metrics"}, line
         for key, kind in line["metrics"].get("metrics", {}).items():
             assert SCALAR_REPLIES[line["type"]].fullmatch(key), line
             assert kind in ("int", "float"), line  # no lists: per-utterance values cannot travel
         if line["type"] == "train.gan":
             assert set(line["arrays"]) == {"generator"}
+            assert {k: shape for k, (shape, _dtype) in line["arrays"]["generator"].items()} == generator_shapes
+        elif line["type"] == "train.fedgan":  # FedGAN: both networks travel, the server averages them
+            assert set(line["arrays"]) == {"generator", "discriminator"} and line["configs"] == {}
             assert {k: shape for k, (shape, _dtype) in line["arrays"]["generator"].items()} == generator_shapes
         elif line["type"] == "query":
             assert line["arrays"] == {} and line["configs"] == {"node": {"session": "int"}}
@@ -109,14 +130,17 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     runs = mlflow.search_runs(experiment_names=["fed"], output_format="list")
     parents = {r.data.tags["regime"]: r for r in runs if r.data.tags.get("kind") == "regime"}
     children = [r for r in runs if "fold" in r.data.tags]
-    assert set(parents) == {"gan-federated", "fedavg"}
+    assert set(parents) == {"gan-federated", "gan-fedavg", "fedavg"}
     assert sorted((c.data.tags["regime"], c.data.tags["fold"]) for c in children) == [
-        ("fedavg", "1"), ("fedavg", "2"), ("gan-federated", "1"), ("gan-federated", "2")]
+        (r, f) for r in ("fedavg", "gan-fedavg", "gan-federated") for f in ("1", "2")]
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parents[child.data.tags["regime"]].info.run_id
         assert {"f1_macro", "ua", "wa", "cm_0_0", "val_f1_macro"} <= set(child.data.metrics)
         files = {a.path for a in mlflow.artifacts.list_artifacts(run_id=child.info.run_id, artifact_path="plots")}
-        assert files == {"plots/confusion.png"}
+        fedgan = child.data.tags["regime"] == "gan-fedavg"  # one generator per fold, logged and audited there
+        assert files == {"plots/confusion.png", *(["plots/spectrograms_0.png"] if fedgan else [])}
+        assert {f"audit.{k}" for k in AUDIT_KEYS} <= set(child.data.metrics) if fedgan else not any(
+            k.startswith("audit.") for k in child.data.metrics)
     assert all("val_f1_macro_curve" in c.data.metrics for c in children if c.data.tags["regime"] == "fedavg")
 
     # Session3's generator failed: recorded, and the regime went on with the other four.
@@ -129,17 +153,27 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     ckpts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=gan.info.run_id, artifact_path="checkpoints")}
     assert ckpts == {f"checkpoints/generator_Session{s}.pt" for s in (1, 2, 4, 5)}
     assert {"f1_macro_mean", "f1_macro_std"} <= set(gan.data.metrics)
+    # Each generator audited at its own node (Session3 made none).
+    assert {k for k in gan.data.metrics if k.startswith("audit.")} == {
+        f"audit.Session{s}.{k}" for s in (1, 2, 4, 5) for k in AUDIT_KEYS}
 
     # The eyes-off guarantee, on every reply that reached the server.
     cfg = config_from_run({"study-config": str(config)})
     shapes = {k: list(v.shape) for k, v in Generator(GanSpec.of(cfg)).state_dict().items()}
     lines = audit_lines(gan)
-    by_type = {t: [x for x in lines if x["type"] == t] for t in ("query", "train.gan", "evaluate")}
+    by_type = {t: [x for x in lines if x["type"] == t] for t in ("query", "train.gan", "query.audit", "evaluate")}
     assert len(by_type["query"]) == 5 and len(by_type["train.gan"]) == 6  # Session3 was asked twice
+    assert sorted(x["session"] for x in by_type["query.audit"]) == [1, 2, 4, 5]
     assert [(x["session"], x["attempt"]) for x in by_type["train.gan"] if x["error"]] == [(3, 1), (3, 2)]
     assert {x["session"] for x in by_type["evaluate"]} == {1, 2}  # held-out nodes score the folds
     assert len(lines) == sum(map(len, by_type.values()))
     assert_eyes_off(lines, shapes)
+    fedgan_lines = audit_lines(parents["gan-fedavg"])
+    assert {x["type"] for x in fedgan_lines} == {"query", "train.fedgan", "query.audit", "evaluate"}
+    # Fold 1 trains on sessions 2-5 (Session3 failing each round), fold 2 on 1, 3, 4, 5: 2 rounds each.
+    assert sorted(x["session"] for x in fedgan_lines if x["type"] == "train.fedgan" and not x["error"]) == (
+        [1] * 2 + [2] * 2 + [4] * 4 + [5] * 4)
+    assert_eyes_off(fedgan_lines, shapes)
     fedavg_lines = audit_lines(parents["fedavg"])
     assert {x["type"] for x in fedavg_lines} == {"query", "train", "evaluate"}
     assert_eyes_off([x for x in fedavg_lines if x["type"] != "train"], shapes)
@@ -151,9 +185,34 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     report = runner.invoke(app, ["report", "--config", str(config), "--json"])
     assert report.exit_code == 0, report.output
     assert {(r["regime"], r["fold"]) for r in json.loads(report.output)["rows"]} == {
-        (g, f) for g in ("gan-federated", "fedavg") for f in (1, 2)}
-    assert flower_processes(tmp_path / "out" / "flower" / "home") == set()
+        (g, f) for g in ("gan-federated", "gan-fedavg", "fedavg") for f in (1, 2)}
+    assert left_behind(tmp_path / "out" / "flower" / "home") == set()
     assert load_config(config).federation.failures == ("train.gan:3",)
+
+    # SER from the stored generators (seed 002 §5), the corpus folder gone: the nodes score with
+    # their own copy (federation.node_data_root), the server reads no corpus and writes none.
+    corpus = tmp_path / "out" / "corpora" / "synthetic-seed0-u4"
+    copy = tmp_path / "nodes"
+    shutil.copytree(corpus, copy)
+    shutil.rmtree(corpus)
+    later = tmp_path / "later.toml"
+    later.write_text(config.read_text()
+                     .replace('regimes = ["gan-federated", "gan-fedavg", "fedavg"]', 'regimes = ["gan-federated"]')
+                     .replace("[synthesis]\n", f'[synthesis]\nfrom_run = "{gan.info.run_id}"\n')
+                     .replace("[federation]\n", f'[federation]\nnode_data_root = "{copy / "IEMOCAP_full_release"}"\n'))
+    again = runner.invoke(app, ["study", str(later)])
+    assert again.exit_code == 0, again.output
+    assert "reads no corpus" in again.output and not corpus.exists()
+    runs = mlflow.search_runs(experiment_names=["fed"], output_format="list", order_by=["attributes.start_time DESC"])
+    [stored] = [r for r in runs if r.data.tags.get("kind") == "regime" and r.data.params.get("synthesis.from_run") == gan.info.run_id]
+    assert stored.data.metrics["generators_reused"] == 4 and "generators_received" not in stored.data.metrics
+    assert {x["type"] for x in audit_lines(stored)} == {"query", "evaluate"}  # no node fine-tuned anything
+    # The same generators and seed give the same SER weights as in the run that trained them.
+    digests = {(r.data.tags["mlflow.parentRunId"], r.data.tags["fold"]): r.data.tags["model_sha256"]
+               for r in runs if "fold" in r.data.tags}
+    for fold in ("1", "2"):
+        assert digests[(stored.info.run_id, fold)] == digests[(gan.info.run_id, fold)]
+    assert left_behind(tmp_path / "out" / "flower" / "home") == set()
 
 
 def test_stop_tree_stops_a_process_and_its_children() -> None:
