@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar, cast
 
@@ -323,20 +325,123 @@ def report(
 
 
 def _report(uri: str, name: str, as_json: bool = False) -> None:
-    from simulations.report import fold_rows, log_report, markdown, paper_protocol, report_json
+    from simulations.report import (
+        fold_rows,
+        generator_rows,
+        log_report,
+        markdown,
+        paper_protocol,
+        report_json,
+    )
 
     rows = fold_rows(uri, name)
     if not rows:
         raise ValueError(f"experiment {name!r} has no finished fold runs yet")
     matches = paper_protocol(uri, name)
+    generators = generator_rows(uri, name)
     if as_json:
-        print(json.dumps(report_json(rows, matches), indent=2))
+        print(json.dumps(report_json(rows, matches, generators), indent=2))
         return
-    text = markdown(rows, matches)
-    run_id = log_report(uri, name, rows, text, matches_paper=matches)
+    text = markdown(rows, matches, generators)
+    run_id = log_report(uri, name, rows, text, matches_paper=matches, generators=generators)
     print(text)  # plain: markdown meant to be copied, never re-wrapped to the terminal width
-    console.print(f"logged report.md, report.json and report.png to MLflow run {run_id} ({uri})",
-                  markup=False, highlight=False)
+    files = "report.md, report.json, report.png" + (" and generators.png" if generators else "")
+    console.print(f"logged {files} to MLflow run {run_id} ({uri})", markup=False, highlight=False)
+
+
+@app.command("audit")
+@friendly
+def audit(
+    run_id: Annotated[str, typer.Argument(help="MLflow run of a GAN regime: a parent (regime) run or one fold run.")],
+    config: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Study config (default: the one the run logged, config/study.json).")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="MLflow tracking URI (default: --config's, else the default config's).")] = None,
+) -> None:
+    """The generator audit (quality and privacy figures, common/audit.py) of the generators a run
+    stored, against the real utterances each was trained on; printed as the report's generators
+    table and logged back on the run they belong to (audit.<name>.<figure> on a parent run,
+    audit.<figure> on a fold run)."""
+    with _quiet_downloads():
+        _audit(run_id, config, tracking_uri)
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow download progress bars (a failed download prints one before its error) unless
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR is set."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    unset = name not in os.environ
+    os.environ.setdefault(name, "false")
+    try:
+        yield
+    finally:
+        if unset:
+            os.environ.pop(name, None)
+
+
+def _audit(run_id: str, config: Path | None, tracking_uri: str | None) -> list[dict[str, Any]]:
+    import mlflow
+
+    from common.audit import audit_generator, members_of
+    from common.config import validate
+    from common.data import load_corpus
+    from common.models.sngan import GanSpec
+    from common.pipeline import pretrained
+    from common.schema import StudyConfig as FullStudyConfig
+    from common.splits import make_folds
+    from simulations.report import (
+        DEFAULT_TRAINER,
+        find_run,
+        generator_order,
+        generator_runs,
+        generators_markdown,
+        log_audit,
+    )
+    from simulations.study import scaling_stats
+    from simulations.tracking import quiet_mlflow, run_config, stored_generators
+
+    given = load_config(config) if config is not None else None
+    uri = tracking_uri or (given or load_config(None)).tracking_uri
+    quiet_mlflow()
+    mlflow.set_tracking_uri(uri)
+    run = find_run(run_id)
+    cfg = given or validate(FullStudyConfig, run_config(run_id), f"run {run_id}: config/study.json")
+    if "seed" in run.data.tags:  # the run's seed decides which utterances its generators never saw
+        cfg = cfg.with_seed(int(run.data.tags["seed"]))
+    spec = GanSpec.of(cfg)
+    generators = stored_generators(run_id, spec)
+    if not generators:
+        raise ValueError(f"run {run_id} has no stored generator of {spec} (checkpoints/generator_*.pt on it or "
+                         "on its finished fold runs); audit the run of a GAN regime")
+    owners = generator_runs(run_id)
+    corpus = load_corpus(cfg)
+    stats = scaling_stats(corpus, pretrained(cfg))
+    folds = {f.index: f for f in make_folds(corpus.utterances, cfg.folds)} if any(
+        n.startswith("fold") for n in generators) else {}
+    regime, trainer = run.data.tags.get("regime", "?"), run.data.tags.get("trainer", DEFAULT_TRAINER)
+    rows = []
+    for name in sorted(generators, key=generator_order):
+        # Session<N>: gan-federated's node generator, trained on session N; fold<N>: trained on fold N's training set.
+        found = re.fullmatch(r"(Session|fold)(\d+)", name)
+        if found and found[1] == "Session":
+            utts = [u for u in corpus.utterances if u.session == int(found[2])]
+        elif found and int(found[2]) in folds:
+            utts = list(folds[int(found[2])].train)
+        else:
+            raise ValueError(f"generator {name} of run {run_id}: no such session or fold in the corpus of its "
+                             f"config (folds: {sorted(folds) or '-'})")
+        if not utts:
+            raise ValueError(f"generator {name} of run {run_id}: the corpus has none of the utterances it was trained on")
+        members, held_out = members_of(corpus.labeled_set(utts, stats), cfg.audit.holdout, cfg.training.seed)
+        start = time.perf_counter()
+        figures = audit_generator(cfg, generators[name], members, held_out, seed=cfg.training.seed)
+        log_audit(owners[name], figures, None if found[1] == "fold" else name)
+        _say(f"{name}: audited on {len(members)} member and {len(held_out)} held-out utterances in "
+             f"{time.perf_counter() - start:.0f} s; logged to MLflow run {owners[name]}")
+        rows.append({"regime": regime, "trainer": trainer, "seed": cfg.training.seed, "generator": name, **figures})
+    print(generators_markdown(rows))  # plain: markdown, as `fedser report` prints it
+    return rows
 
 
 # ----------------------------------------------------------------------------------------- demo

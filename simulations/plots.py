@@ -1,9 +1,10 @@
-"""Figures logged as MLflow artifacts: confusion matrices, real-vs-generated spectrogram grids and the
-report's per-cell scores with confidence intervals."""
+"""Figures logged as MLflow artifacts: confusion matrices, real-vs-generated spectrogram grids, the
+report's per-cell scores with confidence intervals and its generator audit panels."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -102,6 +103,47 @@ def cells_interval_png(
     ax.set_ylabel(metric)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One figure of :func:`dot_panels_png`: per group its values (a dot each); a reference level
+    (grey dashed line, e.g. 0.5 for a chance AUC) and per-group floor values (hollow grey dots, e.g.
+    the distance real data alone gives), both optional."""
+
+    title: str
+    values: Sequence[Sequence[float]]
+    reference: float | None = None
+    floor: Sequence[Sequence[float]] | None = None
+
+
+def dot_panels_png(groups: Sequence[str], panels: Sequence[Panel], path: Path) -> Path:
+    """A row of panels sharing the x axis: a column per group, a dot per value (spread sideways so
+    they do not overlap), the group's mean as a black dash; non-finite values are left out."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.8 + (0.9 + 0.5 * len(groups)) * len(panels), 3.4),
+                             dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for i, group_values in enumerate(panel.values):
+            v = np.asarray([x for x in group_values if np.isfinite(x)], dtype=float)
+            offsets = np.linspace(-0.18, 0.18, len(v)) if len(v) > 1 else np.zeros(len(v))
+            ax.scatter(i + offsets, v, s=18, color=plt.get_cmap("tab10")(i % 10), alpha=0.85, linewidths=0, zorder=3)
+            if len(v):
+                ax.hlines(v.mean(), i - 0.28, i + 0.28, colors="black", linewidth=1.4, zorder=4)
+            if panel.floor is not None:
+                f = np.asarray([x for x in panel.floor[i] if np.isfinite(x)], dtype=float)
+                spread = np.linspace(-0.18, 0.18, len(f)) if len(f) > 1 else np.zeros(len(f))
+                ax.scatter(i + spread, f, s=18, facecolors="none", edgecolors="grey", zorder=2)
+        if panel.reference is not None:
+            ax.axhline(panel.reference, color="grey", linestyle="--", linewidth=1.0, zorder=1)
+        ax.set_xticks(range(len(groups)), groups, fontsize=7, rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set_title(panel.title, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

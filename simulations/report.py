@@ -5,6 +5,12 @@ Folds are the unit of replication: seeds run on the same fold share its train an
 so they are not independent. Intervals therefore average the seeds within each fold first and
 take a Student t interval over the per-fold means; regimes are compared on the (seed, fold) cells
 both have, with a Wilcoxon signed-rank test. Both come from scipy.
+
+Generators: the audit figures (common/audit.py) of every generator of the newest parent runs, one
+row each (:func:`generator_rows`): gan-federated's per session node on the parent run
+(``audit.Session<N>.<figure>``), the other GAN regimes' per fold on the fold runs (``audit.<figure>``).
+``fedser audit RUN_ID`` computes them afterwards for runs that lack them (:func:`generator_runs`,
+:func:`log_audit`).
 """
 
 from __future__ import annotations
@@ -12,18 +18,23 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import tempfile
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from scipy import stats
 
+from common.audit import AUDIT_KEYS
 from common.config import ALL_REGIMES
-from simulations.plots import cells_interval_png
+from simulations.plots import Panel, cells_interval_png, dot_panels_png
 from simulations.regimes import SCORES, summary
 from simulations.tracking import quiet_mlflow
 
@@ -135,6 +146,92 @@ def paper_protocol(tracking_uri: str, experiment: str) -> bool:
     )
 
 
+# -------------------------------------------------------------------------------------- generators
+
+
+def audit_figures(metrics: Mapping[str, float], name: str | None = None) -> dict[str, float]:
+    """The audit figures among a run's metrics, by key of :data:`common.audit.AUDIT_KEYS`: those of
+    its fold generator (``audit.<figure>``, ``name`` None) or of generator ``name`` (``audit.<name>.<figure>``)."""
+    prefix = "audit." if name is None else f"audit.{name}."
+    return {k: float(metrics[prefix + k]) for k in AUDIT_KEYS if prefix + k in metrics}
+
+
+def named_audits(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``audit.<name>.<figure>`` metrics of a parent run (gan-federated's generators), by name."""
+    names = {key[len("audit."):].rpartition(".")[0] for key in metrics if key.startswith("audit.")}
+    return {name: audit_figures(metrics, name) for name in names if name and audit_figures(metrics, name)}
+
+
+def generator_order(name: str) -> tuple[str, int, str]:
+    """``Session2`` before ``Session10``: the name's letters, then its number."""
+    found = re.fullmatch(r"(.*?)(\d+)", name)
+    return (found[1], int(found[2]), name) if found else (name, -1, name)
+
+
+def generator_rows(tracking_uri: str, experiment: str, regimes: Sequence[str] | None = None,
+                   trainers: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per audited generator of the newest parent run of each (regime, trainer, seed):
+    ``regime``, ``trainer``, ``seed``, ``generator`` (``Session3``: on the parent run; ``fold3``:
+    the newest FINISHED, not skipped, run of fold 3) and every audit figure it has (common/audit.py's
+    keys). Generators without any audit figure have no row. Sorted by regime (DESIGN.md's order),
+    trainer, seed and generator."""
+    parents = _selected_parents(tracking_uri, experiment, regimes, trainers)
+    rows: list[dict[str, Any]] = []
+    for (regime, trainer, seed), run in parents.items():
+        rows += [{"regime": regime, "trainer": trainer, "seed": seed, "generator": name, **figures}
+                 for name, figures in named_audits(run.data.metrics).items()]
+    keys = {run.info.run_id: key for key, run in parents.items()}
+    newest: dict[tuple[str, int], Any] = {}
+    for r in _fold_children(experiment):
+        parent = r.data.tags.get("mlflow.parentRunId", "")
+        if parent in keys and r.info.status == "FINISHED" and "skipped" not in r.data.tags:
+            newest.setdefault((parent, int(r.data.tags["fold"])), r)
+    for (parent, fold), r in newest.items():
+        if figures := audit_figures(r.data.metrics):
+            regime, trainer, seed = keys[parent]
+            rows.append({"regime": regime, "trainer": trainer, "seed": seed, "generator": f"fold{fold}", **figures})
+    return sorted(rows, key=lambda r: (*_regime_order(r["regime"]), r["trainer"], r["seed"],
+                                       generator_order(r["generator"])))
+
+
+def generator_runs(run_id: str) -> dict[str, str]:
+    """Which run each generator :func:`simulations.tracking.stored_generators` finds for ``run_id``
+    belongs to, by the same names: the run's own (``Session<N>``; ``fold<N>`` when ``run_id`` is a
+    fold run), and ``fold<N>`` -> the newest FINISHED fold run with a stored generator. Uses the
+    current tracking URI; an unknown run is one clear error."""
+    client = mlflow.MlflowClient()
+    run = find_run(run_id)
+
+    def names(rid: str) -> list[str]:
+        return [Path(f.path).stem.removeprefix("generator_") for f in client.list_artifacts(rid, "checkpoints")
+                if Path(f.path).name.startswith("generator_")]
+
+    own = {f"fold{run.data.tags['fold']}" if "fold" in run.data.tags else name: run_id for name in names(run_id)}
+    children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' "
+                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
+    for child in children:  # a fold finished twice: its newest run, as stored_generators() decides
+        if names(child.info.run_id):
+            own[f"fold{child.data.tags['fold']}"] = child.info.run_id
+    return own
+
+
+def find_run(run_id: str) -> Any:
+    """Run ``run_id`` of the current tracking store; ValueError (one line) when there is none."""
+    try:
+        return mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"no MLflow run {run_id!r} at {mlflow.get_tracking_uri()}; copy the run id from "
+                         "`mlflow ui` or the study's output, or pass --tracking-uri") from None
+
+
+def log_audit(run_id: str, figures: Mapping[str, float], name: str | None = None) -> None:
+    """Log ``figures`` on run ``run_id`` (``audit.<figure>``; ``audit.<name>.<figure>`` with a
+    ``name``) through the client: no run is re-opened, none is left RUNNING, its status is kept."""
+    prefix = "audit." if name is None else f"audit.{name}."
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(prefix + k, float(v), now, 0) for k, v in figures.items()])
+
+
 # ------------------------------------------------------------------------------------- statistics
 
 
@@ -236,9 +333,11 @@ def _p(p: float) -> str:
     return f"{p:.4f}" if p >= 1e-4 else "< 0.0001"
 
 
-def markdown(rows: Sequence[dict[str, Any]], matches_paper: bool) -> str:
+def markdown(rows: Sequence[dict[str, Any]], matches_paper: bool,
+             generators: Sequence[dict[str, Any]] | None = None) -> str:
     """The report as markdown: folds; mean ± std and 95 % CI beside Table 2; paired tests; seed 000's
-    valence measures where a trainer logged them."""
+    valence measures where a trainer logged them; with ``generators`` (:func:`generator_rows`) the
+    generators table (:func:`generators_markdown`)."""
     lines = ["| regime | trainer | seed | fold | macro-F1 | UA | WA |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['regime']} | {r['trainer']} | {r['seed']} | {r['fold']} | {r['f1_macro']:.3f} | {r['ua']:.3f} | "
               f"{r['wa']:.3f} |" for r in rows]
@@ -266,6 +365,62 @@ def markdown(rows: Sequence[dict[str, Any]], matches_paper: bool) -> str:
         lines += [f"| {s['regime']} | {s['trainer']} | {s['ua']:.3f} ± {s['ua_std']:.3f} | "
                   f"{s['ua3']:.3f} ± {s['ua3_std']:.3f} | {s['pearson_r']:.3f} ± {s['pearson_r_std']:.3f} |"
                   for s in extra]
+    text = "\n".join(lines) + "\n"
+    return text if generators is None else f"{text}\n{generators_markdown(generators)}"
+
+
+# The generators table's columns: (audit figure, header). ``diversity_generated`` (what a server
+# without data computes alone) is in the JSON only.
+GENERATOR_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("gan_test", "GAN-test"), ("gan_train", "GAN-train"), ("real_train", "real-train"), ("fd", "FD"),
+    ("fd_real", "FD real"), ("diversity", "diversity"), ("ct", "C_T"), ("mia_auc", "MIA AUC"),
+    ("mia_tpr_1fpr", "TPR@1%FPR"))
+NO_GENERATORS = ("Generators: no run of this experiment has generator audit figures (GAN regimes log them "
+                 "with `audit.enabled`; `fedser audit RUN_ID` computes them for an earlier run).")
+GENERATOR_LEGEND = (
+    "GAN-test: accuracy of a classifier trained on the generator's real training utterances, on its samples. "
+    "GAN-train / real-train: macro-F1 on held-out utterances of a classifier trained on generated / real data. "
+    "FD: class-conditional Fréchet distance, generated vs real training patches (FD real: held-out vs training "
+    "patches, the floor of sampling noise). diversity: spread of generated over real patches (1 = as diverse, "
+    "near 0 = mode collapse). C_T << 0: samples closer to the training data than unseen data is (copying). "
+    "MIA AUC / TPR@1%FPR: a distance-based membership attack (0.5 / 0.01 = no leak). Means ignore missing "
+    "(-) figures.")
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def generator_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (regime, trainer), in the rows' order: ``generators`` (how many) and the mean of each
+    audit figure over its generators that have a finite value (NaN when none has)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["regime"], r["trainer"]), []).append(r)
+    out = []
+    for (regime, trainer), mine in groups.items():
+        entry: dict[str, Any] = {"regime": regime, "trainer": trainer, "generators": len(mine)}
+        for key in AUDIT_KEYS:
+            values = [float(r[key]) for r in mine if key in r and math.isfinite(float(r[key]))]
+            entry[key] = float(np.mean(values)) if values else float("nan")
+        out.append(entry)
+    return out
+
+
+def generators_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The generators table (a row per generator, 3 decimals, - where a figure is missing), a mean
+    line per regime and a legend; one line when there is no row."""
+    if not rows:
+        return NO_GENERATORS + "\n"
+    heads = [h for _, h in GENERATOR_COLUMNS]
+    lines = ["Generators (generator audit, common/audit.py):", "",
+             "| regime | seed | generator | " + " | ".join(heads) + " |", "|---" * (3 + len(heads)) + "|"]
+    lines += [f"| {_label(r)} | {r['seed']} | {r['generator']} | "
+              + " | ".join(_figure(r.get(k)) for k, _ in GENERATOR_COLUMNS) + " |" for r in rows]
+    lines += [""] + [f"Mean over the {s['generators']} generator(s) of {_label(s)}: "
+                     + ", ".join(f"{h} {_figure(s[k])}" for k, h in GENERATOR_COLUMNS) + "."
+                     for s in generator_summary(rows)]
+    lines += ["", GENERATOR_LEGEND]
     return "\n".join(lines) + "\n"
 
 
@@ -284,13 +439,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def report_json(rows: Sequence[dict[str, Any]], matches_paper: bool) -> dict[str, Any]:
+def report_json(rows: Sequence[dict[str, Any]], matches_paper: bool,
+                generators: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The report as JSON-ready data: ``rows``; per (regime, trainer) cells, folds, seeds and each score's
     mean, std and 95 % CI (``regimes``, with Table 2's F1 where it has one); the paired tests
-    (``pairs``); the description of the interval and of the test."""
+    (``pairs``); the description of the interval and of the test; the audited ``generators``
+    (:func:`generator_rows`) and their means per regime (``generator_regimes``; NaN -> null)."""
     regimes = [{**s, "table_2_f1": _paper(s)} for s in regime_stats(rows, (*SCORES, *EXTRA))]
     return _plain({"rows": [dict(r) for r in rows], "regimes": regimes, "pairs": paired_tests(rows),
-                   "interval": INTERVAL, "paired_note": f"{TEST}. {paired_note()}", "matches_paper": matches_paper})
+                   "interval": INTERVAL, "paired_note": f"{TEST}. {paired_note()}", "matches_paper": matches_paper,
+                   "generators": [dict(g) for g in generators], "generator_regimes": generator_summary(generators)})
 
 
 def report_png(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -304,11 +462,37 @@ def report_png(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         {_label(s): paper[0] for s in groups if (paper := _paper(s))}, path, metric="macro-F1")
 
 
+def _ratio(row: dict[str, Any]) -> float:
+    train, real = row.get("gan_train", math.nan), row.get("real_train", math.nan)
+    return train / real if math.isfinite(train) and math.isfinite(real) and real > 0 else math.nan
+
+
+def generators_png(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Per (regime, trainer) a column, per generator a dot, in five panels: GAN-train / real-train
+    (1 = generated data trains as well as real), FD (hollow: FD real), diversity (1 = as diverse as
+    the data), C_T (0 = no copying) and MIA AUC (0.5 = no membership leak)."""
+    groups = generator_summary(rows)
+    mine = [[r for r in rows if (r["regime"], r["trainer"]) == (s["regime"], s["trainer"])] for s in groups]
+
+    def values(key: str) -> list[list[float]]:
+        return [[float(r.get(key, math.nan)) for r in group] for group in mine]
+
+    panels = [
+        Panel("GAN-train / real-train", [[_ratio(r) for r in group] for group in mine], reference=1.0),
+        Panel("FD (hollow: FD real)", values("fd"), floor=values("fd_real")),
+        Panel("diversity", values("diversity"), reference=1.0),
+        Panel("C_T (< 0: copying)", values("ct"), reference=0.0),
+        Panel("MIA AUC", values("mia_auc"), reference=0.5),
+    ]
+    return dot_panels_png([_label(s) for s in groups], panels, path)
+
+
 def log_report(tracking_uri: str, experiment: str, rows: Sequence[dict[str, Any]], text: str,
-               matches_paper: bool | None = None) -> str:
-    """Log the markdown (report.md), the JSON (report.json) and the cells-and-intervals plot
-    (report.png) as artifacts of a ``report`` run; returns its id. ``matches_paper``: for the JSON,
-    read from the store (``paper_protocol``) when not given."""
+               matches_paper: bool | None = None, generators: Sequence[dict[str, Any]] = ()) -> str:
+    """Log the markdown (report.md), the JSON (report.json), the cells-and-intervals plot
+    (report.png) and, when there are audited ``generators``, their panels (generators.png) as
+    artifacts of a ``report`` run; returns its id. ``matches_paper``: for the JSON, read from the
+    store (``paper_protocol``) when not given."""
     if matches_paper is None:
         matches_paper = paper_protocol(tracking_uri, experiment)
     mlflow.set_tracking_uri(tracking_uri)
@@ -318,9 +502,13 @@ def log_report(tracking_uri: str, experiment: str, rows: Sequence[dict[str, Any]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "report.md").write_text(text, encoding="utf-8")
-            (folder / "report.json").write_text(json.dumps(report_json(rows, matches_paper), indent=2,
+            (folder / "report.json").write_text(json.dumps(report_json(rows, matches_paper, generators), indent=2,
                                                            allow_nan=False), encoding="utf-8")
             report_png(rows, folder / "report.png")
-            for name in ("report.md", "report.json", "report.png"):
+            names = ["report.md", "report.json", "report.png"]
+            if generators:
+                generators_png(generators, folder / "generators.png")
+                names.append("generators.png")
+            for name in names:
                 mlflow.log_artifact(str(folder / name))
         return run.info.run_id

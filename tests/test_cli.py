@@ -12,7 +12,7 @@ from simulations.cli import app
 
 runner = CliRunner()
 COMMANDS = [[], ["corpus"], ["corpus", "check"], ["corpus", "synth"], ["config"], ["features"], ["folds"], ["demo"],
-            ["pretrain"], ["study"], ["report"]]
+            ["pretrain"], ["study"], ["report"], ["audit"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fedser")

@@ -1,5 +1,6 @@
 """`fedser report`'s statistics (intervals over folds, paired Wilcoxon tests), its markdown, JSON and plot,
-and which MLflow runs it reads (newest parent per seed, finished folds only, newest of a repeated fold)."""
+which MLflow runs it reads (newest parent per seed, finished folds only, newest of a repeated fold), and
+its generators table (audit figures of parent and fold runs)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,21 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
-from simulations.plots import cells_interval_png
+from common.audit import AUDIT_KEYS
+from simulations.cli import app
+from simulations.plots import Panel, cells_interval_png, dot_panels_png
 from simulations.report import (
+    GENERATOR_COLUMNS,
     INTERVAL,
+    NO_GENERATORS,
     fold_interval,
     fold_rows,
+    generator_rows,
+    generator_summary,
+    generators_markdown,
+    generators_png,
     log_report,
     markdown,
     paired_tests,
@@ -326,3 +336,186 @@ def test_log_report_logs_markdown_json_and_plot(store: str) -> None:
     assert json.loads((folder / "report.json").read_text(encoding="utf-8")) == report_json(rows, False)
     # The report run is no regime: reading the store again gives the same rows.
     assert fold_rows(store, "study") == rows
+
+
+
+# ------------------------------------------------------------------------------------ generators
+
+
+def figures(base: float, **override: float) -> dict[str, float]:
+    """A generator's audit figures: every key of common/audit.py, ``base`` + its position / 100."""
+    return {**{k: base + i / 100 for i, k in enumerate(AUDIT_KEYS)}, **override}
+
+
+@pytest.fixture(scope="module")
+def audit_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Audit figures as the regimes log them: gan-federated's per session on its parent (a superseded
+    parent too), gan-central's and a tu-dat baseline's per fold on the fold runs (a fold finished
+    twice, a KILLED one, a skipped one, a second seed); real-central without any."""
+    root = tmp_path_factory.mktemp("mlflow-audit")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("gens", artifact_location=(root / "artifacts").as_uri())
+
+    def run(start: int, tags: dict[str, str], metrics: dict[str, float], status: str = "FINISHED",
+            parent: str | None = None) -> str:
+        tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
+        run_id = client.create_run(exp, start_time=T0 + start, tags=tags).info.run_id
+        for k, v in metrics.items():
+            client.log_metric(run_id, k, v)
+        client.set_terminated(run_id, status=status, end_time=T0 + start + 1)
+        return run_id
+
+    def parent(start: int, regime: str, seed: int, metrics: dict[str, float] | None = None,
+               trainer: str = "ser-cnn") -> str:
+        return run(start, {"kind": "regime", "regime": regime, "trainer": trainer, "seed": str(seed)}, metrics or {})
+
+    def fold(start: int, of: str, regime: str, n: int, audit: dict[str, float] | None, status: str = "FINISHED",
+             seed: int = 0, trainer: str = "ser-cnn", **tags: str) -> None:
+        metrics = {**scores(0.5), **{f"audit.{k}": v for k, v in (audit or {}).items()}}
+        run(start, {"regime": regime, "trainer": trainer, "seed": str(seed), "fold": str(n), "session": str(n), **tags},
+            metrics, status=status, parent=of)
+
+    def per_session(**named: dict[str, float]) -> dict[str, float]:
+        return {f"audit.{name}.{k}": v for name, f in named.items() for k, v in f.items()}
+
+    old = parent(100, "gan-federated", 0, per_session(Session1=figures(0.9)))  # superseded below
+    fold(101, old, "gan-federated", 1, None)
+    fed = parent(200, "gan-federated", 0, {
+        **per_session(Session10=figures(0.3), Session2=figures(0.2), Session1=figures(0.1, ct=float("nan"))),
+        "audit.Session3.gan_test": 0.55, "audit.Session3.nonsense": 1.0,  # a partial audit; an unknown key
+        "f1_macro_mean": 0.5})
+    fold(201, fed, "gan-federated", 1, None)  # gan-federated's folds carry no audit of their own
+    central = parent(300, "gan-central", 0)
+    fold(301, central, "gan-central", 1, figures(0.61))  # repeated below: the newest counts
+    fold(302, central, "gan-central", 2, figures(0.62))
+    fold(303, central, "gan-central", 2, figures(0.99), status="KILLED")  # killed: the finished one counts
+    fold(304, central, "gan-central", 1, figures(0.71))
+    fold(305, central, "gan-central", 3, figures(0.98), status="FAILED")
+    fold(306, central, "gan-central", 4, None, skipped="no test utterances")
+    fold(307, central, "gan-central", 5, None)  # finished without an audit (audit.enabled = false)
+    second = parent(400, "gan-central", 1)
+    fold(401, second, "gan-central", 1, figures(0.81), seed=1)
+    tu = parent(500, "baseline-gan", 0, trainer="tu-dat")
+    fold(501, tu, "baseline-gan", 1, {"gan_test": 0.4, "fd": 12.5}, trainer="tu-dat")  # some figures only
+    fold(502, "no-such-parent", "baseline-gan", 2, figures(0.1))
+    real = parent(600, "real-central", 0)
+    fold(601, real, "real-central", 1, None)
+    return uri
+
+
+def _ids(rows: list[dict[str, Any]]) -> list[tuple[str, str, int, str]]:
+    return [(r["regime"], r["trainer"], r["seed"], r["generator"]) for r in rows]
+
+
+def test_generator_rows_read_parent_and_fold_generators_of_the_newest_parents(audit_store: str) -> None:
+    rows = generator_rows(audit_store, "gens")
+    assert _ids(rows) == [
+        ("gan-central", "ser-cnn", 0, "fold1"),
+        ("gan-central", "ser-cnn", 0, "fold2"),
+        ("gan-central", "ser-cnn", 1, "fold1"),
+        ("gan-federated", "ser-cnn", 0, "Session1"),
+        ("gan-federated", "ser-cnn", 0, "Session2"),
+        ("gan-federated", "ser-cnn", 0, "Session3"),
+        ("gan-federated", "ser-cnn", 0, "Session10"),  # by number, not as text
+        ("baseline-gan", "tu-dat", 0, "fold1"),
+    ]
+    assert rows[0] == {"regime": "gan-central", "trainer": "ser-cnn", "seed": 0, "generator": "fold1",
+                       **figures(0.71)}  # fold 1's newest run
+    assert rows[1]["gan_test"] == pytest.approx(0.62)  # the finished fold 2, not the killed one
+    assert rows[4] == {"regime": "gan-federated", "trainer": "ser-cnn", "seed": 0, "generator": "Session2",
+                       **figures(0.2)}
+    assert math.isnan(rows[3]["ct"])
+    assert rows[5] == {"regime": "gan-federated", "trainer": "ser-cnn", "seed": 0, "generator": "Session3",
+                       "gan_test": 0.55}  # the unknown key is not a figure
+    assert rows[7] == {"regime": "baseline-gan", "trainer": "tu-dat", "seed": 0, "generator": "fold1",
+                       "gan_test": 0.4, "fd": 12.5}
+    assert _ids(generator_rows(audit_store, "gens", regimes=["gan-federated"]))[0][3] == "Session1"
+    assert {r["trainer"] for r in generator_rows(audit_store, "gens", trainers=["tu-dat"])} == {"tu-dat"}
+    with pytest.raises(ValueError, match="no MLflow experiment 'missing'"):
+        generator_rows(audit_store, "missing")
+
+
+def test_generators_table_summary_and_legend(audit_store: str) -> None:
+    rows = generator_rows(audit_store, "gens")
+    text = generators_markdown(rows)
+    lines = text.splitlines()
+    assert ("| regime | seed | generator | GAN-test | GAN-train | real-train | FD | FD real | diversity | C_T | "
+            "MIA AUC | TPR@1%FPR |") in lines
+    assert [h for _, h in GENERATOR_COLUMNS][-2:] == ["MIA AUC", "TPR@1%FPR"]
+    body = [line for line in lines if line.startswith("| ") and not line.startswith("| regime")]
+    assert len(body) == len(rows) == 8
+    assert body[0] == "| gan-central | 0 | fold1 | 0.710 | 0.720 | 0.730 | 0.740 | 0.750 | 0.760 | 0.770 | 0.780 | 0.790 |"
+    assert body[3] == "| gan-federated | 0 | Session1 | 0.100 | 0.110 | 0.120 | 0.130 | 0.140 | 0.150 | - | 0.170 | 0.180 |"
+    assert body[5] == "| gan-federated | 0 | Session3 | 0.550 | - | - | - | - | - | - | - | - |"
+    assert body[7] == "| baseline-gan [tu-dat] | 0 | fold1 | 0.400 | - | - | 12.500 | - | - | - | - | - |"
+    # A mean per regime over its generators (missing and NaN figures left out).
+    central = (0.71 + 0.62 + 0.81) / 3  # GAN-test of seed 0's fold1 and fold2, seed 1's fold1
+    assert f"Mean over the 3 generator(s) of gan-central: GAN-test {central:.3f}," in text
+    fed_ct = (0.36 + 0.26) / 2  # Session1's C_T is NaN, Session3 has none
+    assert f"Mean over the 4 generator(s) of gan-federated: GAN-test {(0.1 + 0.2 + 0.55 + 0.3) / 4:.3f}," in text
+    assert f"C_T {fed_ct:.3f}" in text
+    assert "Mean over the 1 generator(s) of baseline-gan [tu-dat]: GAN-test 0.400, GAN-train -, " in text
+    assert "C_T << 0: samples closer to the training data" in text
+    [summary] = [s for s in generator_summary(rows) if s["regime"] == "gan-federated"]
+    assert summary["generators"] == 4 and summary["ct"] == pytest.approx(fed_ct)
+    # In the report: after the regime tables, only when asked for.
+    folds = grid("gan-central")
+    assert markdown(folds, False, rows).startswith(markdown(folds, False))
+    assert markdown(folds, False, rows).endswith(text)
+    assert "Generators" not in markdown(folds, False)
+
+
+def test_no_audit_figures_is_one_line(store: str) -> None:
+    assert generator_rows(store, "study") == []
+    assert generators_markdown([]) == NO_GENERATORS + "\n"
+    assert "\n" not in NO_GENERATORS and "| generator |" not in NO_GENERATORS
+    rows = fold_rows(store, "study")
+    assert markdown(rows, False, []).endswith("\n\n" + NO_GENERATORS + "\n")
+    data = report_json(rows, False, [])
+    assert data["generators"] == [] and data["generator_regimes"] == []
+
+
+def test_generators_json_and_plot(audit_store: str, tmp_path: Path) -> None:
+    rows = generator_rows(audit_store, "gens")
+    data = report_json(grid("gan-central"), False, rows)
+    assert plain_types(data)
+    json.dumps(data, allow_nan=False)
+    assert data["generators"][3]["generator"] == "Session1" and data["generators"][3]["ct"] is None  # NaN -> null
+    assert data["generators"][0] == {"regime": "gan-central", "trainer": "ser-cnn", "seed": 0, "generator": "fold1",
+                                     **figures(0.71)}
+    assert [(g["regime"], g["trainer"], g["generators"]) for g in data["generator_regimes"]] == [
+        ("gan-central", "ser-cnn", 3), ("gan-federated", "ser-cnn", 4), ("baseline-gan", "tu-dat", 1)]
+    assert data["generator_regimes"][2]["ct"] is None  # no generator of it has C_T
+    path = generators_png(rows, tmp_path / "generators.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bare = dot_panels_png(["a", "b"], [Panel("x", [[1.0, float("nan")], []], reference=0.5, floor=[[0.5], []])],
+                          tmp_path / "bare.png")
+    assert bare.stat().st_size > 0
+
+
+def test_report_logs_generators_png_beside_report_png(audit_store: str) -> None:
+    rows, gens = fold_rows(audit_store, "gens"), generator_rows(audit_store, "gens")
+    text = markdown(rows, False, gens)
+    run_id = log_report(audit_store, "gens", rows, text, matches_paper=False, generators=gens)
+    mlflow.set_tracking_uri(audit_store)
+    assert {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id)} == {
+        "report.md", "report.json", "report.png", "generators.png"}
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id))
+    assert (folder / "report.md").read_text(encoding="utf-8") == text
+    assert json.loads((folder / "report.json").read_text(encoding="utf-8"))["generators"] == (
+        report_json(rows, False, gens)["generators"])
+    assert _ids(generator_rows(audit_store, "gens")) == _ids(gens)  # the report run is no regime
+
+
+def test_fedser_report_prints_and_logs_the_generators(audit_store: str) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", "--tracking-uri", audit_store, "--experiment", "gens", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [(g["regime"], g["generator"]) for g in data["generators"]][:4] == [
+        ("gan-central", "fold1"), ("gan-central", "fold2"), ("gan-central", "fold1"), ("gan-federated", "Session1")]
+    result = runner.invoke(app, ["report", "--tracking-uri", audit_store, "--experiment", "gens"])
+    assert result.exit_code == 0, result.output
+    assert "| gan-federated | 0 | Session2 | 0.200 | 0.210 |" in result.output
+    assert "and generators.png to MLflow run" in result.output
