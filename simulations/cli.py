@@ -147,6 +147,24 @@ def corpus_synth(
                   markup=False, highlight=False)
 
 
+@corpus_app.command("speak")
+@friendly
+def corpus_speak(
+    root: Annotated[Path, typer.Argument(help="The corpus folder to write (IEMOCAP_full_release's layout: Session1..5).")],
+    seed: Annotated[int, typer.Option(help="Random seed; the corpus is deterministic by seed.")] = 0,
+    utterances_per_dialog: Annotated[int, typer.Option(help="Utterances per dialog (6 dialogs/session).")] = 12,
+    workers: Annotated[int, typer.Option(help="espeak-ng/sox processes at once.")] = 2,
+) -> None:
+    """Write an IEMOCAP-format corpus of machine-spoken speech (espeak-ng + sox, emotion as prosody):
+    a second corpus, of another kind than the embedded synthesizer's, to check results on."""
+    from common.corpora.synthetic import write_spoken_iemocap
+
+    start = time.perf_counter()
+    done = write_spoken_iemocap(root, seed=seed, utterances_per_dialog=utterances_per_dialog, workers=workers)
+    console.print(f"wrote {done} in {time.perf_counter() - start:.1f} s; check it with: fedser corpus check {done}",
+                  markup=False, highlight=False)
+
+
 # --------------------------------------------------------------------------------------- config
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from simulations.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["corpus"], ["corpus", "check"], ["corpus", "synth"], ["config"], ["features"], ["folds"], ["demo"],
+COMMANDS = [[], ["corpus"], ["corpus", "check"], ["corpus", "synth"], ["corpus", "speak"], ["config"], ["features"], ["folds"], ["demo"],
             ["pretrain"], ["study"], ["report"], ["audit"]]
 
 
