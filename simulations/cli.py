@@ -126,12 +126,17 @@ def _print_check(report: dict[str, Any]) -> None:
         console.print(f"[bold green]matches {report['reference']}[/]")
 
 
+# Options both corpus writers take.
+CorpusSeed = Annotated[int, typer.Option("--seed", help="Random seed; the corpus is deterministic by seed.")]
+PerDialog = Annotated[int, typer.Option("--utterances-per-dialog", help="Utterances per dialog (6 dialogs/session).")]
+
+
 @corpus_app.command("synth")
 @friendly
 def corpus_synth(
     out: Annotated[Path, typer.Argument(help="Output folder; gets IEMOCAP_full_release/ and LibriSpeech/.")],
-    seed: Annotated[int, typer.Option(help="Random seed; the corpus is deterministic by seed.")] = 0,
-    utterances_per_dialog: Annotated[int, typer.Option(help="Utterances per dialog (6 dialogs/session).")] = 12,
+    seed: CorpusSeed = 0,
+    utterances_per_dialog: PerDialog = 12,
     librispeech: Annotated[bool, typer.Option(help="Also write the unlabeled LibriSpeech-layout corpus.")] = True,
     pretrain_speakers: Annotated[int, typer.Option(help="Speakers of the LibriSpeech-layout corpus.")] = 10,
 ) -> None:
@@ -151,9 +156,9 @@ def corpus_synth(
 @friendly
 def corpus_speak(
     root: Annotated[Path, typer.Argument(help="The corpus folder to write (IEMOCAP_full_release's layout: Session1..5).")],
-    seed: Annotated[int, typer.Option(help="Random seed; the corpus is deterministic by seed.")] = 0,
-    utterances_per_dialog: Annotated[int, typer.Option(help="Utterances per dialog (6 dialogs/session).")] = 12,
     workers: Annotated[int, typer.Option(help="espeak-ng/sox processes at once.")] = 2,
+    seed: CorpusSeed = 0,
+    utterances_per_dialog: PerDialog = 12,
 ) -> None:
     """Write an IEMOCAP-format corpus of machine-spoken speech (espeak-ng + sox, emotion as prosody):
     a second corpus, of another kind than the embedded synthesizer's, to check results on."""
