@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main job on the embedded default: synthetic corpus, pretrain, all five regimes x five folds
+## The main job on the embedded default: synthetic corpus, pretrain, all six regimes x five folds
 ## (federated ones through flwr run on a local Flower/Ray simulation), report; tiny preset, outputs/.
 demo: $(STAMP)
 	$(BIN)/fedser demo

@@ -290,7 +290,7 @@ class TrackingConfig(Section):
     experiment: str = "fedser"
 
 
-# DESIGN.md's five regimes; the centralized ones run in-process, the federated ones through Flower.
+# DESIGN.md's five regimes and FedGAN's gan-fedavg; the centralized ones run in-process, the federated ones through Flower.
 Regime = Literal["real-central", "gan-central", "gan-federated", "gan-fedavg", "baseline-gan", "fedavg"]
 CENTRAL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "baseline-gan")
 FEDERATED_REGIMES: tuple[Regime, ...] = ("gan-federated", "gan-fedavg", "fedavg")

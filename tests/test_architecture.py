@@ -48,7 +48,7 @@ LAYERS = (
     ("common.views", "common.splits", "common.models", "common.synthesis"),
     ("common.data",),
     ("common.trainers",),
-    ("common.trainers.registry",),
+    ("common.trainers.registry", "common.audit"),
     ("common.schema", "common.pipeline"),
 )
 
