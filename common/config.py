@@ -393,7 +393,7 @@ class StudyConfig(Section):
 PRESETS: dict[Preset, dict[str, Any]] = {
     # Exactly the papers' values (seed 002 Table 1 and §4.4): the field defaults.
     "paper": {},
-    # A CPU demo that runs all five regimes x five folds in ~11 min on 2 cores: Table 1's structure
+    # A CPU demo (five regimes x five folds took ~11 min on 2 cores before gan-fedavg and the audit): Table 1's structure
     # at 1/8 of the channels on 32x32 patches (32 mels), the paper's batch of 32, short schedules with
     # larger learning rates, small synthetic pools. Measured on the synthetic corpus: 64x64 patches
     # cost 2.5x per GAN step (109 vs 44 ms); a batch of 16 left the conditional generator too
