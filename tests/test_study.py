@@ -81,4 +81,4 @@ def test_pretrain_then_study_logs_every_regime_and_fold(tmp_path: Path) -> None:
     report_run = next(r for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
                       if r.data.tags.get("kind") == "report")
     assert {a.path for a in mlflow.artifacts.list_artifacts(run_id=report_run.info.run_id)} == {
-        "report.md", "report.json", "report.png"}
+        "report.md", "report.json", "report.png", "generators.png"}  # gan-central, baseline-gan audited
