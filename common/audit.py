@@ -54,8 +54,6 @@ from common.views import LabeledSet, subset
 # What audit_generator returns, in the report's column order.
 AUDIT_KEYS = ("gan_test", "gan_train", "real_train", "fd", "fd_real", "diversity", "ct", "mia_auc",
               "mia_tpr_1fpr", "diversity_generated")
-# The numbers a server with the generator and no real data can compute alone (README "Generator audit").
-SERVER_ALONE = ("diversity_generated",)
 
 def held_back(utterance_id: str, fraction: float, seed: int) -> bool:
     """Whether ``utterance_id`` is held back from generator training: a hash of (seed, id), so a

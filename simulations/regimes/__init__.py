@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from common.config import StudyConfig
 from common.metrics import mean_std
 from common.views import LabeledSet
 
@@ -101,6 +102,14 @@ class Regime(Protocol):
 
     def run(self, todo: Collection[int], store: GeneratorStore) -> Iterator[FoldOutcome]:
         """The outcome of each fold in ``todo`` as it finishes (the others finished in an earlier run)."""
+
+
+def stored_generator(stored: Mapping[str, Any], name: str, cfg: StudyConfig, regime: str) -> Any:
+    """Generator ``name`` of the run ``synthesis.from_run`` names (one line when that run has none)."""
+    if name not in stored:
+        raise ValueError(f"synthesis.from_run = {cfg.synthesis.from_run}: that run has no generator {name} "
+                         f"(it has {sorted(stored) or 'none'}); {regime} needs a run of the same regime")
+    return stored[name]
 
 
 def summary(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = SCORES) -> list[dict[str, Any]]:

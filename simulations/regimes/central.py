@@ -36,7 +36,7 @@ from common.trainers.bagan import train_bagan
 from common.trainers.registry import SerTrainer, build_trainer
 from common.views import LabeledSet, Sampler
 from simulations.processes import die_with_parent
-from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog
+from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog, stored_generator
 
 
 def synthetic_sampler(cfg: StudyConfig, generators: list[ClassConditionalGenerator], per_class: int,
@@ -61,12 +61,8 @@ class FoldData:
     stored: Mapping[str, Any] = field(default_factory=dict)
 
     def generator(self, regime: str, fold: Fold) -> Any:
-        """The stored generator of ``fold`` (one line when the earlier run has none)."""
-        name = f"fold{fold.index}"
-        if name not in self.stored:
-            raise ValueError(f"synthesis.from_run = {self.cfg.synthesis.from_run}: that run has no generator {name} "
-                             f"(it has {sorted(self.stored) or 'none'}); {regime} needs a run of the same regime")
-        return self.stored[name]
+        """The stored generator of ``fold``."""
+        return stored_generator(self.stored, f"fold{fold.index}", self.cfg, regime)
 
 
 def _real(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,

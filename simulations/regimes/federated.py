@@ -33,7 +33,7 @@ from common.models.sngan import Generator
 from common.pipeline import pretrained, state_digest
 from common.trainers.base import KeepBest, LoopResult
 from common.trainers.registry import SerTrainer, build_trainer
-from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog
+from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog, stored_generator
 from simulations.regimes.central import synthetic_sampler
 from simulations.regimes.federation import (
     Federation,
@@ -144,10 +144,8 @@ class FederatedRegime:
     def stored_generator(self, name: str) -> Generator:
         """Generator ``name`` of the run ``synthesis.from_run`` names (one line when it has none)."""
         assert self.stored is not None
-        if name not in self.stored:
-            raise ValueError(f"synthesis.from_run = {self.cfg.synthesis.from_run}: that run has no generator {name} "
-                             f"(it has {sorted(self.stored) or 'none'}); {self.name} needs a run of the same regime")
-        return cast(Generator, self.stored[name]).to(resolve_device(self.cfg.training.device)).eval()
+        gen = cast(Generator, stored_generator(self.stored, name, self.cfg, self.name))
+        return gen.to(resolve_device(self.cfg.training.device)).eval()
 
 
 class GanFederated(FederatedRegime):
