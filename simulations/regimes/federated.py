@@ -159,8 +159,9 @@ class GanFederated(FederatedRegime):
         self.scaling = self.stats(gan.pretrain_stats)
         device = resolve_device(self.cfg.training.device)
         if self.stored is not None:  # synthesis.from_run: SER from an earlier run's generators, no fine-tuning
-            # A session whose node failed in that run has no generator there: the pool goes on without it.
-            self.generators = {s: self.stored_generator(f"Session{s}") for s in self.fed.nodes
+            # In session order, as trained generators are (the pool maps indices to generators by order);
+            # a session whose node failed in that run has no generator there: the pool goes on without it.
+            self.generators = {s: self.stored_generator(f"Session{s}") for s in sorted(self.fed.nodes)
                                if f"Session{s}" in self.stored}
             if not self.generators:
                 self.stored_generator("Session1")  # raises the one-line error naming what the run has
