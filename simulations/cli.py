@@ -185,6 +185,24 @@ def config_show(config: ConfigArg = None) -> None:
     _warn(cfg)
 
 
+@app.command("papers")
+@friendly
+def papers(config: ConfigArg = None) -> None:
+    """Every paper's "paper says / we do / why" table (the README's); with a config, the protocol
+    verdict of a study on it against the papers of its trainers, before anything runs."""
+    from simulations.papers import compare, markdown_tables
+
+    if config is None:
+        print(markdown_tables(), end="")
+        return
+    cfg = load_config(config)
+    comps = compare({trainer: [cfg.flat()] for trainer in cfg.study_trainers})
+    if not comps:
+        _say(f"{config}: its trainers ({', '.join(cfg.study_trainers)}) belong to none of the five papers")
+    for c in comps:
+        _say(f"seed {c.verdict.paper.seed} ({c.verdict.paper.experiment}): {c.verdict.text()}")
+
+
 def _warn(cfg: StudyConfig) -> None:
     """One line per configured path that does not exist (data.root, model.pretrained, ...)."""
     for line in config_warnings(cfg):
@@ -341,32 +359,25 @@ def report(
     tracking_uri: Annotated[Optional[str], typer.Option(help="Overrides the config's tracking URI.")] = None,  # noqa: UP045
     as_json: Annotated[bool, typer.Option("--json", help="Print rows, per-regime statistics and paired tests as JSON.")] = False,
 ) -> None:
-    """Regime x seed x fold macro-F1 / UA / WA from MLflow: mean ± std and 95 % CI beside seed 002
-    Table 2, and a paired Wilcoxon test for every pair of regimes."""
+    """Regime x seed x fold macro-F1 / UA / WA from MLflow: mean ± std and 95 % CI, a paired Wilcoxon
+    test for every pair of regimes, and each paper's headline table beside ours with the protocol verdict."""
     cfg = load_config(config)
     _report(tracking_uri or cfg.tracking_uri, experiment or cfg.tracking.experiment, as_json)
 
 
 def _report(uri: str, name: str, as_json: bool = False) -> None:
-    from simulations.report import (
-        fold_rows,
-        generator_rows,
-        log_report,
-        markdown,
-        paper_protocol,
-        report_json,
-    )
+    from simulations.report import comparisons, fold_rows, generator_rows, log_report, markdown, report_json
 
     rows = fold_rows(uri, name)
     if not rows:
         raise ValueError(f"experiment {name!r} has no finished fold runs yet")
-    matches = paper_protocol(uri, name)
+    comps = comparisons(uri, name)
     generators = generator_rows(uri, name)
     if as_json:
-        print(json.dumps(report_json(rows, matches, generators), indent=2))
+        print(json.dumps(report_json(rows, comps, generators), indent=2))
         return
-    text = markdown(rows, matches, generators)
-    run_id = log_report(uri, name, rows, text, matches_paper=matches, generators=generators)
+    text = markdown(rows, comps, generators)
+    run_id = log_report(uri, name, rows, text, comps=comps, generators=generators)
     print(text)  # plain: markdown meant to be copied, never re-wrapped to the terminal width
     files = "report.md, report.json, report.png" + (" and generators.png" if generators else "")
     console.print(f"logged {files} to MLflow run {run_id} ({uri})", markup=False, highlight=False)

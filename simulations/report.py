@@ -1,5 +1,6 @@
-"""``fedser report``: regime x seed x fold macro-F1 / UA / WA from MLflow, beside seed 002's Table 2,
-with a 95 % confidence interval per regime and paired tests between regimes.
+"""``fedser report``: regime x seed x fold macro-F1 / UA / WA from MLflow, with a 95 % confidence
+interval per regime, paired tests between regimes, and each paper's headline table beside ours with
+the protocol verdict (simulations/papers.py: which protocol fields of the runs differ from the paper's).
 
 Folds are the unit of replication: seeds run on the same fold share its train and test sessions,
 so they are not independent. Intervals therefore average the seeds within each fold first and
@@ -34,17 +35,11 @@ from scipy import stats
 
 from common.audit import AUDIT_KEYS
 from common.config import ALL_REGIMES
+from simulations.papers import Comparison, compare
 from simulations.plots import Panel, cells_interval_png, dot_panels_png
 from simulations.regimes import SCORES, summary
 from simulations.tracking import quiet_mlflow
 
-# Seed 002 Table 2: mean and std F1 (%) of 5-fold leave-one-session-out on IEMOCAP, 4 classes.
-TABLE_2: dict[str, tuple[float, float]] = {
-    "real-central": (57.27, 0.99),  # "IEMOCAP"
-    "baseline-gan": (43.05, 2.97),  # "Baseline [7]"
-    "gan-central": (48.54, 3.89),  # "Proposed - Centralized"
-    "gan-federated": (50.39, 3.31),  # "Proposed - Federated"
-}
 EXTRA = ("ua3", "pearson_r")  # seed 000's 3-class pooled UA and Pearson r of the expected valence
 
 DEFAULT_TRAINER = "ser-cnn"  # runs logged before trainers were tagged used it
@@ -135,15 +130,13 @@ def _regime_order(regime: str) -> tuple[int, str]:
     return order.get(regime, len(order)), regime
 
 
-def paper_protocol(tracking_uri: str, experiment: str) -> bool:
-    """True when the study ran the paper's protocol: real IEMOCAP, paper preset, all utterances."""
-    mlflow.set_tracking_uri(tracking_uri)
-    parents = list(latest_seed_parents(experiment).values())
-    return bool(parents) and all(
-        p.data.params.get("preset") == "paper" and p.data.params.get("data.root") not in (None, "None")
-        and p.data.params.get("data.subset") == "all" and p.data.params.get("data.corpus") == "iemocap"
-        for p in parents
-    )
+def comparisons(tracking_uri: str, experiment: str) -> list[Comparison]:
+    """Each paper whose trainers the newest parent runs used, with the protocol verdict over those
+    runs' logged configs (MLflow params) and the paper's headline cells that apply to them."""
+    runs: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for (_, trainer, _), run in _selected_parents(tracking_uri, experiment, None, None).items():
+        runs[trainer].append(dict(run.data.params))
+    return compare(runs)
 
 
 # -------------------------------------------------------------------------------------- generators
@@ -319,10 +312,41 @@ def _label(row: dict[str, Any]) -> str:
     return row["regime"] if row["trainer"] == DEFAULT_TRAINER else f"{row['regime']} [{row['trainer']}]"
 
 
-def _paper(s: dict[str, Any]) -> tuple[float, float] | None:
-    """Table 2's F1 mean and std as fractions, for the default trainer's regimes it has."""
-    paper = TABLE_2.get(s["regime"]) if s["trainer"] == DEFAULT_TRAINER else None
-    return (paper[0] / 100, paper[1] / 100) if paper else None
+def paper_rows(rows: Sequence[dict[str, Any]], comparison: Comparison) -> list[dict[str, Any]]:
+    """The paper's headline cells beside ours: ``regime``, ``trainer``, ``label`` (the paper's row),
+    ``metric``, ``paper`` and ``paper_std`` (fractions; std None where the paper gives none), and our
+    ``ours``/``ours_std`` (mean and population std over the seed x fold cells; None without cells) and
+    ``cells``."""
+    out = []
+    for r in comparison.results:
+        mine = [float(x[r.metric]) for x in rows if (x["regime"], x["trainer"]) == (r.regime, r.trainer)
+                and r.metric in x]
+        out.append({"regime": r.regime, "trainer": r.trainer, "label": r.label, "metric": r.metric,
+                    "paper": r.mean / 100, "paper_std": None if r.std is None else r.std / 100,
+                    "ours": float(np.mean(mine)) if mine else None, "ours_std": float(np.std(mine)) if mine else None,
+                    "cells": len(mine)})
+    return out
+
+
+def _ref(mean: float | None, std: float | None, digits: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def papers_markdown(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison]) -> str:
+    """Per paper the study's trainers come from: its headline table beside ours, with the verdict."""
+    lines: list[str] = []
+    for c in comps:
+        p = c.verdict.paper
+        lines += [f"Seed {p.seed} ({p.title}), {p.table}: {c.verdict.text()}.", ""]
+        if p.note:
+            lines += [p.note, ""]
+        lines += ["| regime | trainer | paper's row | metric | ours (mean ± std) | cells | paper |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['regime']} | {r['trainer']} | {r['label']} | {r['metric']} | {_ref(r['ours'], r['ours_std'], 3)} | "
+                  f"{r['cells']} | {_ref(r['paper'], r['paper_std'], 4)} |" for r in paper_rows(rows, c)]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _ci(ci: tuple[float, float] | None) -> str:
@@ -333,23 +357,20 @@ def _p(p: float) -> str:
     return f"{p:.4f}" if p >= 1e-4 else "< 0.0001"
 
 
-def markdown(rows: Sequence[dict[str, Any]], matches_paper: bool,
+def markdown(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison] = (),
              generators: Sequence[dict[str, Any]] | None = None) -> str:
-    """The report as markdown: folds; mean ± std and 95 % CI beside Table 2; paired tests; seed 000's
-    valence measures where a trainer logged them; with ``generators`` (:func:`generator_rows`) the
+    """The report as markdown: folds; mean ± std and 95 % CI; paired tests; seed 000's valence
+    measures where a trainer logged them; each paper's headline table beside ours with its protocol
+    verdict (``comps``, :func:`comparisons`); with ``generators`` (:func:`generator_rows`) the
     generators table (:func:`generators_markdown`)."""
     lines = ["| regime | trainer | seed | fold | macro-F1 | UA | WA |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['regime']} | {r['trainer']} | {r['seed']} | {r['fold']} | {r['f1_macro']:.3f} | {r['ua']:.3f} | "
               f"{r['wa']:.3f} |" for r in rows]
-    note = "protocol matches the paper" if matches_paper else "protocol differs from the paper (for orientation only)"
-    lines += ["", f"| regime | trainer | cells | folds | seeds | macro-F1 mean ± std | macro-F1 95 % CI | UA | WA | "
-                  f"seed 002 Table 2 F1 ({note}) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for s in regime_stats(rows):
-        paper = _paper(s)
-        ref = f"{paper[0]:.4f} ± {paper[1]:.4f}" if paper else "-"
-        lines.append(f"| {s['regime']} | {s['trainer']} | {s['cells']} | {s['folds']} | {s['seeds']} | "
-                     f"{s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f} | {_ci(s['f1_macro_ci'])} | "
-                     f"{s['ua']:.3f} ± {s['ua_std']:.3f} | {s['wa']:.3f} ± {s['wa_std']:.3f} | {ref} |")
+    lines += ["", "| regime | trainer | cells | folds | seeds | macro-F1 mean ± std | macro-F1 95 % CI | UA | WA |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {s['regime']} | {s['trainer']} | {s['cells']} | {s['folds']} | {s['seeds']} | "
+              f"{s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f} | {_ci(s['f1_macro_ci'])} | "
+              f"{s['ua']:.3f} ± {s['ua_std']:.3f} | {s['wa']:.3f} ± {s['wa_std']:.3f} |" for s in regime_stats(rows)]
     lines += ["", f"Mean ± std: over all seed x fold cells (population std). {INTERVAL}."]
     pairs = paired_tests(rows)
     if pairs:
@@ -365,6 +386,8 @@ def markdown(rows: Sequence[dict[str, Any]], matches_paper: bool,
         lines += [f"| {s['regime']} | {s['trainer']} | {s['ua']:.3f} ± {s['ua_std']:.3f} | "
                   f"{s['ua3']:.3f} ± {s['ua3_std']:.3f} | {s['pearson_r']:.3f} ± {s['pearson_r_std']:.3f} |"
                   for s in extra]
+    if comps:
+        lines += ["", papers_markdown(rows, comps).rstrip("\n")]
     text = "\n".join(lines) + "\n"
     return text if generators is None else f"{text}\n{generators_markdown(generators)}"
 
@@ -439,27 +462,40 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def report_json(rows: Sequence[dict[str, Any]], matches_paper: bool,
+def papers_json(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison]) -> list[dict[str, Any]]:
+    """Per compared paper: ``seed``, ``title``, ``table``, ``note``, ``matches``, ``verdict`` (the
+    text), ``differences`` (key, our values, the paper's) and ``rows`` (:func:`paper_rows`)."""
+    return [{"seed": c.verdict.paper.seed, "title": c.verdict.paper.title, "table": c.verdict.paper.table,
+             "note": c.verdict.paper.note, "matches": c.verdict.matches, "verdict": c.verdict.text(),
+             "differences": [{"key": d.key, "ours": list(d.ours), "paper": d.paper} for d in c.verdict.differences],
+             "rows": paper_rows(rows, c)} for c in comps]
+
+
+def report_json(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison] = (),
                 generators: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The report as JSON-ready data: ``rows``; per (regime, trainer) cells, folds, seeds and each score's
-    mean, std and 95 % CI (``regimes``, with Table 2's F1 where it has one); the paired tests
-    (``pairs``); the description of the interval and of the test; the audited ``generators``
-    (:func:`generator_rows`) and their means per regime (``generator_regimes``; NaN -> null)."""
-    regimes = [{**s, "table_2_f1": _paper(s)} for s in regime_stats(rows, (*SCORES, *EXTRA))]
-    return _plain({"rows": [dict(r) for r in rows], "regimes": regimes, "pairs": paired_tests(rows),
-                   "interval": INTERVAL, "paired_note": f"{TEST}. {paired_note()}", "matches_paper": matches_paper,
-                   "generators": [dict(g) for g in generators], "generator_regimes": generator_summary(generators)})
+    mean, std and 95 % CI (``regimes``); the paired tests (``pairs``); the description of the interval
+    and of the test; each compared paper with its verdict and headline cells (``papers``,
+    :func:`papers_json`); the audited ``generators`` (:func:`generator_rows`) and their means per
+    regime (``generator_regimes``; NaN -> null)."""
+    return _plain({"rows": [dict(r) for r in rows], "regimes": regime_stats(rows, (*SCORES, *EXTRA)),
+                   "pairs": paired_tests(rows), "interval": INTERVAL, "paired_note": f"{TEST}. {paired_note()}",
+                   "papers": papers_json(rows, comps), "generators": [dict(g) for g in generators],
+                   "generator_regimes": generator_summary(generators)})
 
 
-def report_png(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Per (regime, trainer): every (seed, fold) cell's macro-F1, the mean, its 95 % CI and Table 2's F1."""
+def report_png(rows: Sequence[dict[str, Any]], path: Path, comps: Sequence[Comparison] = ()) -> Path:
+    """Per (regime, trainer): every (seed, fold) cell's macro-F1, the mean, its 95 % CI and the
+    paper's macro-F1 where its headline table has one (seed 002's Table 2)."""
     groups = regime_stats(rows)
+    papers = {(r.regime, r.trainer): r.mean / 100 for c in comps for r in c.results if r.metric == METRIC}
     return cells_interval_png(
         [_label(s) for s in groups],
         [[(r["fold"], r["seed"], r[METRIC]) for r in rows if (r["regime"], r["trainer"]) == (s["regime"], s["trainer"])]
          for s in groups],
         [s[METRIC] for s in groups], [s[f"{METRIC}_ci"] for s in groups],
-        {_label(s): paper[0] for s in groups if (paper := _paper(s))}, path, metric="macro-F1")
+        {_label(s): papers[s["regime"], s["trainer"]] for s in groups if (s["regime"], s["trainer"]) in papers},
+        path, metric="macro-F1")
 
 
 def _ratio(row: dict[str, Any]) -> float:
@@ -488,13 +524,13 @@ def generators_png(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def log_report(tracking_uri: str, experiment: str, rows: Sequence[dict[str, Any]], text: str,
-               matches_paper: bool | None = None, generators: Sequence[dict[str, Any]] = ()) -> str:
+               comps: Sequence[Comparison] | None = None, generators: Sequence[dict[str, Any]] = ()) -> str:
     """Log the markdown (report.md), the JSON (report.json), the cells-and-intervals plot
     (report.png) and, when there are audited ``generators``, their panels (generators.png) as
-    artifacts of a ``report`` run; returns its id. ``matches_paper``: for the JSON, read from the
-    store (``paper_protocol``) when not given."""
-    if matches_paper is None:
-        matches_paper = paper_protocol(tracking_uri, experiment)
+    artifacts of a ``report`` run; returns its id. ``comps``: the papers compared, read from the
+    store (:func:`comparisons`) when not given."""
+    if comps is None:
+        comps = comparisons(tracking_uri, experiment)
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     assert exp is not None  # fold_rows() checked it
@@ -502,9 +538,9 @@ def log_report(tracking_uri: str, experiment: str, rows: Sequence[dict[str, Any]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "report.md").write_text(text, encoding="utf-8")
-            (folder / "report.json").write_text(json.dumps(report_json(rows, matches_paper, generators), indent=2,
+            (folder / "report.json").write_text(json.dumps(report_json(rows, comps, generators), indent=2,
                                                            allow_nan=False), encoding="utf-8")
-            report_png(rows, folder / "report.png")
+            report_png(rows, folder / "report.png", comps)
             names = ["report.md", "report.json", "report.png"]
             if generators:
                 generators_png(generators, folder / "generators.png")

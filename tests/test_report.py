@@ -18,12 +18,15 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from common.audit import AUDIT_KEYS
+from common.schema import load_config
 from simulations.cli import app
+from simulations.papers import EXPERIMENTS, compare
 from simulations.plots import Panel, cells_interval_png, dot_panels_png
 from simulations.report import (
     GENERATOR_COLUMNS,
     INTERVAL,
     NO_GENERATORS,
+    comparisons,
     fold_interval,
     fold_rows,
     generator_rows,
@@ -33,7 +36,6 @@ from simulations.report import (
     log_report,
     markdown,
     paired_tests,
-    paper_protocol,
     regime_stats,
     report_json,
     report_png,
@@ -102,8 +104,8 @@ def test_one_fold_has_no_interval_and_equal_folds_a_point() -> None:
     one_fold = [row("fedavg", s, 1, 0.5 + 0.01 * s) for s in range(3)]
     assert fold_interval(one_fold) is None
     assert regime_stats(one_fold)[0]["f1_macro_ci"] is None
-    assert "| fedavg | ser-cnn | 3 | 1 | 3 | 0.510 ± 0.008 | - |" in markdown(one_fold, False)
-    assert report_json(one_fold, False)["regimes"][0]["f1_macro_ci"] is None
+    assert "| fedavg | ser-cnn | 3 | 1 | 3 | 0.510 ± 0.008 | - |" in markdown(one_fold)
+    assert report_json(one_fold)["regimes"][0]["f1_macro_ci"] is None
     flat = [row("fedavg", 0, f, 0.5) for f in range(1, 4)]
     assert fold_interval(flat) == (0.5, 0.5)
 
@@ -147,8 +149,8 @@ def test_verdicts(diffs: list[float], p: float, verdict: str) -> None:
     assert pair["n"] == len(diffs)
     assert pair["p"] == pytest.approx(p)
     assert pair["distinguishable"] is (verdict == "distinguishable")
-    assert f"| real-central | fedavg | ser-cnn | {len(diffs)} | " in markdown(a + b, False)
-    assert next(line for line in markdown(a + b, False).splitlines()
+    assert f"| real-central | fedavg | ser-cnn | {len(diffs)} | " in markdown(a + b)
+    assert next(line for line in markdown(a + b).splitlines()
                 if line.startswith("| real-central | fedavg |")).endswith(f"| {verdict} |")
 
 
@@ -157,7 +159,7 @@ def test_fewer_than_six_pairs_cannot_reach_five_percent() -> None:
     assert smallest_p(5) == pytest.approx(0.0625) == exact_wilcoxon_p([1, 2, 3, 4, 5])
     assert smallest_p(6) == pytest.approx(0.03125) == exact_wilcoxon_p([1, 2, 3, 4, 5, 6])
     assert all(smallest_p(n) > 0.05 for n in range(1, 6))
-    text = markdown(grid("real-central") + grid("fedavg", base=0.45), False)
+    text = markdown(grid("real-central") + grid("fedavg", base=0.45))
     assert "With fewer than 6 pairs a two-sided Wilcoxon signed-rank test cannot reach p < 0.05" in text
     assert "5 pairs is 0.0625" in text
 
@@ -167,7 +169,7 @@ def test_fewer_than_six_pairs_cannot_reach_five_percent() -> None:
 
 def test_markdown_tables() -> None:
     rows = grid("real-central") + grid("gan-central", base=0.4)
-    text = markdown(rows, False)
+    text = markdown(rows)
     stats = {s["regime"]: s for s in regime_stats(rows)}
     lo, hi = stats["real-central"]["f1_macro_ci"]
 
@@ -177,8 +179,15 @@ def test_markdown_tables() -> None:
     assert f"| real-central | ser-cnn | 0 | 1 | {first['f1_macro']:.3f} |" in text
     assert f"| real-central | ser-cnn | 15 | 5 | 3 | {stats['real-central']['f1_macro']:.3f} ± " in text
     assert f"| [{lo:.3f}, {hi:.3f}] |" in text
-    assert "| 0.5727 ± 0.0099 |" in text and "| 0.4854 ± 0.0389 |" in text  # Table 2 beside
-    assert "protocol differs from the paper" in text and "protocol matches the paper" in markdown(rows, True)
+    assert "Table 2" not in text  # no paper compared: no paper table
+    beside = markdown(rows, compare({"ser-cnn": [load_config(EXPERIMENTS / "demo.toml").flat()]}))
+    assert beside.startswith(text.rstrip("\n"))
+    assert "Seed 002 (Eskimez et al. 2020" in beside and "protocol matches: no (differs: data.root" in beside
+    assert f"| real-central | ser-cnn | IEMOCAP | f1_macro | {stats['real-central']['f1_macro']:.3f} ± " in beside
+    assert "| 0.5727 ± 0.0099 |" in beside and "| gan-federated | ser-cnn | Proposed - Federated | f1_macro | - | 0 |" in beside
+    paper = load_config(EXPERIMENTS / "eskimez2020.toml").flat()
+    assert "Table 2: macro-F1 (%), mean ± std of 5-fold leave-one-session-out: protocol matches: yes." in markdown(
+        rows, compare({"ser-cnn": [paper]}))
     assert "95 % CI: t over the k per-fold means (seeds averaged within a fold)" in text
     assert "| regime A | regime B | trainer | n pairs | mean difference (A − B) | Wilcoxon p | verdict |" in text
     diff = stats["real-central"]["f1_macro"] - stats["gan-central"]["f1_macro"]
@@ -189,7 +198,7 @@ def test_markdown_tables() -> None:
 
 def test_markdown_keeps_seed_000s_valence_table() -> None:
     rows = [row("real-central", 0, f, 0.5, trainer="chang-multitask-cnn", ua3=0.6, pearson_r=0.3) for f in (1, 2)]
-    text = markdown(rows, False)
+    text = markdown(rows)
     assert "| regime | trainer | 5-class UA (split labels) | 3-class UA | Pearson r |" in text
     assert "| real-central | chang-multitask-cnn | 0.600 ± 0.000 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in text
 
@@ -205,7 +214,7 @@ def plain_types(value: Any) -> bool:
 def test_json_carries_the_same_statistics_and_serializes() -> None:
     rows = [{**r, "f1_macro": np.float64(r["f1_macro"]), "seed": np.int64(r["seed"]), "pearson_r": float("nan")}
             for r in grid("real-central") + grid("gan-central", base=0.4)]
-    data = report_json(rows, True)
+    data = report_json(rows, compare({"ser-cnn": [load_config(EXPERIMENTS / "demo.toml").flat()]}))
 
     assert plain_types(data)
     json.dumps(data, allow_nan=False)
@@ -220,7 +229,13 @@ def test_json_carries_the_same_statistics_and_serializes() -> None:
         for m in ("f1_macro", "ua", "wa"):
             assert entry[m] == pytest.approx(s[m]) and entry[f"{m}_std"] == pytest.approx(s[f"{m}_std"])
             assert entry[f"{m}_ci"] == pytest.approx(list(s[f"{m}_ci"]))
-    assert data["regimes"][0]["table_2_f1"] == pytest.approx([0.5727, 0.0099])
+    [paper] = data["papers"]
+    assert paper["seed"] == "002" and paper["matches"] is False
+    assert {d["key"] for d in paper["differences"]} >= {"data.root", "preset", "folds.holdout"}
+    assert paper["rows"][0] == {"regime": "real-central", "trainer": "ser-cnn", "label": "IEMOCAP",
+                                "metric": "f1_macro", "paper": pytest.approx(0.5727), "paper_std": pytest.approx(0.0099),
+                                "ours": pytest.approx(stats[0]["f1_macro"]), "ours_std": pytest.approx(stats[0]["f1_macro_std"]),
+                                "cells": 15}
     [pair] = data["pairs"]
     assert set(pair) == {"a", "b", "trainer", "metric", "n", "mean_difference", "test", "p", "distinguishable"}
     assert pair["n"] == 15 and pair["distinguishable"] is True and pair["metric"] == "f1_macro"
@@ -324,8 +339,10 @@ def test_fold_rows_reads_each_seeds_newest_parent_and_its_finished_folds(store: 
 
 def test_log_report_logs_markdown_json_and_plot(store: str) -> None:
     rows = fold_rows(store, "study")
-    assert paper_protocol(store, "study") is False
-    text = markdown(rows, False)
+    [tu, eskimez] = comparisons(store, "study")  # tu-dat and ser-cnn ran; papers in seed order
+    assert (eskimez.verdict.paper.seed, tu.verdict.paper.seed) == ("002", "001")
+    assert not eskimez.verdict.matches and not tu.verdict.matches
+    text = markdown(rows, [tu, eskimez])
     run_id = log_report(store, "study", rows, text)
 
     mlflow.set_tracking_uri(store)
@@ -333,7 +350,7 @@ def test_log_report_logs_markdown_json_and_plot(store: str) -> None:
         "report.md", "report.json", "report.png"}
     folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id))
     assert (folder / "report.md").read_text(encoding="utf-8") == text
-    assert json.loads((folder / "report.json").read_text(encoding="utf-8")) == report_json(rows, False)
+    assert json.loads((folder / "report.json").read_text(encoding="utf-8")) == report_json(rows, [tu, eskimez])
     # The report run is no regime: reading the store again gives the same rows.
     assert fold_rows(store, "study") == rows
 
@@ -461,9 +478,9 @@ def test_generators_table_summary_and_legend(audit_store: str) -> None:
     assert summary["generators"] == 4 and summary["ct"] == pytest.approx(fed_ct)
     # In the report: after the regime tables, only when asked for.
     folds = grid("gan-central")
-    assert markdown(folds, False, rows).startswith(markdown(folds, False))
-    assert markdown(folds, False, rows).endswith(text)
-    assert "Generators" not in markdown(folds, False)
+    assert markdown(folds, (), rows).startswith(markdown(folds))
+    assert markdown(folds, (), rows).endswith(text)
+    assert "Generators" not in markdown(folds)
 
 
 def test_no_audit_figures_is_one_line(store: str) -> None:
@@ -471,14 +488,14 @@ def test_no_audit_figures_is_one_line(store: str) -> None:
     assert generators_markdown([]) == NO_GENERATORS + "\n"
     assert "\n" not in NO_GENERATORS and "| generator |" not in NO_GENERATORS
     rows = fold_rows(store, "study")
-    assert markdown(rows, False, []).endswith("\n\n" + NO_GENERATORS + "\n")
-    data = report_json(rows, False, [])
+    assert markdown(rows, (), []).endswith("\n\n" + NO_GENERATORS + "\n")
+    data = report_json(rows, (), [])
     assert data["generators"] == [] and data["generator_regimes"] == []
 
 
 def test_generators_json_and_plot(audit_store: str, tmp_path: Path) -> None:
     rows = generator_rows(audit_store, "gens")
-    data = report_json(grid("gan-central"), False, rows)
+    data = report_json(grid("gan-central"), (), rows)
     assert plain_types(data)
     json.dumps(data, allow_nan=False)
     assert data["generators"][3]["generator"] == "Session1" and data["generators"][3]["ct"] is None  # NaN -> null
@@ -496,15 +513,15 @@ def test_generators_json_and_plot(audit_store: str, tmp_path: Path) -> None:
 
 def test_report_logs_generators_png_beside_report_png(audit_store: str) -> None:
     rows, gens = fold_rows(audit_store, "gens"), generator_rows(audit_store, "gens")
-    text = markdown(rows, False, gens)
-    run_id = log_report(audit_store, "gens", rows, text, matches_paper=False, generators=gens)
+    text = markdown(rows, (), gens)
+    run_id = log_report(audit_store, "gens", rows, text, comps=(), generators=gens)
     mlflow.set_tracking_uri(audit_store)
     assert {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id)} == {
         "report.md", "report.json", "report.png", "generators.png"}
     folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id))
     assert (folder / "report.md").read_text(encoding="utf-8") == text
     assert json.loads((folder / "report.json").read_text(encoding="utf-8"))["generators"] == (
-        report_json(rows, False, gens)["generators"])
+        report_json(rows, (), gens)["generators"])
     assert _ids(generator_rows(audit_store, "gens")) == _ids(gens)  # the report run is no regime
 
 

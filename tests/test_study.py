@@ -77,7 +77,9 @@ def test_pretrain_then_study_logs_every_regime_and_fold(tmp_path: Path) -> None:
     assert {r["trainer"] for r in rows} == {"ser-cnn"}  # training.trainer, tagged on every run
     table = runner.invoke(app, ["report", "--config", str(config)])
     assert table.exit_code == 0, table.output
-    assert "0.4854 ± 0.0389" in table.output and "protocol differs from the paper" in table.output
+    assert "| gan-central | ser-cnn | Proposed - Centralized | f1_macro |" in table.output  # Table 2 beside ours
+    assert "0.4854 ± 0.0389" in table.output and "protocol matches: no (differs: data.root = the embedded" in table.output
+    assert report["papers"][0]["seed"] == "002" and not report["papers"][0]["matches"]
     report_run = next(r for r in mlflow.search_runs(experiment_names=["e2e"], output_format="list")
                       if r.data.tags.get("kind") == "report")
     assert {a.path for a in mlflow.artifacts.list_artifacts(run_id=report_run.info.run_id)} == {
