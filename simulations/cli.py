@@ -139,15 +139,20 @@ def corpus_synth(
     utterances_per_dialog: PerDialog = 12,
     librispeech: Annotated[bool, typer.Option(help="Also write the unlabeled LibriSpeech-layout corpus.")] = True,
     pretrain_speakers: Annotated[int, typer.Option(help="Speakers of the LibriSpeech-layout corpus.")] = 10,
+    ravdess: Annotated[bool, typer.Option(help="Also write OUT/RAVDESS: 24 actors' speech files in RAVDESS's "
+                                                "exact names (seed 004's protocol).")] = False,
 ) -> None:
     """Write the synthetic IEMOCAP-format corpus (and a LibriSpeech-layout one for pre-training)."""
     from common.corpora.synthetic import write_iemocap, write_librispeech
+    from common.corpora.synthetic.ravdess import write_ravdess
 
     start = time.perf_counter()
     root = write_iemocap(out, seed=seed, utterances_per_dialog=utterances_per_dialog)
     console.print(f"wrote {root}", markup=False, highlight=False)
     if librispeech:
         console.print(f"wrote {write_librispeech(out, seed=seed, speakers=pretrain_speakers)}", markup=False, highlight=False)
+    if ravdess:
+        console.print(f"wrote {write_ravdess(out / 'RAVDESS', seed=seed)}", markup=False, highlight=False)
     console.print(f"done in {time.perf_counter() - start:.1f} s; check it with: fedser corpus check {root}",
                   markup=False, highlight=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import soundfile as sf
 
 from common.audio import write_wav
 from common.corpora import detect_corpus, read_corpus
+from common.corpora.others import read_ravdess
+from common.corpora.synthetic.ravdess import ravdess_names, write_ravdess
+from simulations.papers import RAVDESS_COUNTS
 from tests.conftest import tone
 
 
@@ -76,3 +80,15 @@ def test_a_folder_named_like_audio_is_a_skip_not_silence(tmp_path: Path) -> None
     assert [u.id for u in scan.utterances] == ["alice__a"]
     assert [(s.path, s.reason, s.kind) for s in scan.skipped] == [
         (tmp_path / "alice" / "b.wav", "not a file (a directory)", "not a file")]
+
+
+def test_synthetic_ravdess_has_the_exact_speech_layout(tmp_path: Path) -> None:
+    names = ravdess_names(7)
+    assert len(names) == 60 and len(set(names)) == 60  # 8 emotions, neutral normal intensity only
+    assert sum(code == "01" for _, code in names) == 4 and names[0][0] == "03-01-01-01-01-01-07"
+    write_ravdess(tmp_path / "RAVDESS", actors=1)
+    assert len(list((tmp_path / "RAVDESS" / "Actor_01").glob("*.wav"))) == 60
+    scan = read_ravdess(tmp_path / "RAVDESS", label_map={"neu": "neu", "hap": "hap", "ang": "ang", "sad": "sad"})
+    assert not scan.skipped and Counter(u.label for u in scan.utterances) == {"neu": 4, "hap": 8, "ang": 8, "sad": 8}
+    # 24 actors x 28 = 672 files of the four classes: seed 004's 510 cannot be cut from them by a field.
+    assert sum(RAVDESS_COUNTS.values()) == 672 and RAVDESS_COUNTS["neu"] == 96

@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common.audio import write_wav
-from common.corpora.synthetic import UtteranceSpec, make_voice, prosody_for, synthesize
+from common.corpora.synthetic.ravdess import write_ravdess
 from common.schema import load_config
 from common.trainers.registry import TRAINERS, build_trainer
 from simulations.cli import app
@@ -76,26 +74,9 @@ experiment = "papers"
     assert all("val_ua" in r.data.metrics and "cm_4_4" in r.data.metrics for r in valence)  # 5 x 5 levels
 
 
-def write_ravdess(root: Path, actors: int = 4, seconds: float = 1.2) -> None:
-    """RAVDESS-named audio-only speech files (neutral, happy, sad, angry) from the synthesizer."""
-    codes = {"01": "neu", "03": "hap", "04": "sad", "05": "ang"}
-    for actor in range(1, actors + 1):
-        gender = "M" if actor % 2 else "F"
-        rng = np.random.default_rng(actor)
-        voice = make_voice(f"Actor_{actor:02d}", gender, rng)
-        for code, label in codes.items():
-            for statement in ("01", "02"):
-                for rep in ("01", "02"):
-                    spec = UtteranceSpec(f"{actor}-{code}", voice, prosody_for(label, rng),
-                                         ("kids", "are", "talking"), seconds)
-                    wav, _ = synthesize(spec, rng)
-                    name = f"03-01-{code}-01-{statement}-{rep}-{actor:02d}"
-                    write_wav(root / f"Actor_{actor:02d}" / f"{name}.wav", wav)
-
-
 def test_seed_004_ravdess_protocol_five_stratified_folds(tmp_path: Path) -> None:
     root = tmp_path / "RAVDESS"
-    write_ravdess(root)
+    write_ravdess(root, actors=3)
     cfg = load_config(EXPERIMENTS / "gans2020-ravdess.toml", overrides={
         "preset": "tiny", "work_dir": str(tmp_path / "out"), "workers": 1, "data": {"root": str(root)},
         "training": {"ser_iterations": 30, "batch_size": 16}, "model": {"fcn": {"padding": "valid"}}})
