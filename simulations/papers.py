@@ -20,13 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from common.corpora.others import RAVDESS_EMOTIONS
+from common.corpora.synthetic import MANIFEST_NAME
 from common.corpora.synthetic.ravdess import ravdess_names
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 
-# ``Row.value`` of a key that must name a copy of the real corpus (any path; None = the embedded
-# synthetic corpus written by fedser).
+# ``Row.value`` of a key that must name a copy of the real corpus: a path, and not a corpus fedser
+# wrote (None = the embedded synthetic corpus; a folder with fedser's manifest = `fedser corpus synth`).
 REAL_CORPUS = "<your copy of the corpus>"
+
+
+def written_by_fedser(root: str) -> bool:
+    """Whether ``root`` (a logged ``data.root``) is a corpus fedser synthesized: None, or its manifest
+    is there. A path this machine cannot see counts as real."""
+    return root in ("None", "") or (Path(root) / MANIFEST_NAME).is_file()
 
 
 @dataclass(frozen=True)
@@ -281,7 +288,7 @@ def agrees(row: Row, value: str | None) -> bool:
     if value is None:
         return False
     if row.value == REAL_CORPUS:
-        return value not in ("None", "")
+        return not written_by_fedser(value)
     return any(_normal(value) == _normal(ok) for ok in row.accepted)
 
 
@@ -315,7 +322,9 @@ class Verdict:
 
 
 def _shown(key: str, value: str) -> str:
-    return "the embedded synthetic corpus" if key.endswith("root") and value in ("None", "") else value
+    if not key.endswith("root") or not written_by_fedser(value):
+        return value
+    return "the embedded synthetic corpus" if value in ("None", "") else f"{value} (a synthetic corpus fedser wrote)"
 
 
 def _paper_value(value: str) -> str:

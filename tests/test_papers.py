@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from common.corpora.synthetic.ravdess import write_ravdess
 from common.schema import load_config
 from common.trainers.registry import TRAINERS
 from simulations.cli import app
@@ -107,3 +108,11 @@ def test_fedser_papers_prints_tables_and_a_configs_verdict(tmp_path: Path) -> No
     other.write_text('trainers = ["fcn2d-attention"]\n', encoding="utf-8")
     none = runner.invoke(app, ["papers", str(other)])
     assert none.exit_code == 0 and "belong to none of the five papers" in none.output
+
+
+def test_a_corpus_fedser_wrote_is_never_the_real_one(tmp_path: Path) -> None:
+    write_ravdess(tmp_path / "RAVDESS", actors=1)
+    synthetic = verdict(GANS, [paper_run(GANS.path, **{"data.root": str(tmp_path / "RAVDESS")})])
+    assert [d.key for d in synthetic.differences] == ["data.root"]
+    assert "(a synthetic corpus fedser wrote)" in synthetic.text()
+    assert verdict(GANS, [paper_run(GANS.path, **{"data.root": str(tmp_path)})]).matches  # no manifest: real

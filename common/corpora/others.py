@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.audio import AudioError, is_audio_file, probe_duration
 from common.corpora.base import Scan, Skip, Utterance
+from common.corpora.synthetic.layouts import MANIFEST_NAME
 
 # RAVDESS file names have seven two-digit fields (RAVDESS README; notes §3.1):
 # modality-channel-emotion-intensity-statement-repetition-actor, e.g. 03-01-06-01-02-01-12.wav.
@@ -50,7 +51,8 @@ def _add(scan: Scan, path: Path, **fields: object) -> None:
 def read_ravdess(root: Path, *, label_map: Mapping[str, str] | None = None) -> Scan:
     """Audio-only speech files of RAVDESS; speaker ``Actor_NN`` (odd actors male, even female)."""
     scan = Scan(corpus="ravdess", root=root)
-    for path in _audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".md", ".pdf"}):
+    for path in _audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".md", ".pdf"}
+                             or p.name == MANIFEST_NAME):  # fedser corpus synth --ravdess's ground truth
         m = _RAVDESS.match(path.stem)
         if m is None:
             scan.skipped.append(Skip(path, "file name is not the seven-field RAVDESS identifier", "bad file name"))

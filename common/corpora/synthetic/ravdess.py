@@ -21,6 +21,7 @@ import numpy as np
 
 from common.audio import write_wav
 from common.corpora.others import RAVDESS_EMOTIONS
+from common.corpora.synthetic.layouts import write_manifest
 from common.corpora.synthetic.synthesizer import UtteranceSpec, make_voice, prosody_for, synthesize
 
 STATEMENTS = {"01": ("kids", "are", "talking", "by", "the", "door"),
@@ -36,10 +37,15 @@ def ravdess_names(actor: int) -> list[tuple[str, str]]:
             for statement in STATEMENTS for rep in ("01", "02")]
 
 
+GENERATOR = "fedser.synthetic.ravdess"
+
+
 def write_ravdess(root: Path, *, actors: int = 24, seed: int = 0, seconds: float = 1.5) -> Path:
-    """Write ``actors`` actors' speech files (60 each) under ``root``; returns ``root``."""
+    """Write ``actors`` actors' speech files (60 each) under ``root`` and the ground truth in
+    ``root/fedser-synthetic.json`` (what marks a corpus as written by fedser); returns ``root``."""
     if not 1 <= actors <= 24:
         raise ValueError(f"actors must be 1..24 (RAVDESS has 24), got {actors}")
+    rows: list[dict[str, object]] = []
     for actor in range(1, actors + 1):
         rng = np.random.default_rng([seed, actor])
         voice = make_voice(f"Actor_{actor:02d}", "M" if actor % 2 else "F", rng)
@@ -50,4 +56,6 @@ def write_ravdess(root: Path, *, actors: int = 24, seed: int = 0, seconds: float
                 prosody = replace(prosody, gain_db=prosody.gain_db + 4.0, range_st=prosody.range_st * 1.4)
             wav, _ = synthesize(UtteranceSpec(stem, voice, prosody, STATEMENTS[stem.split("-")[4]], seconds), rng)
             write_wav(root / f"Actor_{actor:02d}" / f"{stem}.wav", wav)
+            rows.append({"id": stem, "speaker": f"Actor_{actor:02d}", "raw_label": label})
+    write_manifest(root, seed, rows, GENERATOR)
     return root
