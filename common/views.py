@@ -90,6 +90,48 @@ class PatchSampler:
         return feat[:, start : start + self.size]
 
 
+class UtteranceSampler:
+    """Whole utterances, padded with -1 to the batch's longest (and at least ``min_frames``): one
+    call = one batch, drawn without replacement from a reshuffled order, so that
+    :func:`common.trainers.supervised.epochs_to_steps` steps are that many passes (seed 001 §3.2).
+
+    Returns ``(x (B, 1, F, T_max), y (B,), aux)`` with ``aux["frames"]`` (B,) each utterance's true
+    frame count (at least ``min_frames``: a shorter one counts its padding as frames, as scoring
+    does) and the requested ``aux`` entries of ``data``.
+    """
+
+    def __init__(self, data: LabeledSet, min_frames: int, seed: int = 0, *, aux: Sequence[str] = ()) -> None:
+        if not len(data):
+            raise ValueError("no training utterances to sample from")
+        missing = [k for k in aux if k not in data.aux]
+        if missing:
+            raise ValueError(f"the training set has no {missing} per utterance (available: {sorted(data.aux)})")
+        self.data, self.min_frames, self.aux = data, min_frames, tuple(aux)
+        self.rng = np.random.default_rng(seed)
+        self.order: list[int] = []
+
+    def _rows(self, batch_size: int) -> list[int]:
+        rows: list[int] = []
+        while len(rows) < batch_size:
+            if not self.order:
+                self.order = self.rng.permutation(len(self.data)).tolist()
+            rows.append(self.order.pop())
+        return rows
+
+    def __call__(self, batch_size: int) -> SerBatch:
+        rows = self._rows(batch_size)
+        frames = [max(self.data.feats[r].shape[1], self.min_frames) for r in rows]
+        longest = max(frames)
+        x = np.full((len(rows), *self.data.feats[rows[0]].shape[:1], longest), -1.0, dtype=np.float32)
+        for i, r in enumerate(rows):
+            feat = self.data.feats[r]
+            x[i, :, : feat.shape[1]] = feat
+        y = np.asarray([self.data.labels[r] for r in rows], dtype=np.int64)
+        extra = {"frames": torch.as_tensor(frames, dtype=torch.long),
+                 **{k: torch.as_tensor(np.stack([np.asarray(self.data.aux[k][r]) for r in rows])) for k in self.aux}}
+        return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y), extra
+
+
 def subset(data: LabeledSet, keep: Sequence[int]) -> LabeledSet:
     """The rows ``keep`` of ``data``."""
     return LabeledSet(tuple(data.feats[i] for i in keep), tuple(data.labels[i] for i in keep),

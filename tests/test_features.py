@@ -20,8 +20,8 @@ from common.features import (
     build_extractor,
     compute,
     content_hash,
-    energy_vad,
     extract_corpus,
+    kaldi_vad,
     patches,
     random_patch,
     resolve_device,
@@ -47,11 +47,12 @@ def speech_like(seconds: float, seed: int = 0, amplitude: float = 0.3) -> np.nda
 
 WAV = speech_like(2.5)  # 40000 samples
 
-# Output shape for WAV, from each extractor's framing (center=True: 1 + T // hop frames).
+# Output shape for WAV, from each extractor's framing (center=True: 1 + T // hop frames; Kaldi's
+# snip_edges for mfcc_vad: 1 + (T - 400) // 160).
 EXPECTED_SHAPES = {
     "logmel": (128, 1 + 40000 // 256),
     "stft": (128, 1 + 40000 // 256),
-    "mfcc_vad": (39, 1 + 40000 // 160),  # no silence in WAV, so VAD keeps every frame
+    "mfcc_vad": (39, 1 + (40000 - 400) // 160),  # no silence in WAV, so VAD keeps every frame
     "mel6s": (128, 188),
     "mfcc6s": (40, 188),
     "mean_spectrum": (259,),
@@ -109,13 +110,35 @@ def test_vad_drops_a_silent_middle_segment() -> None:
     quiet[16000:32000] = 0.0  # 1 s of digital silence = 100 frames at a 10 ms hop
     kept = build_extractor("mfcc_vad")(quiet).shape[1]
     full = build_extractor("mfcc_vad")(WAV).shape[1]
-    assert full == 1 + len(WAV) // 160
+    assert full == 1 + (len(WAV) - 400) // 160
     # ±2 frames of context keep a few frames at the edges of the silence; the rest are dropped.
     assert full - 100 <= kept <= full - 90
 
 
 def test_vad_keeps_everything_when_nothing_is_voiced() -> None:
-    assert energy_vad(np.zeros(8000, dtype=np.float32)).all()
+    assert kaldi_vad(np.zeros(50)).all()
+    assert build_extractor("mfcc_vad")(np.zeros(8000, dtype=np.float32)).shape == (39, 48)
+
+
+# Seed 001's Kaldi MFCC of a 440 Hz sine (amplitude 0.5, 0.5 s): frame 0, C0..C12. C0 is the frame's
+# log-energy, checkable by hand: 400 samples hold exactly 11 periods, so no DC, and the energy is
+# 400 * (0.5 * 32768)^2 / 2 -> ln = 24.7064. C1..C12 were computed once with the NumPy reference
+# (kaldi_mfcc_reference, written from Kaldi's sources) and agree with torchaudio's Kaldi compliance
+# MFCC within 0.02 (float32 logs of the sine's near-empty mel bands).
+SINE_FRAME_0 = [24.7064, 84.9987, 19.2509, -7.4634, -54.7448, -69.5926, -75.8758, -53.0941, -27.4291, 3.3898,
+                20.0922, 28.1846, 22.6237]
+
+
+def test_kaldi_mfcc_of_a_sine_against_reference_values() -> None:
+    t = np.arange(8000) / SAMPLE_RATE
+    sine = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    extractor = build_extractor("mfcc_vad")
+    assert SINE_FRAME_0[0] == pytest.approx(np.log(400 * (0.5 * 32768) ** 2 / 2), abs=1e-4)
+    ours, ref = extractor(sine), extractor.reference(sine)
+    assert ours.shape == ref.shape == (39, 48)  # 1 + (8000 - 400) // 160 frames, all voiced
+    np.testing.assert_allclose(ref[:13, 0], SINE_FRAME_0, atol=1e-3)
+    np.testing.assert_allclose(ours[:13, 0], SINE_FRAME_0, atol=0.02)
+    np.testing.assert_allclose(ours[:13, 20], ours[:13, 0], atol=0.02)  # a steady tone: every frame alike
 
 
 def test_build_extractor_overrides_and_errors() -> None:

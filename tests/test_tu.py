@@ -13,7 +13,7 @@ from common.models.tu import TuNet, reverse_gradient
 from common.schema import load_config
 from common.trainers.registry import build_trainer
 from common.trainers.tu import TuTrainer
-from common.views import LabeledSet
+from common.views import LabeledSet, UtteranceSampler
 
 SPEAKERS = ("tu-mtl", "tu-dat", "tu-cgt")  # the variants with a speaker head
 
@@ -82,9 +82,10 @@ def test_cgt_perturbs_along_each_task_gradient_and_mixes_the_losses_as_eq_4(alph
     inputs: list[torch.Tensor] = []
     terms = trainer.terms
 
-    def spy(xs: torch.Tensor, ys: torch.Tensor, ss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def spy(xs: torch.Tensor, ys: torch.Tensor, ss: torch.Tensor,
+            frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         inputs.append(xs.detach().clone())
-        return terms(xs, ys, ss)
+        return terms(xs, ys, ss, frames)
 
     trainer.terms = spy
     trainer.net.train()
@@ -124,12 +125,12 @@ def test_paper_sizes_are_table_1_iemocap() -> None:
     trainer = build_trainer(cfg)
     net = trainer.net
     assert trainer.objective == "mtl" and isinstance(net, TuNet) and trainer.rows == 39  # 13 MFCC + d + dd
-    convs = [m for m in net.embed.tdnn if isinstance(m, torch.nn.Conv1d)]
+    convs = list(net.embed.convs)
     # TDNN 128-5-2, TDNN 64-3-4
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.dilation) for c in convs] == [
         (39, 128, (5,), (2,)), (128, 64, (3,), (4,))]
-    lstm = net.embed.lstm  # Bi-LSTM 64
-    assert (lstm.input_size, lstm.hidden_size, lstm.bidirectional, lstm.num_layers) == (64, 64, True, 1)
+    for lstm in (net.embed.lstm, net.embed.lstm_reverse):  # Bi-LSTM 64: one LSTM per direction
+        assert (lstm.input_size, lstm.hidden_size, lstm.bidirectional, lstm.num_layers) == (64, 64, False, 1)
     assert (net.embed.fc.in_features, net.embed.fc.out_features) == (128, 256)  # FC 256
     for head, n_out in ((net.emotion, 4), (net.speaker, 8)):  # FC 512-64-64-4, FC 512-64-64-8
         linears = [m for m in head if isinstance(m, torch.nn.Linear)]
@@ -196,9 +197,83 @@ def test_unknown_speakers_are_left_out_of_the_speaker_loss() -> None:
 def test_the_sampler_carries_speakers_for_the_speaker_head() -> None:
     data = speaker_set((0, 1, 2, 3))
     x, y, aux = tiny("tu-dat").sampler(data, seed=0)(5)
-    assert x.shape == (5, 1, 32, 32) and aux["speaker"].shape == (5,)
+    assert x.shape == (5, 1, 32, 40) and aux["speaker"].shape == (5,)  # whole 40-frame utterances
     assert torch.equal(aux["speaker"], y)  # speaker i has utterance i, label i % 4
-    assert len(tiny("tu-ser").sampler(data, seed=0)(5)) == 2  # no speaker head, no speakers needed
+    assert set(tiny("tu-ser").sampler(data, seed=0)(5)[2]) == {"frames"}  # no speaker head: no speakers
+    x, _, aux = tiny("tu-dat", crops=True).sampler(data, seed=0)(5)  # the 1 s crops of before
+    assert x.shape == (5, 1, 32, 32) and set(aux) == {"speaker"}
+
+
+# --- whole utterances, epochs, selection by accuracy (§2.1, §3.2) ----------------------------------
+
+
+def lengths_set(lengths: tuple[int, ...], rows: int = 32) -> LabeledSet:
+    rng = np.random.default_rng(1)
+    feats = tuple(rng.uniform(-1, 1, (rows, n)).astype(np.float32) for n in lengths)
+    return LabeledSet(feats, tuple(i % 4 for i in range(len(lengths))))
+
+
+def test_the_utterance_sampler_pads_whole_utterances_and_visits_each_once_per_epoch() -> None:
+    data = lengths_set((25, 60, 40, 10, 33))
+    sample = UtteranceSampler(data, min_frames=17, seed=3)
+    row_of = {max(f.shape[1], 17): i for i, f in enumerate(data.feats)}  # the 10-frame one counts 17
+    seen = [row_of[int(sample(1)[2]["frames"])] for _ in range(5)]  # one per batch: an epoch = 5 batches
+    assert sorted(seen) == [0, 1, 2, 3, 4]  # without replacement within an epoch
+    x, y, aux = sample(5)
+    assert x.shape == (5, 1, 32, 60) and sorted(aux["frames"].tolist()) == [17, 25, 33, 40, 60]
+    for i, n in enumerate(aux["frames"].tolist()):
+        assert (x[i, 0, :, n:] == -1).all()  # padded with the scaled minimum beyond the true length
+
+
+def test_the_two_one_way_lstms_are_a_bidirectional_lstm() -> None:
+    embed = tiny("tu-ser").net.embed
+    bi = torch.nn.LSTM(embed.lstm.input_size, embed.lstm.hidden_size, batch_first=True, bidirectional=True)
+    bi.load_state_dict({**embed.lstm.state_dict(),
+                        **{f"{k}_reverse": v for k, v in embed.lstm_reverse.state_dict().items()}})
+    x = torch.randn(3, 1, 32, 40)
+    h = x.flatten(1, 2)
+    for conv, norm in zip(embed.convs, embed.norms, strict=True):
+        h = torch.relu(norm.eval()(conv(h)))
+    seq = h.transpose(1, 2)
+    ours = torch.cat([embed.lstm(seq)[0], embed.lstm_reverse(seq.flip(1))[0].flip(1)], dim=2)
+    torch.testing.assert_close(ours, bi(seq)[0])
+
+
+def test_an_utterance_gets_the_same_embedding_alone_and_padded_beside_a_longer_one() -> None:
+    trainer = tiny("tu-mtl")
+    net = trainer.net
+    short, long = torch.rand(1, 1, 32, 30) * 2 - 1, torch.rand(1, 1, 32, 70) * 2 - 1
+    padded = torch.full((2, 1, 32, 70), -1.0)
+    padded[0, ..., :30], padded[1] = short[0], long[0]
+    frames = torch.tensor([30, 70])
+    net.eval()
+    with torch.no_grad():
+        alone, both = net.embed(short), net.embed(padded, frames)
+    torch.testing.assert_close(both[0], alone[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(net.embed(padded)[0], alone[0], atol=1e-3)  # unmasked pooling would differ
+    # Training mode: what the padding holds changes nothing (BatchNorm statistics, LSTM, pooling).
+    net.train()
+    noisy = padded.clone()
+    noisy[0, ..., 30:] = torch.rand(32, 40)
+    torch.manual_seed(0)
+    a = net.both(padded, frames)
+    torch.manual_seed(0)
+    b = net.both(noisy, frames)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+
+
+def test_epochs_over_real_data_with_a_validation_per_epoch_and_accuracy_selection() -> None:
+    trainer = tiny("tu-ser", epochs=3)
+    data = lengths_set((20, 30, 40, 50, 25, 35, 45, 55, 21, 31, 41, 51))  # 12 utterances, batch 8: 2 steps/epoch
+    sample = trainer.sampler(data, seed=0)
+    assert trainer.iterations(sample) == 6 and trainer.eval_every(sample) == 2
+    result = trainer.fit(sample, data)
+    assert result.steps == 6 and [step for step, _ in result.evals] == [2, 4, 6]
+    assert trainer.selection == "wa" and result.best_score == max(score for _, score in result.evals)
+    pool = lambda n: (torch.rand(n, 1, 32, 32), torch.arange(n) % 4)  # noqa: E731 - a synthetic pool: no epochs
+    assert trainer.iterations(pool) == trainer.cfg.training.ser_iterations
+    assert trainer.eval_every(pool) == trainer.cfg.training.eval_every
 
 
 @pytest.mark.parametrize("name", SPEAKERS)

@@ -19,9 +19,9 @@ from common.features.extractors import Extractor as Extractor
 from common.features.extractors import LogMel as LogMel
 from common.features.extractors import build_extractor as build_extractor
 from common.features.extractors import compute as compute
-from common.features.extractors import energy_vad as energy_vad
 from common.features.extractors import extractor_for as extractor_for
 from common.features.extractors import feature_rows as feature_rows
+from common.features.extractors import kaldi_vad as kaldi_vad
 from common.features.extractors import resolve_device as resolve_device
 from common.features.scaling import MinMax as MinMax
 from common.features.windows import patches as patches

@@ -34,7 +34,7 @@ from common.audio import SAMPLE_RATE
 
 Backend = Literal["torch", "librosa"]  # which implementation computes features (config: features.backend)
 
-FEATURE_VERSION = 1  # bump when an extractor's output changes for the same params: invalidates caches
+FEATURE_VERSION = 2  # bump when an extractor's output changes for the same params: invalidates caches
 PAD_MODE: Final = "constant"  # centre padding with zeros in torch and librosa alike (librosa >= 0.10 default)
 _INT16_SCALE = 32768.0  # Kaldi computes energies on the int16 sample scale
 
@@ -66,17 +66,18 @@ class Extractor(ABC):
         if not wavs:
             return []
         clips = [self._fit(_as_wav(w)) for w in wavs]
+        device = resolve_device(device)
+        with torch.inference_mode():
+            feats = self._torch(clips, device)
+        return [f.to(torch.float32).cpu().numpy() for f in feats]
+
+    def _torch(self, clips: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+        """The torch path on fitted clips: one zero-padded front-end pass, then per-utterance steps."""
         stacked = np.zeros((len(clips), max(len(c) for c in clips)), dtype=np.float32)  # (B, T_max)
         for row, clip in zip(stacked, clips, strict=True):
             row[: len(clip)] = clip
-        device = resolve_device(device)
-        with torch.inference_mode():
-            spec = _frontend(self, device)(torch.from_numpy(stacked).to(device))  # (B, F, frames_max)
-            feats = [
-                self._finish(spec[i, :, : 1 + len(clip) // self.hop_length], clip)
-                for i, clip in enumerate(clips)
-            ]
-        return [f.to(torch.float32).cpu().numpy() for f in feats]
+        spec = _frontend(self, device)(torch.from_numpy(stacked).to(device))  # (B, F, frames_max)
+        return [self._finish(spec[i, :, : 1 + len(clip) // self.hop_length], clip) for i, clip in enumerate(clips)]
 
     def reference(self, wav: np.ndarray) -> np.ndarray:
         """Features of one utterance via librosa/numpy (reference for the torch path)."""
@@ -87,13 +88,13 @@ class Extractor(ABC):
         """Length policy applied before either path (identity unless the paper fixes a duration)."""
         return wav
 
-    @abstractmethod
     def _build_frontend(self) -> nn.Module:
-        """Batched spectral front end: (B, T) -> (B, F, frames)."""
+        """Batched spectral front end: (B, T) -> (B, F, frames) (for the default :meth:`_torch`)."""
+        raise NotImplementedError
 
-    @abstractmethod
     def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
-        """Per-utterance steps on the cropped front-end output ``(F, frames)``."""
+        """Per-utterance steps on the cropped front-end output ``(F, frames)`` (default :meth:`_torch`)."""
+        raise NotImplementedError
 
     @abstractmethod
     def _reference(self, wav: np.ndarray) -> np.ndarray:
@@ -269,16 +270,23 @@ class Mfcc6s(Mel6s):
 
 
 @dataclass(frozen=True)
-class MfccVad(_Mel):
-    """13 MFCC + Δ + ΔΔ (39) with energy VAD, seed 001 §4 (Tu et al. 2019, "extracted with Kaldi").
+class MfccVad(Extractor):
+    """13 MFCC + Δ + ΔΔ (39) with energy VAD as Kaldi computes them: seed 001 §3.1 (Tu et al. 2019,
+    "13-dimensional MFCC together with first and second order derivatives are extracted with Kaldi.
+    Simple energy-based voice activity detection is used to remove silences").
 
-    Kaldi's defaults for framing and filterbank: 25 ms window (400), 10 ms hop (160), FFT padded to
-    512, 23 mel bins from 20 Hz to Nyquist. Unlike Kaldi the window is Hann (not Povey), there is no
-    pre-emphasis, dither or liftering, C0 is the DCT term (not log energy) and the mel spectrum is in
-    dB with top_db 80 (librosa's MFCC). Δ and ΔΔ: regression over ±2 frames with edge replication;
-    ΔΔ is Δ applied twice. Silent frames are dropped by :func:`energy_vad` (Kaldi ``compute-vad``
-    with the VoxCeleb/SRE recipe settings), one mask for both paths.
-    Torch vs librosa: max |diff| <= ``atol`` = 2e-3 (measured 1.5e-4; values span ~200).
+    ``compute-mfcc-feats`` with its defaults: 25 ms frames (400) every 10 ms (160), ``snip_edges``
+    (1 + (T - 400) // 160 frames), per-frame DC removal, raw log-energy, pre-emphasis 0.97, Povey
+    window, 512-point FFT, 23 triangular bins on Kaldi's mel scale (1127 ln(1 + f/700)) from 20 Hz to
+    Nyquist, natural log, orthonormal DCT-II, cepstral lifter 22, C0 replaced by the log-energy
+    (``--use-energy``), on the int16 sample scale Kaldi reads wav files in. One departure: dither off
+    (Kaldi's default is 1.0, random noise) for deterministic features, hence the energy floor of 1.0
+    Kaldi's documentation suggests for dither 0. Δ and ΔΔ: ``add-deltas`` (window 2; ΔΔ the Δ filter
+    applied twice, edges replicated). VAD: ``compute-vad`` on the log-energy column (:func:`kaldi_vad`,
+    the VoxCeleb/SRE recipe settings).
+
+    torch path: ``torchaudio.compliance.kaldi.mfcc``; reference: an independent NumPy implementation
+    of the same recipe (:meth:`_reference`). Max |diff| <= ``atol`` = 2e-3 (float32 vs float64 logs).
     """
 
     name: ClassVar[str] = "mfcc_vad"
@@ -289,33 +297,77 @@ class MfccVad(_Mel):
     hop_length: int = 160
     f_min: float = 20.0
     n_mfcc: int = 13
-    top_db: float = 80.0
+    lifter: float = 22.0
+    preemphasis: float = 0.97
+    energy_floor: float = 1.0
     delta_width: int = 5  # Kaldi add-deltas --delta-window=2
     vad_threshold: float = 5.5
     vad_mean_scale: float = 0.5
     vad_context: int = 2
     vad_proportion: float = 0.12
-    vad_dither: float = 1.0  # Kaldi's default dither, in int16 units
 
-    def _vad(self, wav: np.ndarray) -> np.ndarray:
-        return energy_vad(
-            wav, self.win_length, self.hop_length, self.vad_threshold, self.vad_mean_scale,
-            self.vad_context, self.vad_proportion, self.vad_dither,
-        )
+    def _fit(self, wav: np.ndarray) -> np.ndarray:
+        """Clips shorter than one frame are zero-padded to it (snip_edges would give no frame)."""
+        return np.pad(wav, (0, max(0, self.win_length - len(wav))))
 
-    def _finish(self, spec: Tensor, wav: np.ndarray) -> Tensor:
-        ceps = _cepstra(spec, self.n_mfcc, self.top_db)  # (13, frames)
-        d1 = torchaudio.functional.compute_deltas(ceps, win_length=self.delta_width, mode="replicate")
-        d2 = torchaudio.functional.compute_deltas(d1, win_length=self.delta_width, mode="replicate")
-        feats = torch.cat([ceps, d1, d2])  # (39, frames)
-        return feats[:, torch.from_numpy(self._vad(wav)).to(feats.device)]
+    def _torch(self, clips: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+        """Kaldi's frames are per utterance (no centring to batch over): one call per clip."""
+        out = []
+        for clip in clips:
+            ceps = torchaudio.compliance.kaldi.mfcc(
+                torch.from_numpy(clip * _INT16_SCALE).to(device)[None], sample_frequency=SAMPLE_RATE,
+                frame_length=1000 * self.win_length / SAMPLE_RATE, frame_shift=1000 * self.hop_length / SAMPLE_RATE,
+                num_mel_bins=self.n_mels, num_ceps=self.n_mfcc, low_freq=self.f_min, high_freq=0.0,
+                cepstral_lifter=self.lifter, preemphasis_coefficient=self.preemphasis, dither=0.0,
+                energy_floor=self.energy_floor, use_energy=True, raw_energy=True, window_type="povey",
+                snip_edges=True, remove_dc_offset=True, round_to_power_of_two=True,
+            ).T  # (frames, 13) -> (13, frames)
+            d1 = torchaudio.functional.compute_deltas(ceps, win_length=self.delta_width, mode="replicate")
+            d2 = torchaudio.functional.compute_deltas(d1, win_length=self.delta_width, mode="replicate")
+            voiced = torch.from_numpy(self._vad(ceps[0].double().cpu().numpy())).to(device)
+            out.append(torch.cat([ceps, d1, d2])[:, voiced])  # (39, voiced frames)
+        return out
+
+    def _vad(self, log_energy: np.ndarray) -> np.ndarray:
+        return kaldi_vad(log_energy, self.vad_threshold, self.vad_mean_scale, self.vad_context, self.vad_proportion)
 
     def _reference(self, wav: np.ndarray) -> np.ndarray:
-        ceps = _librosa_cepstra(self._librosa_mel(wav), self.n_mfcc, self.top_db)
-        # librosa's delta(order=2) fits a quadratic instead; Kaldi's ΔΔ is the Δ filter applied twice.
+        ceps = kaldi_mfcc_reference(self, wav)  # (13, frames)
         d1 = librosa.feature.delta(ceps, width=self.delta_width, mode="nearest")
         d2 = librosa.feature.delta(d1, width=self.delta_width, mode="nearest")
-        return np.concatenate([ceps, d1, d2])[:, self._vad(wav)]
+        return np.concatenate([ceps, d1, d2])[:, self._vad(ceps[0])]
+
+
+def kaldi_mfcc_reference(x: MfccVad, wav: np.ndarray) -> np.ndarray:
+    """Kaldi ``compute-mfcc-feats`` in NumPy (float64), written from Kaldi's feature-window.cc,
+    mel-computations.cc and feature-mfcc.cc, not from torchaudio: (n_mfcc, frames)."""
+    signal = wav.astype(np.float64) * _INT16_SCALE
+    frames = sliding_window_view(signal, x.win_length)[:: x.hop_length]  # snip_edges: whole frames only
+    frames = frames - frames.mean(axis=1, keepdims=True)  # remove_dc_offset
+    log_energy = np.log(np.maximum(np.einsum("ij,ij->i", frames, frames), x.energy_floor))  # raw energy
+    emphasized = frames - x.preemphasis * np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+    n = np.arange(x.win_length)
+    povey = (0.5 - 0.5 * np.cos(2 * np.pi * n / (x.win_length - 1))) ** 0.85
+    power = np.abs(np.fft.rfft(emphasized * povey, n=x.n_fft)) ** 2  # (frames, n_fft/2 + 1)
+
+    def mel(f: np.ndarray | float) -> np.ndarray:
+        return 1127.0 * np.log(1.0 + np.asarray(f) / 700.0)
+
+    nyquist = SAMPLE_RATE / 2
+    lo, hi = mel(x.f_min), mel(nyquist)
+    edges = lo + (hi - lo) * np.arange(x.n_mels + 2) / (x.n_mels + 1)  # equally spaced in mel
+    bins = mel(np.arange(x.n_fft // 2) * SAMPLE_RATE / x.n_fft)  # Kaldi drops the Nyquist bin
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    banks = np.clip(np.minimum((bins - left) / (centre - left), (right - bins) / (right - centre)), 0, None)
+    mel_energy = power[:, : x.n_fft // 2] @ banks.T  # (frames, n_mels)
+    log_mel = np.log(np.maximum(mel_energy, np.finfo(np.float32).eps))
+    k, j = np.arange(x.n_mfcc)[:, None], np.arange(x.n_mels)[None, :]
+    dct = np.sqrt(2.0 / x.n_mels) * np.cos(np.pi / x.n_mels * (j + 0.5) * k)
+    dct[0] = np.sqrt(1.0 / x.n_mels)  # orthonormal DCT-II, Kaldi's ComputeDctMatrix
+    ceps = log_mel @ dct.T  # (frames, n_mfcc)
+    ceps *= 1.0 + 0.5 * x.lifter * np.sin(np.pi * np.arange(x.n_mfcc) / x.lifter)
+    ceps[:, 0] = log_energy  # use_energy
+    return ceps.T
 
 
 @dataclass(frozen=True)
@@ -442,29 +494,16 @@ def build_extractor(name: str, **params: Any) -> Extractor:
     return cls(**params)
 
 
-def energy_vad(
-    wav: np.ndarray,
-    frame_length: int = 400,
-    hop_length: int = 160,
+def kaldi_vad(
+    log_energy: np.ndarray,
     threshold: float = 5.5,
     mean_scale: float = 0.5,
     context: int = 2,
     proportion: float = 0.12,
-    dither: float = 1.0,
 ) -> np.ndarray:
-    """Kaldi ``compute-vad`` voiced-frame mask, (1 + T // hop_length,) bool, frames centred like the STFT.
-
-    Frame t covers samples ``[t*hop - frame_length/2, t*hop + frame_length/2)`` (zero padded).
-    Log energy is on the int16 scale after per-frame DC removal, plus the expected energy of Kaldi's
-    dither (``frame_length * dither**2``), so digital silence sits at ~log(400) = 6 instead of -inf
-    and cannot drag the mean down. A frame is voiced when at least ``proportion`` of the frames within
-    ±``context`` exceed ``threshold + mean_scale * mean(log_energy)``. No voiced frame -> keep all.
-    """
-    half = frame_length // 2
-    padded = np.pad(wav.astype(np.float64) * _INT16_SCALE, (half, frame_length - half))
-    frames = sliding_window_view(padded, frame_length)[::hop_length][: 1 + len(wav) // hop_length]
-    frames = frames - frames.mean(axis=1, keepdims=True)  # (n_frames, frame_length)
-    log_energy = np.log(np.einsum("ij,ij->i", frames, frames) + frame_length * dither**2)
+    """Kaldi ``compute-vad`` on a log-energy column (frames,): frame t is voiced when at least
+    ``proportion`` of the frames within ±``context`` exceed ``threshold + mean_scale *
+    mean(log_energy)``. No voiced frame -> keep all (an utterance is never emptied)."""
     above = (log_energy > threshold + mean_scale * log_energy.mean()).astype(np.float64)
     window = 2 * context + 1
     num = sliding_window_view(np.pad(above, context), window).sum(axis=1)

@@ -106,6 +106,15 @@ class NetTrainer:
         """Steps between validations (``training.eval_every``)."""
         return self.cfg.training.eval_every
 
+    def iterations(self, sample: Sampler) -> int:
+        """Steps of a fit that names none (``training.ser_iterations``; a family counting epochs
+        over real data derives them from the sampler's data)."""
+        return self.cfg.training.ser_iterations
+
+    def whole_frames(self) -> int:
+        """The fewest frames of a whole-utterance pass: shorter files are padded to it with -1."""
+        return self.frames
+
     def keep_best(self) -> KeepBest:
         """Model selection (and early stopping, with a patience)."""
         return KeepBest(self.net)
@@ -118,7 +127,7 @@ class NetTrainer:
 
     def fit(self, sample: Sampler, validation: Validation = None, iterations: int | None = None,
             progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0) -> LoopResult:
-        """Train for ``iterations`` (default ``training.ser_iterations``) batches from ``sample``.
+        """Train for ``iterations`` (default :meth:`iterations`) batches from ``sample``.
 
         ``start_step``: steps already done elsewhere (FedAvg rounds continue the lr schedule);
         ``proximal_mu`` > 0 adds FedProx's mu/2 ||w - w_start||^2 (Li et al. 2020, eq. 2).
@@ -138,7 +147,7 @@ class NetTrainer:
 
         score = self._scorer(validation)
         every = self.eval_every(sample) if score else 0
-        return run(step, self.cfg.training.ser_iterations if iterations is None else iterations, desc=self.name,
+        return run(step, self.iterations(sample) if iterations is None else iterations, desc=self.name,
                    evaluate=score, eval_every=every, hooks=[*([self.keep_best()] if score else []), *self.hooks()],
                    progress=progress)
 
@@ -159,7 +168,8 @@ class NetTrainer:
             raise ValueError("no files to score")
         self.net.eval()
         if self.whole_utterance:
-            return np.concatenate([self._probs(patches(f, max(self.frames, f.shape[1]), 1, -1.0)) for f in feats])
+            return np.concatenate([self._probs(patches(f, max(self.whole_frames(), f.shape[1]), 1, -1.0))
+                                   for f in feats])
         windows = [patches(f, self.frames, self.cfg.features.window_hop, pad_value=-1.0) for f in feats]
         flat = np.concatenate(windows)  # (sum n_i, F, frames)
         probs = np.concatenate([self._probs(flat[i:i + chunk]) for i in range(0, len(flat), chunk)])
