@@ -200,6 +200,14 @@ CHANG = Paper(
         Row("labeled corpus", "IEMOCAP with its annotators' valence and activation (§4)", "data.corpus", "iemocap"),
         Row("corpus copy", "the real recordings", "data.root", REAL_CORPUS),
         Row("utterances", "the labeled IEMOCAP data (§4)", "data.subset", "all"),
+        Row("labeled set", "IEMOCAP with its valence and activation labels (§4): every rated utterance",
+            "data.label_map", "{'neu': 'neu', 'hap': 'hap', 'exc': 'hap', 'ang': 'ang', 'sad': 'sad', 'fru': 'oth', "
+            "'sur': 'oth', 'fea': 'oth', 'dis': 'oth', 'oth': 'oth', 'xxx': 'oth'}",
+            "every categorical label kept (the five classes only name utterances; valence is the target): "
+            "10,039 utterances on the real corpus, 360 instead of 270 on the embedded one"),
+        Row("unlabeled speech", "AMI and IEMOCAP (§4)", "model.chang.unlabeled", "['pretrain', 'train']",
+            "AMI through data.pretrain_*; IEMOCAP = the fold's training sessions only, never the held-out one "
+            "(§5 is speaker-independent); the paper does not say how it mixed them: in proportion to size"),
         Row("task", "5-point valence as fuzzy labels; activation as the second task (§3, §4)", "model.chang.task",
             "valence"),
         Row("features", "raw spectrograms, no further feature extraction (§6)", "features.kind", "stft"),
@@ -218,7 +226,8 @@ CHANG = Paper(
         Result("real-central", "chang-dcgan", "ua3", 49.80, None, "BasicDCGAN, 3-class"),
     ),
     note="The per-model results table (TABREF10) did not survive in our text copy; only the best model's "
-         "figures, quoted in the abstract and §7, are compared.",
+         "figures, quoted in the abstract and §7, are compared. The multitask variants alternate their target "
+         "every update, valence then activation (§3, §7), as the code does (not a setting).",
 )
 
 # RAVDESS speech, four classes: 24 actors x (4 neutral + 8 of each other emotion) files.

@@ -118,8 +118,27 @@ def test_multitask_variants_also_learn_activation() -> None:
     assert set(out) == {"primary", "activation"} and out["activation"].shape == (2, 5)
     batch = trainer.sampler(valence_set(2, seed=0))(8)
     loss, logs = trainer.loss(batch)
-    assert "activation" in logs
+    assert logs["task"] == 0.0 and "activation" not in logs  # the first update: valence
+    loss, logs = trainer.loss(batch)
+    assert logs["task"] == 1.0 and logs["activation"] == loss.item()  # the second: activation
     assert set(chang("chang-cnn").net(torch.zeros(2, 1, 32, 32))) == {"primary"}
+
+
+def test_multitask_updates_alternate_between_valence_and_activation() -> None:
+    """§3 / §7: the target swaps every update; each head moves only on its own steps."""
+    trainer = chang("chang-multitask-cnn")
+    heads = trainer.net.disc.heads
+    sample = trainer.sampler(valence_set(2, seed=0))
+    for step in range(1, 5):
+        before = {name: [p.detach().clone() for p in heads[name].parameters()] for name in ("primary", "activation")}
+        trainer.fit(sample, iterations=1)
+        moved = {name: any(not torch.equal(p, q) for p, q in zip(heads[name].parameters(), before[name], strict=True))
+                 for name in before}
+        assert moved == {"primary": step % 2 == 1, "activation": step % 2 == 0}, step
+    # GAN-synthetic batches have no activation: every update trains the primary head.
+    x, y = torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long)
+    emotion = chang("chang-multitask-cnn", task="emotion")
+    assert [emotion.loss((x, y))[1]["task"] for _ in range(3)] == [0.0, 0.0, 0.0]
 
 
 def test_valence_task_without_valence_is_refused() -> None:
@@ -165,6 +184,22 @@ def test_dcgan_draws_unlabeled_speech_from_the_pretraining_corpus(tmp_path) -> N
     result = trainer.fit(trainer.sampler(valence_set(2, seed=0)), iterations=2)
     assert result.steps == 2
     assert (tmp_path / "corpora").is_dir()  # the embedded LibriSpeech-layout corpus was read
+
+
+def test_dcgan_unlabeled_speech_is_the_pretraining_corpus_and_the_training_set_at_once(tmp_path) -> None:
+    over = {**SMALL, "work_dir": str(tmp_path), "data": {"synthetic": {"pretrain_speakers": 2}},
+            "model": {"chang": {**SMALL["model"]["chang"], "unlabeled": ["pretrain", "train"]}},
+            "training": {**SMALL["training"], "trainer": "chang-dcgan"}}
+    trainer = build_trainer(load_config(overrides=over))
+    train = valence_set(2, seed=0)
+    union = trainer.unlabeled(trainer.sampler(train))
+    x, y = union(400)
+    assert x.shape == (400, 1, 32, 32) and not y.any()
+    pretrain = len(union.samplers[0].prepared)
+    share = union.drawn[1] / union.drawn.sum()  # the training set's share, in proportion to its size
+    assert share == pytest.approx(len(train) / (len(train) + pretrain), abs=0.06)
+    assert union.drawn.min() > 0
+    assert load_config(overrides={"model": {"chang": {"unlabeled": "train"}}}).model.chang.unlabeled == ("train",)
 
 
 def test_paper_sizes_four_stride_two_layers() -> None:

@@ -9,7 +9,13 @@ under-represented levels are oversampled (§4); validation after every epoch, st
 ``patience`` (5) evaluations below the best and restoring the best (§5).
 
 The DCGAN variants alternate, every step, a discriminator update (real unlabeled crops vs
-generated ones), a generator update and the classifier update (§3).
+generated ones), a generator update and the classifier update (§3). The multitask variants swap the
+classifier's target every step: valence, then activation, then valence... (§3: "iteratively running
+the generator, discriminator, valence classifier, and activation classifier"; §7 names it "the
+alternating update strategy ... The iterative swapping of target tasks valence/activation").
+Unlabeled speech is AMI and IEMOCAP at once (§4): the pre-training corpus (``data.pretrain_*``, e.g.
+AMI as a folder) and the fold's own training audio, never the held-out session's (§5: speaker
+independence).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from common.audio import SAMPLE_RATE
@@ -57,14 +63,46 @@ class ChangConfig(Section):
     # §5: validation accuracy after every epoch; stop after 5 consecutive epochs below the best.
     patience: int = Field(5, ge=1)
     oversample: bool = True  # §4: oversample under-represented valence levels
-    # Where the DCGAN variants draw unlabeled speech: the pre-training corpus (data.pretrain_*) or
-    # the labeled training set's own audio without labels (what a federated node has).
-    unlabeled: Literal["pretrain", "train"] = "pretrain"
+    # Where the DCGAN variants draw unlabeled speech (§4: "audio from the AMI and IEMOCAP datasets"):
+    # the pre-training corpus (data.pretrain_*: AMI with pretrain_corpus = "folder") and/or the
+    # labeled training set's own audio without labels (the fold's training sessions; at a federated
+    # node its own session). With both, each batch element comes from a source chosen in proportion
+    # to its number of utterances (the paper does not say how it mixed them: as if pooled).
+    unlabeled: tuple[Literal["pretrain", "train"], ...] = ("pretrain", "train")
+
+    @field_validator("unlabeled", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("unlabeled")
+    @classmethod
+    def _some(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"name each source once, one or both of 'pretrain', 'train'; got {list(value)}")
+        return value
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a distribution (B, K): -sum_k t_k log softmax(z)_k, batch mean (§3)."""
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+class Union:
+    """Batches of unlabeled patches from several samplers: each element's source drawn in proportion
+    to ``sizes`` (utterances per source), as if the sources were one pooled corpus."""
+
+    def __init__(self, samplers: Sequence[Sampler], sizes: Sequence[int], seed: int = 0) -> None:
+        self.samplers = list(samplers)
+        self.p = np.asarray(sizes, dtype=float) / np.sum(sizes)
+        self.rng = np.random.default_rng(seed)
+        self.drawn = np.zeros(len(self.samplers), dtype=np.int64)  # patches per source so far
+
+    def __call__(self, batch_size: int) -> SerBatch:
+        counts = self.rng.multinomial(batch_size, self.p)
+        self.drawn += counts
+        parts = [sample(int(n))[0] for sample, n in zip(self.samplers, counts, strict=True) if n]
+        return torch.cat(parts), torch.zeros(batch_size, dtype=torch.int64)
 
 
 def crop_spans(feat: np.ndarray, words: tuple[tuple[float, float], ...], hop: int) -> list[tuple[int, int]]:
@@ -95,6 +133,7 @@ class ChangTrainer(NetTrainer):
     def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
                  multitask: bool = False, adversarial: bool = False) -> None:
         self.multitask, self.adversarial = multitask, adversarial
+        self.steps = 0  # classifier updates so far: the multitask variants' target alternates with it
         super().__init__(cfg, device, name=name)
 
     def build(self) -> ChangNet:
@@ -148,15 +187,17 @@ class ChangTrainer(NetTrainer):
         x, y = batch[0].to(self.device), batch[1].to(self.device)
         aux = {k: v.to(self.device) for k, v in batch[2].items()} if len(batch) == 3 else {}
         out = self.net(x)
+        self.steps += 1
+        # Multitask: every second update trains the activation head instead (§3, §7); batches
+        # without activation (GAN-synthetic) always train the primary task.
+        if self.multitask and "activation_fuzzy" in aux and self.steps % 2 == 0:
+            loss = soft_cross_entropy(out["activation"], aux["activation_fuzzy"])
+            return loss, {"loss": loss.item(), "activation": loss.item(), "task": 1.0, **gan}
         if self.valence:
             loss = soft_cross_entropy(out["primary"], aux["valence_fuzzy"])
         else:
             loss = F.cross_entropy(out["primary"], y)
-        logs = {"loss": loss.item(), **gan}
-        if self.multitask and "activation_fuzzy" in aux:  # absent on GAN-synthetic batches
-            act = soft_cross_entropy(out["activation"], aux["activation_fuzzy"])
-            loss, logs["activation"] = loss + act, act.item()
-        return loss, logs
+        return loss, {"loss": loss.item(), "task": 0.0, **gan}
 
     def fit(self, sample: Sampler, validation: Validation = None, iterations: int | None = None,
             progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0) -> LoopResult:
@@ -169,9 +210,24 @@ class ChangTrainer(NetTrainer):
         self._d_opt = torch.optim.Adam([*net.disc.convs.parameters(), *net.disc.real.parameters()], lr=lr,
                                        betas=(0.5, 0.999))
         self._g_opt = torch.optim.Adam(net.gen.parameters(), lr=lr, betas=(0.5, 0.999))
-        self._unlabeled = (unlabeled_patches(self.cfg, self.frames, seed=self.cfg.training.seed + 1)
-                           if self.hp.unlabeled == "pretrain" else sample)
+        self._unlabeled = self.unlabeled(sample)
         return super().fit(sample, validation, iterations, progress, start_step=start_step, proximal_mu=proximal_mu)
+
+    def unlabeled(self, sample: Sampler) -> Sampler:
+        """The unlabeled speech of ``model.chang.unlabeled``: the pre-training corpus, the training
+        set's own crops (``sample``: only the fold's training sessions, or a node's own), or both."""
+        seed = self.cfg.training.seed + 1
+        sources: dict[str, tuple[Sampler, int]] = {}
+        if "pretrain" in self.hp.unlabeled:
+            stream = unlabeled_patches(self.cfg, self.frames, seed=seed)
+            sources["pretrain"] = stream, len(stream.prepared)
+        if "train" in self.hp.unlabeled:
+            data = getattr(sample, "data", None)
+            sources["train"] = sample, len(data) if data is not None else 0  # 0: a synthetic pool, no size
+        if len(sources) == 1:
+            return next(iter(sources.values()))[0]
+        sizes = [n for _, n in sources.values()]
+        return Union([s for s, _ in sources.values()], sizes if all(sizes) else [1] * len(sizes), seed=seed)
 
     def _gan_step(self) -> Logs:
         """One discriminator and one generator update with the cross-entropy losses of §2."""
