@@ -94,6 +94,13 @@ def _folds(paper: str) -> tuple[Row, ...]:
             Row("folds run", f"all five held-out sessions ({paper})", "folds.sessions", "[1, 2, 3, 4, 5]"))
 
 
+def _corpus(corpus: str, paper: str) -> tuple[Row, ...]:
+    """The labeled corpus and that it is a copy of the real one (every paper's first two rows)."""
+    return (Row("labeled corpus", paper, "data.corpus", corpus),
+            Row("corpus copy", "the real recordings", "data.root", REAL_CORPUS,
+                "without a root fedser writes its embedded synthetic corpus; a folder it wrote never counts"))
+
+
 _SIZES = Row("sizes", "the paper's network and schedule", "preset", "paper",
              "`tiny` (every experiment file's default) shrinks them for a CPU; set `preset = \"paper\"`")
 _EXC_HAP = "{'neu': 'neu', 'hap': 'hap', 'exc': 'hap', 'ang': 'ang', 'sad': 'sad'}"
@@ -102,9 +109,7 @@ ESKIMEZ = Paper(
     "002", "Eskimez et al. 2020, GAN-based data generation for SER", "eskimez2020.toml", ("ser-cnn",),
     "Table 2: macro-F1 (%), mean ± std of 5-fold leave-one-session-out",
     (
-        Row("labeled corpus", "IEMOCAP (§4.1)", "data.corpus", "iemocap"),
-        Row("corpus copy", "the real recordings", "data.root", REAL_CORPUS,
-            "without a root fedser writes its embedded synthetic corpus"),
+        *_corpus("iemocap", "IEMOCAP (§4.1)"),
         Row("utterances", "improvised and scripted, ~7 h (§4.1)", "data.subset", "all"),
         Row("classes", "neutral, angry, sad, happy; excited merged into happy (§4.1)", "data.label_map", _EXC_HAP),
         Row("features", "128 log-mel, 32 ms window, 16 ms hop, 128×128 patches (§4.2)", "features.kind", "logmel"),
@@ -134,8 +139,7 @@ TU = Paper(
     "001", "Tu et al. 2019, speaker-invariant representations for SER", "tu2019.toml", _TU,
     "Table 2: test accuracy (%), mean (± std) of 5 runs over all 5 folds",
     (
-        Row("labeled corpus", "IEMOCAP (§3.1)", "data.corpus", "iemocap"),
-        Row("corpus copy", "the real recordings", "data.root", REAL_CORPUS),
+        *_corpus("iemocap", "IEMOCAP (§3.1)"),
         Row("utterances", "improvised only, 2,943 (§3.1)", "data.subset", "improvised"),
         Row("classes", "happy + excitement as one class, sad, angry, neutral (§3.1)", "data.label_map", _EXC_HAP),
         Row("features", "13 MFCC + Δ + ΔΔ extracted with Kaldi, energy VAD (§3.1)", "features.kind", "mfcc_vad"),
@@ -164,8 +168,7 @@ TRIPATHI = Paper(
     "003", "Tripathi et al. 2019, center loss and reconstruction as regularizers for SER", "tripathi2019.toml",
     _TRIPATHI, "Table 1: overall accuracy (`wa`) and class accuracy (`ua`), %, 5-fold cross-validation",
     (
-        Row("labeled corpus", "IEMOCAP (§3)", "data.corpus", "iemocap"),
-        Row("corpus copy", "the real recordings", "data.root", REAL_CORPUS),
+        *_corpus("iemocap", "IEMOCAP (§3)"),
         Row("utterances", "improvised only (§3)", "data.subset", "improvised"),
         Row("classes", "neutral 48.8 %, happiness 12.3 %, sadness 26.9 %, anger 12 % (§3): happy without "
             "excited", "data.label_map", "{'neu': 'neu', 'hap': 'hap', 'ang': 'ang', 'sad': 'sad'}",
@@ -197,8 +200,7 @@ CHANG = Paper(
     "000", "Chang & Scherer 2017, representations of emotional speech with DCGANs", "chang2017.toml", _CHANG,
     "§6 and abstract: the best model's valence accuracy (%), 5-point and 3-point, average of 5 folds",
     (
-        Row("labeled corpus", "IEMOCAP with its annotators' valence and activation (§4)", "data.corpus", "iemocap"),
-        Row("corpus copy", "the real recordings", "data.root", REAL_CORPUS),
+        *_corpus("iemocap", "IEMOCAP with its annotators' valence and activation (§4)"),
         Row("utterances", "the labeled IEMOCAP data (§4)", "data.subset", "all"),
         Row("labeled set", "IEMOCAP with its valence and activation labels (§4): every rated utterance",
             "data.label_map", "{'neu': 'neu', 'hap': 'hap', 'exc': 'hap', 'ang': 'ang', 'sad': 'sad', 'fru': 'oth', "
@@ -250,8 +252,7 @@ GANS = Paper(
     "004", "Gans, Theodores & Rusu, Emotion in Motion", "gans2020-ravdess.toml", ("fcn1d-attention",),
     "Figure 4: 5-fold averages (%); the paper's \"unweighted\" accuracy is our `wa`, its \"weighted\" our `ua`",
     (
-        Row("labeled corpus", "RAVDESS audio-only speech (§2)", "data.corpus", "ravdess"),
-        Row("corpus copy", "the real recordings", "data.root", REAL_CORPUS),
+        *_corpus("ravdess", "RAVDESS audio-only speech (§2)"),
         Row("classes", "happy, angry, neutral, sad: 510 files (§2)", "data.label_map",
             "{'neu': 'neu', 'hap': 'hap', 'ang': 'ang', 'sad': 'sad'}",
             "all 672 speech files of these classes: see the note on counts"),
