@@ -43,6 +43,15 @@ class LabeledSet:
         return len(self.feats)
 
 
+def _check(data: LabeledSet, aux: Sequence[str]) -> None:
+    """A sampler needs utterances, and the per-utterance ``aux`` entries it is asked to return."""
+    if not len(data):
+        raise ValueError("no training utterances to sample from")
+    missing = [k for k in aux if k not in data.aux]
+    if missing:
+        raise ValueError(f"the training set has no {missing} per utterance (available: {sorted(data.aux)})")
+
+
 class PatchSampler:
     """Random ``size``-frame patches of random utterances: one call = one batch (seed 002 §4.2).
 
@@ -59,11 +68,7 @@ class PatchSampler:
     def __init__(self, data: LabeledSet, size: int, seed: int = 0, *, aux: Sequence[str] = (),
                  weights: Sequence[float] | None = None,
                  spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> None:
-        if not len(data):
-            raise ValueError("no training utterances to sample patches from")
-        missing = [k for k in aux if k not in data.aux]
-        if missing:
-            raise ValueError(f"the training set has no {missing} per utterance (available: {sorted(data.aux)})")
+        _check(data, aux)
         self.data, self.size, self.aux, self.spans = data, size, tuple(aux), spans
         self.p = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
         self.rng = np.random.default_rng(seed)
@@ -101,11 +106,7 @@ class UtteranceSampler:
     """
 
     def __init__(self, data: LabeledSet, min_frames: int, seed: int = 0, *, aux: Sequence[str] = ()) -> None:
-        if not len(data):
-            raise ValueError("no training utterances to sample from")
-        missing = [k for k in aux if k not in data.aux]
-        if missing:
-            raise ValueError(f"the training set has no {missing} per utterance (available: {sorted(data.aux)})")
+        _check(data, aux)
         self.data, self.min_frames, self.aux = data, min_frames, tuple(aux)
         self.rng = np.random.default_rng(seed)
         self.order: list[int] = []
