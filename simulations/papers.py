@@ -279,23 +279,30 @@ PAPERS: tuple[Paper, ...] = (CHANG, TU, ESKIMEZ, TRIPATHI, GANS)
 # ------------------------------------------------------------------------------------------ verdict
 
 
+def _canonical(value: Any) -> Any:
+    """A parsed value in comparable form: lists and tuples alike, numbers as floats (dicts compare
+    regardless of key order already)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(v) for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _normal(value: str) -> Any:
-    """A flat config string as a comparable value: lists/tuples/dicts parsed (order of a dict's keys
-    ignored, lists and tuples alike), numbers as floats, everything else as written."""
+    """A flat config string as a comparable value: Python literals parsed, anything else as written."""
     try:
-        parsed = ast.literal_eval(value)
+        return _canonical(ast.literal_eval(value))
     except (ValueError, SyntaxError):
         return value
-    if isinstance(parsed, (list, tuple)):
-        return tuple(_normal(repr(v)) if not isinstance(v, str) else v for v in parsed)
-    if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
-        return float(parsed)
-    return parsed
 
 
-def agrees(row: Row, value: str | None) -> bool:
+MISSING = "missing"  # a run that did not log a protocol key (logged before the key existed)
+
+
+def agrees(row: Row, value: str) -> bool:
     """Whether the flat config ``value`` is (one of) what the paper's protocol asks for ``row``."""
-    if value is None:
+    if value == MISSING:
         return False
     if row.value == REAL_CORPUS:
         return not written_by_fedser(value)
@@ -307,7 +314,7 @@ class Difference:
     """A protocol field whose value in a study's runs is not the paper's."""
 
     key: str
-    ours: tuple[str, ...]  # every value the study's runs had (``missing``: not recorded)
+    ours: tuple[str, ...]  # every value the study's runs had (:data:`MISSING`: not recorded)
     paper: str
 
 
@@ -343,15 +350,14 @@ def _paper_value(value: str) -> str:
 
 def verdict(paper: Paper, runs: Iterable[Mapping[str, str]]) -> Verdict:
     """Which of ``paper``'s protocol fields differ in any of ``runs`` (each a run's flat config:
-    MLflow params or ``cfg.flat()``). No run at all differs in nothing, but say so: callers pass the
-    runs of the paper's trainers only."""
+    MLflow params or ``cfg.flat()``; callers pass the runs of the paper's trainers only)."""
     runs = list(runs)
     out = []
     for row in paper.rows:
         if not row.protocol:
             continue
-        seen = tuple(dict.fromkeys(run.get(row.key, "missing") for run in runs))
-        bad = tuple(v for v in seen if not agrees(row, None if v == "missing" else v))
+        seen = tuple(dict.fromkeys(run.get(row.key, MISSING) for run in runs))
+        bad = tuple(v for v in seen if not agrees(row, v))
         if bad:
             out.append(Difference(row.key, bad, " or ".join(row.accepted)))
     return Verdict(paper, tuple(out))

@@ -35,6 +35,7 @@ from scipy import stats
 
 from common.audit import AUDIT_KEYS
 from common.config import ALL_REGIMES
+from common.metrics import mean_std
 from simulations.papers import Comparison, compare
 from simulations.plots import Panel, cells_interval_png, dot_panels_png
 from simulations.regimes import SCORES, summary
@@ -323,7 +324,7 @@ def paper_rows(rows: Sequence[dict[str, Any]], comparison: Comparison) -> list[d
                 and r.metric in x]
         out.append({"regime": r.regime, "trainer": r.trainer, "label": r.label, "metric": r.metric,
                     "paper": r.mean / 100, "paper_std": None if r.std is None else r.std / 100,
-                    "ours": float(np.mean(mine)) if mine else None, "ours_std": float(np.std(mine)) if mine else None,
+                    **dict(zip(("ours", "ours_std"), mean_std(mine) if mine else (None, None), strict=True)),
                     "cells": len(mine)})
     return out
 

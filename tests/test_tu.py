@@ -230,13 +230,13 @@ def test_the_two_one_way_lstms_are_a_bidirectional_lstm() -> None:
     bi = torch.nn.LSTM(embed.lstm.input_size, embed.lstm.hidden_size, batch_first=True, bidirectional=True)
     bi.load_state_dict({**embed.lstm.state_dict(),
                         **{f"{k}_reverse": v for k, v in embed.lstm_reverse.state_dict().items()}})
-    x = torch.randn(3, 1, 32, 40)
-    h = x.flatten(1, 2)
-    for conv, norm in zip(embed.convs, embed.norms, strict=True):
-        h = torch.relu(norm.eval()(conv(h)))
-    seq = h.transpose(1, 2)
-    ours = torch.cat([embed.lstm(seq)[0], embed.lstm_reverse(seq.flip(1))[0].flip(1)], dim=2)
-    torch.testing.assert_close(ours, bi(seq)[0])
+    seq = torch.randn(3, 40, embed.lstm.input_size)
+    torch.testing.assert_close(embed.bilstm(seq, None), bi(seq)[0])
+    # Padded: each sequence's valid frames get what the bidirectional LSTM gives that sequence alone.
+    lengths = torch.tensor([40, 25, 7])
+    padded = embed.bilstm(seq, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(padded[i, :n], bi(seq[i : i + 1, :n])[0][0])
 
 
 def test_an_utterance_gets_the_same_embedding_alone_and_padded_beside_a_longer_one() -> None:

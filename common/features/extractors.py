@@ -281,8 +281,10 @@ class MfccVad(Extractor):
     Nyquist, natural log, orthonormal DCT-II, cepstral lifter 22, C0 replaced by the log-energy
     (``--use-energy``), on the int16 sample scale Kaldi reads wav files in. One departure: dither off
     (Kaldi's default is 1.0, random noise) for deterministic features, hence the energy floor of 1.0
-    Kaldi's documentation suggests for dither 0. Δ and ΔΔ: ``add-deltas`` (window 2; ΔΔ the Δ filter
-    applied twice, edges replicated). VAD: ``compute-vad`` on the log-energy column (:func:`kaldi_vad`,
+    Kaldi's documentation suggests for dither 0. Δ and ΔΔ: ``add-deltas``' window 2, ΔΔ as the Δ filter
+    applied twice with edge frames replicated; inside an utterance that is Kaldi's ΔΔ, but Kaldi
+    replicates the cepstra, not Δ, so the first and last 2 frames differ from Kaldi's (known, not yet
+    fixed). VAD: ``compute-vad`` on the log-energy column (:func:`kaldi_vad`,
     the VoxCeleb/SRE recipe settings).
 
     torch path: ``torchaudio.compliance.kaldi.mfcc``; reference: an independent NumPy implementation

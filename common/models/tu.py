@@ -143,12 +143,16 @@ class Embedding(nn.Module):
             h = conv(h)  # (B, C, T - (K - 1) D): a valid convolution shortens every sequence alike
             lengths = None if lengths is None else lengths - shrink
             h = torch.relu(_masked_norm(norm, h, _valid(lengths, h.shape[-1])))
-        seq = h.transpose(1, 2)  # (B, T', C)
-        flip = _reversal(lengths, seq.shape[1], seq.shape[0], seq.device)  # (B, T') frame order, read backwards
-        backward = self.lstm_reverse(_take(seq, flip))[0]
-        out = torch.cat([self.lstm(seq)[0], _take(backward, flip)], dim=2)  # (B, T', 2N): the order flipped back
+        out = self.bilstm(h.transpose(1, 2), lengths)  # (B, T', 2N)
         h = self.fc(self.dropout(out)).transpose(1, 2)  # (B, T', E) -> (B, E, T')
         return torch.relu(_masked_norm(self.fc_norm, h, _valid(lengths, h.shape[-1]))), lengths
+
+    def bilstm(self, seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """The Bi-LSTM over (B, T, C) sequences of ``lengths`` (B,) valid frames (None: all): (B, T, 2N),
+        forward outputs then backward ones, as ``nn.LSTM(bidirectional=True)`` lays them out."""
+        flip = _reversal(lengths, seq.shape[1], seq.shape[0], seq.device)  # (B, T) frame order, read backwards
+        backward = self.lstm_reverse(_take(seq, flip))[0]
+        return torch.cat([self.lstm(seq)[0], _take(backward, flip)], dim=2)  # the order flipped back
 
     def forward(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """Utterance embeddings e (B, 2E) of windows (B, 1, F, T): statistics pooling over time (§2.1),

@@ -38,7 +38,7 @@ from common.features import extractor_for
 from common.metrics import LIKERT, fuzzy_label, fuzzy_metrics
 from common.models.chang import ChangNet, Discriminator, Generator
 from common.trainers.base import KeepBest, Logs, LoopResult
-from common.trainers.supervised import NetTrainer, Validation, epochs_to_steps
+from common.trainers.supervised import NetTrainer, Validation
 from common.views import LabeledSet, PatchSampler, Sampler, SerBatch
 
 
@@ -176,8 +176,7 @@ class ChangTrainer(NetTrainer):
     def eval_every(self, sample: Sampler) -> int:
         """One evaluation per epoch over the real training set (§5); the configured interval on
         other sources (a synthetic pool has no epochs)."""
-        data = getattr(sample, "data", None)
-        return epochs_to_steps(1, len(data), self.cfg.training.batch_size) if data else super().eval_every(sample)
+        return self.epoch_steps(sample) or super().eval_every(sample)
 
     def keep_best(self) -> KeepBest:
         return KeepBest(self.net, patience=self.hp.patience)

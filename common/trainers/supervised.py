@@ -106,6 +106,12 @@ class NetTrainer:
         """Steps between validations (``training.eval_every``)."""
         return self.cfg.training.eval_every
 
+    def epoch_steps(self, sample: Sampler) -> int | None:
+        """Steps of one pass over the sampler's real utterances; None for a source without epochs
+        (a synthetic pool)."""
+        data = getattr(sample, "data", None)
+        return epochs_to_steps(1, len(data), self.cfg.training.batch_size) if data else None
+
     def iterations(self, sample: Sampler) -> int:
         """Steps of a fit that names none (``training.ser_iterations``; a family counting epochs
         over real data derives them from the sampler's data)."""

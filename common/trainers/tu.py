@@ -31,7 +31,7 @@ from torch import nn
 from common.config import Section, StudyConfig
 from common.models.tu import TuNet, receptive_field
 from common.trainers.base import Logs
-from common.trainers.supervised import NetTrainer, epochs_to_steps
+from common.trainers.supervised import NetTrainer
 from common.views import LabeledSet, PatchSampler, Sampler, SerBatch, UtteranceSampler
 
 UNKNOWN = -1  # speaker index of an utterance without a (training) speaker label
@@ -128,19 +128,14 @@ class TuTrainer(NetTrainer):
             return PatchSampler(data, self.frames, seed=seed, aux=aux)
         return UtteranceSampler(data, self.context, seed=seed, aux=aux)
 
-    def _epoch(self, sample: Sampler) -> int | None:
-        """Steps of one pass over the sampler's real utterances; None for a synthetic pool."""
-        data = getattr(sample, "data", None)
-        return epochs_to_steps(1, len(data), self.cfg.training.batch_size) if data else None
-
     def iterations(self, sample: Sampler) -> int:
         """``tu.epochs`` passes over real data (§3.2); ``training.ser_iterations`` on a synthetic pool."""
-        epoch = self._epoch(sample)
+        epoch = self.epoch_steps(sample)
         return self.hp.epochs * epoch if epoch else super().iterations(sample)
 
     def eval_every(self, sample: Sampler) -> int:
         """A validation after every epoch over real data (§3.2); ``training.eval_every`` otherwise."""
-        return self._epoch(sample) or super().eval_every(sample)
+        return self.epoch_steps(sample) or super().eval_every(sample)
 
     # --- the pieces of the losses ---------------------------------------------------------------
 
