@@ -14,13 +14,17 @@ Handlers (message types, notes/flower-1.41.md §1.1):
 Replies carry weights (``ArrayRecord``) and scalars (``MetricRecord``/``ConfigRecord``) only; the
 server's wire audit (server/federation.py) records what every reply held.
 
-Which session a node holds: deployment nodes say so in their node config (``session``,
-``data-root`` for where their copy of the corpus is, optionally ``work-dir`` for their feature
-cache); simulated node ``partition-id`` i holds the i-th of IEMOCAP's five sessions.
+What a node holds: deployment nodes say so in their node config (``session``, ``data-root`` for
+where their copy of the corpus is, optionally ``work-dir`` for their feature cache). Simulated
+node ``partition-id`` i < 5 holds the i-th of IEMOCAP's five sessions whole; with
+``federation.partition`` other than "session", node 5 + j is the j-th training node of the
+partition (client/partitions.py: sessions in order, then the shards of each), and the
+whole-session nodes only evaluate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -33,8 +37,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from threadpoolctl import threadpool_limits
 
+from client.partitions import nodes_per_session, partition_listing, session_name, shard, shard_of
 from common.audit import audit_generator, members_of, reference_classifier
 from common.config import SESSIONS, StudyConfig
+from common.corpora.base import Utterance
 from common.data import Corpus, load_corpus
 from common.features import MinMax, resolve_device
 from common.metrics import confusion_cells
@@ -52,12 +58,29 @@ app = ClientApp()
 
 @dataclass
 class Node:
-    """What this node holds in one run: the study config, its session, that session's features,
-    and the scaled splits built so far (each once per run and scaling)."""
+    """What this node holds in one run: the study config, its session, its data (the whole
+    session, or training node ``shard`` of it) with features, and the scaled splits built so far
+    (each once per run and scaling)."""
 
     cfg: StudyConfig
     session: int
     corpus: Corpus
+    name: str = ""
+    shard: int | None = None  # index of this training node within its session; None: the whole session
+
+    @property
+    def key(self) -> int:
+        """A small integer per node of a run, for seeds: the session (as before partitions), plus
+        100 per shard index."""
+        return self.session + (0 if self.shard is None else 100 * (self.shard + 1))
+
+    @property
+    def slow(self) -> bool:
+        """Whether the straggler drill (``federation.slow_fraction``) makes this training node slow:
+        a hash of its name and the seed, so the same nodes are slow on every run."""
+        fed = self.cfg.federation
+        digest = hashlib.sha256(f"{self.cfg.training.seed}:{self.name}".encode()).digest()
+        return self.shard is not None and int.from_bytes(digest[:8], "big") / 2**64 < fed.slow_fraction
     splits: dict[tuple[str, MinMax, tuple[str, ...]], LabeledSet] = field(default_factory=dict)
     references: dict[MinMax, SerCnnTrainer] = field(default_factory=dict)
 
@@ -94,18 +117,33 @@ class Node:
 _NODES: dict[tuple[int, str], Node] = {}
 
 
-def session_of(node_config: Mapping[str, Any], cfg: StudyConfig) -> int:
-    """The session a node holds: node config ``session``, else the ``partition-id``-th of SESSIONS."""
+def role_of(node_config: Mapping[str, Any], cfg: StudyConfig) -> tuple[int, int | None]:
+    """(session, training-node index within it, or None for a node holding the whole session):
+    node config ``session``, else from ``partition-id`` (module docstring)."""
     if "session" in node_config:
-        return int(node_config["session"])
+        return int(node_config["session"]), None
     if "partition-id" not in node_config:
         raise ValueError("node config has neither `session` nor `partition-id`; start the SuperNode with "
                          "--node-config \"session=N data-root='/path/IEMOCAP_full_release'\"")
     pid = int(node_config["partition-id"])
-    if pid >= len(SESSIONS):
+    if pid < len(SESSIONS):
+        return SESSIONS[pid], None
+    if cfg.federation.partition == "session":
         raise ValueError(f"partition-id {pid}: the simulation has more nodes than IEMOCAP's {len(SESSIONS)} "
                          f"sessions; run it with num-supernodes={len(SESSIONS)}")
-    return SESSIONS[pid]
+    return shard_of(pid - len(SESSIONS), nodes_per_session(listing(cfg), cfg.federation))
+
+
+_LISTINGS: dict[str, tuple[Utterance, ...]] = {}
+
+
+def listing(cfg: StudyConfig) -> tuple[Utterance, ...]:
+    """The corpus listing partitions are cut from, read once per process and corpus (an actor
+    serves many nodes of a run: at 1,000 nodes, re-reading it per node would dominate)."""
+    key = cfg.data.model_dump_json() + str(cfg.work_dir)
+    if key not in _LISTINGS:
+        _LISTINGS[key] = partition_listing(cfg)
+    return _LISTINGS[key]
 
 
 _pool_threads: int | None = None  # the BLAS/OpenMP cap this process has applied
@@ -136,15 +174,19 @@ def node_of(context: Context) -> Node:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": cfg.federation.node_data_root})})
         if "work-dir" in node:  # the node's own outputs (feature cache): not the server's folder
             cfg = cfg.model_copy(update={"work_dir": Path(str(node["work-dir"])).resolve()})
-        session = session_of(node, cfg)
         cap_threads(cfg.federation.client_cpus)  # before reading: a cache miss extracts features
-        corpus = load_corpus(cfg, sessions={session})
-        if not corpus.utterances:
+        session, index = role_of(node, cfg)
+        name, ids = session_name(session), None
+        if index is not None:  # a training node: its shard of the session, derived here
+            held, utts = shard(listing(cfg), session, index, cfg.federation, cfg.training.seed)
+            name, ids = held.name, {u.id for u in utts}
+        corpus = load_corpus(cfg, sessions={session}, ids=ids)
+        if not corpus.utterances and index is None:
             raise ValueError(f"node for Session{session}: no usable utterances under "
                              f"{cfg.data.root or cfg.corpus_dir}; check the node's data-root")
         for stale in [k for k in _NODES if k[0] != context.run_id]:  # an earlier run's nodes
             del _NODES[stale]
-        _NODES[key] = Node(cfg, session, corpus)
+        _NODES[key] = Node(cfg, session, corpus, name, index)
     cap_threads(_NODES[key].cfg.federation.client_cpus)
     return _NODES[key]
 
@@ -152,7 +194,7 @@ def node_of(context: Context) -> Node:
 def _check_failure(node: Node, handler: str) -> None:
     """Failure drills: ``federation.failures`` names handlers that raise on given sessions."""
     if f"{handler}:{node.session}" in node.cfg.federation.failures:
-        raise RuntimeError(f"injected failure: {handler} on Session{node.session} (federation.failures)")
+        raise RuntimeError(f"injected failure: {handler} on {node.name} (federation.failures)")
 
 
 def _stats(config: ConfigRecord) -> MinMax:
@@ -162,16 +204,24 @@ def _stats(config: ConfigRecord) -> MinMax:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Session id, utterance counts per class, feature min/max: scalars only."""
+    """Session, name and training-node index (-1: the whole session), utterance counts per class,
+    feature min/max: scalars only."""
     node = node_of(context)
     _check_failure(node, "query")
-    stats = node.corpus.session_stats()[node.session]
+    stats = node.corpus.overall
     counts = {f"count-{c}": sum(u.label == c for u in node.corpus.utterances) for c in node.cfg.data.classes}
     return Message(RecordDict({
-        "node": ConfigRecord({"session": node.session}),
+        "node": ConfigRecord({"session": node.session, "name": node.name,
+                              "shard": -1 if node.shard is None else node.shard}),
         "metrics": MetricRecord({"utterances": len(node.corpus.utterances), **counts,
                                  "feat-min": stats.lo, "feat-max": stats.hi}),
     }), reply_to=msg)
+
+
+def _straggle(node: Node) -> None:
+    """The straggler drill: a slow training node sleeps before it trains (``federation.slow_*``)."""
+    if node.slow:
+        time.sleep(node.cfg.federation.slow_seconds)
 
 
 @app.train("gan")
@@ -179,13 +229,14 @@ def train_gan(msg: Message, context: Context) -> Message:
     """Fine-tune the received pre-trained GAN on this session; reply with the generator only."""
     node = node_of(context)
     _check_failure(node, "train.gan")
+    _straggle(node)
     cfg, start = node.cfg, time.perf_counter()
     spec = GanSpec.of(cfg)
     gen, disc = Generator(spec), Discriminator(spec, head=1)
     gen.load_state_dict(msg.content["generator"].to_torch_state_dict())
     disc.load_state_dict(msg.content["discriminator"].to_torch_state_dict())
     train = node.split("members", _stats(msg.content["config"]))
-    torch.manual_seed(cfg.training.seed + node.session)
+    torch.manual_seed(cfg.training.seed + node.key)
     gen = finetune(cfg, gen, disc, train)
     return Message(RecordDict({
         "generator": ArrayRecord(_wire(cfg, gen.state_dict())),
@@ -206,13 +257,14 @@ def train_fedgan(msg: Message, context: Context) -> Message:
     from the received generator and discriminator; reply with both (the server averages them)."""
     node = node_of(context)
     _check_failure(node, "train.gan")
+    _straggle(node)
     cfg, config = node.cfg, msg.content["config"]
     spec = GanSpec.of(cfg)
     gen, disc = Generator(spec), Discriminator(spec, head=spec.n_c + 1)
     gen.load_state_dict(msg.content["generator"].to_torch_state_dict())
     disc.load_state_dict(msg.content["discriminator"].to_torch_state_dict())
     train = node.split("members", _stats(config))
-    seed = cfg.training.seed + 1000 * int(config["server-round"]) + node.session
+    seed = cfg.training.seed + 1000 * int(config["server-round"]) + node.key
     torch.manual_seed(seed)
     train_stage("conditional", gen, disc, PatchSampler(train, spec.patch, seed=seed), cfg.training,
                 int(config["local-steps"]), resolve_device(cfg.training.device))
@@ -242,6 +294,7 @@ def train(msg: Message, context: Context) -> Message:
     """One FedAvg round: start from the received weights, ``local_iterations`` steps on this session."""
     node = node_of(context)
     _check_failure(node, "train")
+    _straggle(node)
     cfg, config = node.cfg, msg.content["config"]
     trainer = build_trainer(cfg, resolve_device(cfg.training.device))
     trainer.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -250,14 +303,16 @@ def train(msg: Message, context: Context) -> Message:
     speakers = iemocap_speakers([int(s) for s in config["train-sessions"]]) if "train-sessions" in config else ()
     data = node.split("train", _stats(config), speakers)
     rnd, local = int(config["server-round"]), cfg.federation.local_iterations
-    seed = cfg.training.seed + 1000 * rnd + node.session
+    seed = cfg.training.seed + 1000 * rnd + node.key
     torch.manual_seed(seed)
     # The centralized lr schedule continues, counted in local steps done so far (seed 002 §4.4).
     result = trainer.fit(trainer.sampler(data, seed=seed), None, iterations=local, start_step=(rnd - 1) * local,
                          proximal_mu=float(config.get("proximal-mu", 0.0)))
     return Message(RecordDict({
         "arrays": ArrayRecord(trainer.state_dict()),
-        "metrics": MetricRecord({"num-examples": len(data), "loss": result.last.get("loss", 0.0)}),
+        # train_loss: what QFedAvg weighs nodes by (q-FFL)
+        "metrics": MetricRecord({"num-examples": len(data), "loss": result.last.get("loss", 0.0),
+                                 "train_loss": result.last.get("loss", 0.0)}),
     }), reply_to=msg)
 
 

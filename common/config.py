@@ -253,16 +253,38 @@ FailureSpec = Annotated[str, StringConstraints(pattern=r"^(query|train\.gan|trai
 class FederationConfig(Section):
     """How clients are formed and how the federated regimes (Flower apps) run."""
 
-    partition: Literal["session", "speaker", "dirichlet"] = "session"
-    num_clients: int = Field(5, ge=1, description="number of clients for the dirichlet partition")
+    # Who trains (README "Clients: partitions"): "session" = one node per session (seed 002's five);
+    # "speaker" = one node per speaker; "dirichlet" = num_clients nodes with label skew
+    # dirichlet_alpha; "iid" = num_clients nodes with uniform random shards. Shards never cross a
+    # session (a node's generator then serves every fold its session trains in, and the held-out
+    # session never trains): num_clients are spread over the sessions, the first ones one more.
+    # With a partition other than "session", one more node per session holds it whole and only
+    # evaluates (the held-out session's node).
+    partition: Literal["session", "speaker", "dirichlet", "iid"] = "session"
+    num_clients: int = Field(20, ge=1, description="dirichlet / iid: training nodes over all sessions")
     dirichlet_alpha: float = Field(0.5, gt=0)
-    # fedavg: the server-side strategy (flwr.serverapp.strategy), rounds, local SER iterations per round.
-    # Seed 002 has no FedAvg baseline; 20 x 500 local steps ~ its SER schedule (30K) over 4 nodes / 3.
-    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    min_partition_size: int = Field(2, ge=1, description="fewest utterances a training node must hold to be asked "
+                                    "to train (dirichlet: every draw of shards, too)")
+    # Flower's own sampling arguments (its strategies'): nodes asked to train per round.
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    min_train_nodes: int = Field(1, ge=1)
+    # Strategy regimes' parameters (flwr.serverapp.strategy; Flower's defaults unless said).
+    server_momentum: float = Field(0.9, ge=0, description="fedavgm: server momentum")
+    trim_beta: float = Field(0.2, gt=0, lt=0.5, description="fedtrimmedavg: fraction cut at each end")
+    num_malicious: int = Field(0, ge=0, description="krum / multikrum / bulyan: assumed Byzantine nodes")
+    qffl_q: float = Field(0.1, ge=0, description="qfedavg: the q of q-FFL")
+    dp_noise: float = Field(0.1, ge=0, description="dp-fixed / dp-adaptive: noise multiplier")
+    dp_clip: float = Field(1.0, gt=0, description="dp-fixed: clipping norm (dp-adaptive: its start)")
+    # Straggler drill: this fraction of training nodes (chosen by a hash of name and seed) sleeps
+    # `slow_seconds` before each train reply; with `timeout` below it they are dropped and recorded.
+    slow_fraction: float = Field(0.0, ge=0, le=1)
+    slow_seconds: float = Field(0.0, ge=0)
+    # Strategy regimes: rounds, local SER iterations per round. Seed 002 has no FedAvg baseline;
+    # 20 x 500 local steps ~ its SER schedule (30K) over 4 nodes / 3.
     rounds: int = Field(20, ge=1)
     local_iterations: int = Field(500, ge=1)
     proximal_mu: float = Field(0.01, ge=0, description="FedProx: weight of the proximal term")
-    server_lr: float = Field(0.01, gt=0, description="FedAdam: server learning rate (eta)")
+    server_lr: float = Field(0.01, gt=0, description="fedadam / fedadagrad / fedyogi: server learning rate (eta)")
     # gan-fedavg (FedGAN, Rasouli et al. 2020): generator and discriminator averaged every round; each
     # round runs finetune_iterations / gan_rounds local steps, so a node's steps equal gan-federated's.
     gan_rounds: int = Field(10, ge=1)
@@ -282,6 +304,14 @@ class FederationConfig(Section):
 
     _paths = field_validator("node_data_root")(_absolute_path)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_strategy_key(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "strategy" in data:
+            raise ValueError(f"federation.strategy = {data['strategy']!r} is gone: every strategy is a regime of its "
+                             f"own; list it in regimes instead, e.g. regimes = [\"{data['strategy']}\"]")
+        return data
+
 
 class TrackingConfig(Section):
     """Where runs are logged; None = a local sqlite store at work_dir/mlflow.db."""
@@ -290,10 +320,19 @@ class TrackingConfig(Section):
     experiment: str = "fedser"
 
 
-# DESIGN.md's five regimes and FedGAN's gan-fedavg; the centralized ones run in-process, the federated ones through Flower.
-Regime = Literal["real-central", "gan-central", "gan-federated", "gan-fedavg", "baseline-gan", "fedavg"]
+# The strategy regimes: the configured SER trainer federated by one of Flower's server-side
+# strategies (flwr.serverapp.strategy, simulations/regimes/federated.py), each its own regime row.
+# Not here: DifferentialPrivacyClientSide* (they need clipping mods in the ClientApp) and
+# FedXgbBagging/FedXgbCyclic (XGBoost models as bytes, not weight arrays).
+Strategy = Literal["fedavg", "fedprox", "fedadam", "fedadagrad", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg",
+                   "krum", "multikrum", "bulyan", "qfedavg", "dp-fixed", "dp-adaptive"]
+STRATEGY_REGIMES: tuple[Strategy, ...] = get_args(Strategy)
+# DESIGN.md's five regimes, FedGAN's gan-fedavg, and the strategy regimes; the centralized ones run
+# in-process, the federated ones through Flower.
+Regime = Literal["real-central", "gan-central", "gan-federated", "gan-fedavg", "baseline-gan", Strategy]
 CENTRAL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "baseline-gan")
-FEDERATED_REGIMES: tuple[Regime, ...] = ("gan-federated", "gan-fedavg", "fedavg")
+FEDERATED_REGIMES: tuple[Regime, ...] = ("gan-federated", "gan-fedavg", *STRATEGY_REGIMES)
+# The demo's six (the default `regimes`): fedavg stands for the strategy regimes.
 ALL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "gan-federated", "gan-fedavg", "baseline-gan", "fedavg")
 # The regimes whose SER model trains on generated samples (each generator is audited).
 GAN_REGIMES: tuple[Regime, ...] = ("gan-central", "gan-federated", "gan-fedavg", "baseline-gan")
@@ -330,9 +369,6 @@ class StudyConfig(Section):
         if any(r in FEDERATED_REGIMES for r in self.regimes) and self.folds.scheme != "session":
             raise ValueError("the federated regimes hold out one session node per fold: folds.scheme = \"kfold\" "
                              "runs centralized regimes only; drop the federated regimes from regimes")
-        if any(r in FEDERATED_REGIMES for r in self.regimes) and self.federation.partition != "session":
-            raise ValueError("the federated regimes run one node per session: set federation.partition = "
-                             "\"session\" or drop the federated regimes from regimes")
         return self
 
     def with_trainer(self, name: str) -> StudyConfig:

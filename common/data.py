@@ -373,11 +373,13 @@ def _as_matrix(feat: np.ndarray) -> np.ndarray:
     return feat[:, None] if feat.ndim == 1 else feat
 
 
-def load_corpus(cfg: StudyConfig, sessions: Collection[int] | None = None) -> Corpus:
-    """The labeled corpus of ``cfg`` with features (only ``sessions`` when given: what one node
-    holds; only their features are read)."""
+def load_corpus(cfg: StudyConfig, sessions: Collection[int] | None = None,
+                ids: Collection[str] | None = None) -> Corpus:
+    """The labeled corpus of ``cfg`` with features (only ``sessions``, and only the utterances
+    ``ids``, when given: what one node holds; only their features are read)."""
     prepared = prepared_labeled(cfg)
-    rows = [r for r, u in enumerate(prepared.utterances) if sessions is None or u.session in sessions]
+    rows = [r for r, u in enumerate(prepared.utterances)
+            if (sessions is None or u.session in sessions) and (ids is None or u.id in ids)]
     feats = {prepared.utterances[r].id: prepared.feature(r) for r in rows}
     session_stats = {s: m for s, m in prepared.session_stats().items() if sessions is None or s in sessions}
     return Corpus([prepared.utterances[r] for r in rows], feats, cfg.data.classes, session_stats,

@@ -1,8 +1,9 @@
 """The ServerApp: discover the session nodes, run one federated regime, log it to MLflow.
 
 Run configuration (``[tool.flwr.app.config]`` in pyproject.toml, overridable with
-``flwr run . --run-config``): ``regime`` (gan-federated, gan-fedavg or fedavg), ``study-config`` (the resolved
-study config as JSON, a study TOML path, or "" for the embedded default) and ``work-dir``.
+``flwr run . --run-config``): ``regime`` (gan-federated, gan-fedavg or a strategy regime such as fedavg),
+``study-config`` (the resolved study config as JSON, a study TOML path, or "" for the embedded default),
+``work-dir``, and ``nodes`` (how many nodes a simulation started; discovery waits for them).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run(context.run_config)
     config = context.run_config
     skips = str(config.get("skips", ""))
+    nodes = int(config.get("nodes", 0))  # how many nodes the simulation started (0: a deployment, unknown)
     run_regime(grid, cfg, str(config.get("regime", "")), run_id=context.run_id,
                owner=str(config.get("owner", "")) or None, resume=bool(config.get("resume", True)),
-               skips=json.loads(skips) if skips else None)
+               skips=json.loads(skips) if skips else None, expected=nodes or None)
 
 
 def _log_to_stderr() -> None:
@@ -56,11 +58,13 @@ def audit_path(cfg: StudyConfig, regime: str, run_id: int) -> Path:
 
 
 def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0, owner: str | None = None,
-               resume: bool = True, skips: dict[str, int] | None = None) -> list[FoldOutcome]:
+               resume: bool = True, skips: dict[str, int] | None = None,
+               expected: int | None = None) -> list[FoldOutcome]:
     """Discover the nodes, then run ``regime`` fold by fold inside its MLflow run (failures and the
     wire audit logged with it). ``owner``: the study process that started this run (its runs are
     its to mark KILLED); ``resume``: run only the folds an earlier run of this config left;
-    ``skips``: the study's corpus skips by kind (the corpus the simulated nodes read), logged."""
+    ``skips``: the study's corpus skips by kind (the corpus the simulated nodes read), logged;
+    ``expected``: the nodes discovery waits for (None: the five session nodes, or ``node_wait``)."""
     if regime not in REGIMES:
         raise ValueError(f"run config regime: {regime!r} is not a federated regime; choose from "
                          f"{', '.join(FEDERATED_REGIMES)}")
@@ -68,7 +72,7 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0, owner
     mend_ray_pool()  # a simulated node's dead Ray actor is replaced (README "When a node fails")
     torch.set_num_threads(os.cpu_count() or 1)  # the server trains while the nodes idle
     audit = audit_path(cfg, regime, run_id)
-    fed = Federation(WireGrid(grid, audit), cfg)
+    fed = Federation(WireGrid(grid, audit), cfg, expected)
     tracker = Tracker(cfg, owner)
     # synthesis.from_run: the SER models train on an earlier run's generators (no node fine-tunes).
     stored = stored_generators(cfg.synthesis.from_run, GanSpec.of(cfg)) if cfg.synthesis.from_run else None

@@ -108,15 +108,27 @@ class LocalSuperLink:
             self.watchdog = None
 
     def run(self, cfg: StudyConfig, regime: str, say: Callable[[str], None] = print, **extra: object) -> None:
-        """``flwr run`` of ``regime`` with one virtual node per session (``extra``: more run config,
-        e.g. ``owner`` and ``resume``); raises if the run fails."""
+        """``flwr run`` of ``regime`` with one virtual node per session and, under a partition, one
+        per training node (``extra``: more run config, e.g. ``owner`` and ``resume``); raises if the run fails."""
         fed = cfg.federation
-        federation = (f"num-supernodes={len(SESSIONS)} client-resources-num-cpus={fed.client_cpus} "
+        nodes = simulation_nodes(cfg)
+        federation = (f"num-supernodes={nodes} client-resources-num-cpus={fed.client_cpus} "
                       f"client-resources-num-gpus={fed.client_gpus}")
         if not os.environ.get("RAY_ADDRESS"):  # an existing cluster refuses num-cpus (notes §3.4)
             federation += f" init-args-num-cpus={os.cpu_count() or 1}"
-        run_config = write_run_config(self.home / f"run-{regime}.toml", cfg, regime, **extra)
+        run_config = write_run_config(self.home / f"run-{regime}.toml", cfg, regime, nodes=nodes, **extra)
         flwr_run(self.env, CONNECTION, run_config, self.home / f"flwr-run-{regime}.log", federation, say)
+
+
+def simulation_nodes(cfg: StudyConfig) -> int:
+    """Virtual nodes a simulation of ``cfg`` starts: the five session nodes, plus the partition's
+    training nodes unless it is by session (counted from the corpus listing as the nodes count
+    them: client/partitions.py)."""
+    if cfg.federation.partition == "session":
+        return len(SESSIONS)
+    from client.partitions import nodes_per_session, partition_listing
+
+    return len(SESSIONS) + sum(nodes_per_session(partition_listing(cfg), cfg.federation).values())
 
 
 def write_run_config(path: Path, cfg: StudyConfig, regime: str, **extra: object) -> Path:

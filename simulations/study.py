@@ -14,14 +14,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from common.config import CENTRAL_REGIMES, SESSIONS, StudyConfig
+from common.config import CENTRAL_REGIMES, StudyConfig
 from common.corpora import skip_summary
 from common.data import Corpus, load_corpus
 from common.features import MinMax
 from common.models.sngan import GanSpec
 from common.pipeline import PretrainedGan, pretrained
 from common.splits import make_folds
-from simulations.flower import LocalSuperLink
+from simulations.flower import LocalSuperLink, simulation_nodes
 from simulations.processes import work_dir_lock
 from simulations.regimes.central import CentralRegime, FoldData
 from simulations.report import fold_rows
@@ -102,6 +102,7 @@ def _run(cfg: StudyConfig, tracker: Tracker, progress: bool, say: Callable[[str]
                         continue
                     if link is None:  # one SuperLink for all federated regimes of the study
                         link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
-                    say(f"{regime} [{trainer}] seed {seed}: flwr run on a local simulation ({len(SESSIONS)} session nodes)")
+                    say(f"{regime} [{trainer}] seed {seed}: flwr run on a local simulation ({simulation_nodes(scfg)} "
+                        f"nodes, partition {scfg.federation.partition})")
                     link.run(scfg, regime, say, owner=tracker.owner, resume=resume,
                              skips=json.dumps(skips) if skips is not None else "")

@@ -334,8 +334,8 @@ def log_skips(tracker: Tracker, skips: Mapping[str, int]) -> None:
 
 
 def log_regime(tracker: Tracker, log: RegimeLog) -> None:
-    """A regime's own scalars, files, and the nodes that failed or timed out (a
-    ``failure.SessionN`` tag each and a ``failed_nodes`` count)."""
+    """A regime's own scalars, files, the nodes that failed or timed out (a ``failure.<node>`` tag
+    each and a ``failed_nodes`` count), and the nodes with their class counts (``federation/nodes.json``)."""
     if log.metrics:
         tracker.metrics(log.metrics)
     for name, audit in log.audits.items():  # one generator serving several folds: audit.<name>.<figure>
@@ -343,9 +343,13 @@ def log_regime(tracker: Tracker, log: RegimeLog) -> None:
     for path, folder in log.artifacts:
         if path.exists():
             tracker.artifact(path, folder)
-    for session, reason in log.failures.items():
-        tracker.tag(f"failure.Session{session}", reason[:4000])
+    for name, reason in log.failures.items():
+        tracker.tag(f"failure.{name}", reason[:4000])
     tracker.metrics({"failed_nodes": len(log.failures)})
+    if log.nodes:  # who trained and evaluated, with class counts (counts only: README "Clients: partitions")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "nodes.json").write_text(json.dumps(log.nodes, indent=1))
+            tracker.artifact(Path(tmp) / "nodes.json", "federation")
 
 
 def log_generators(tracker: Tracker, classes: Sequence[str], generators: Mapping[Any, Any],

@@ -94,15 +94,19 @@ def test_config_is_frozen_and_flattens() -> None:
 
 
 def test_federation_settings_are_validated() -> None:
-    cfg = load_config(overrides={"federation": {"failures": ["train.gan:3", "evaluate:1"], "strategy": "fedprox"}})
+    cfg = load_config(overrides={"federation": {"failures": ["train.gan:3", "evaluate:1"]}, "regimes": ["fedprox"]})
     assert cfg.federation.failures == ("train.gan:3", "evaluate:1")
     with pytest.raises(ConfigError) as err:
-        load_config(overrides={"federation": {"failures": ["train.gan:7"], "strategy": "fedsgd"}})
-    assert "federation.failures.0" in str(err.value) and "federation.strategy" in str(err.value)
-    # One node per session: the federated regimes refuse other partitions, naming the fix.
-    with pytest.raises(ConfigError, match='federation.partition = "session"'):
-        load_config(overrides={"federation": {"partition": "speaker"}})
-    assert load_config(overrides={"regimes": ["real-central"], "federation": {"partition": "speaker"}})
+        load_config(overrides={"federation": {"failures": ["train.gan:7"]}, "regimes": ["fedsgd"]})
+    assert "federation.failures.0" in str(err.value) and "regimes.0" in str(err.value)
+    # Every strategy is a regime of its own: the old key says where it went.
+    with pytest.raises(ConfigError, match='list it in regimes instead, e.g. regimes = \\["fedprox"\\]'):
+        load_config(overrides={"federation": {"strategy": "fedprox"}})
+    # Partitions: every one is accepted by the federated regimes, with Flower's sampling arguments checked.
+    for partition in ("session", "speaker", "dirichlet", "iid"):
+        assert load_config(overrides={"federation": {"partition": partition}}).federation.partition == partition
+    with pytest.raises(ConfigError, match="federation.fraction_train"):
+        load_config(overrides={"federation": {"fraction_train": 0}})
 
 
 def test_config_from_run_reads_json_paths_and_the_default(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""The federated regimes end to end: `fedser study` -> `flwr run` -> five simulated session nodes.
+"""The federated regimes end to end: `fedser study` -> `flwr run` -> simulated nodes, one per
+speaker (``federation.partition = "speaker"``) plus the five whole-session nodes that evaluate.
 
-One study runs the three federated regimes on a SuperLink it starts itself, with Session3's
-``train.gan`` made to fail. The test then reads MLflow (runs, metrics, tags, artifacts, the
+One study runs gan-federated, gan-fedavg and the fedprox strategy regime on a SuperLink it starts
+itself, with Session3's ``train.gan`` made to fail (both its speakers' nodes). The test then reads MLflow (runs, metrics, tags, artifacts, the
 generator audits), inspects every reply that reached the server (the wire audit: the eyes-off
 guarantee), checks that no Flower or Ray process is left behind, and trains SER again from the
 stored generators with the corpus folder gone (``synthesis.from_run``).
@@ -35,11 +36,11 @@ from tests.conftest import FAST_STUDY_TABLES, study_file
 
 FAST = """
 name = "fed"
-regimes = ["gan-federated", "gan-fedavg", "fedavg"]
+regimes = ["gan-federated", "gan-fedavg", "fedprox"]
 """ + FAST_STUDY_TABLES + """
 [federation]
+partition = "speaker"
 gan_rounds = 2
-strategy = "fedprox"
 rounds = 2
 local_iterations = 3
 failures = ["train.gan:3"]
@@ -85,7 +86,7 @@ def audit_lines(run) -> list[dict]:
 SCALAR_REPLIES = {  # message type -> the metric keys a reply may hold (all scalars)
     "query": re.compile(r"utterances|count-\w+|feat-min|feat-max"),
     "evaluate": re.compile(r"num-examples|f1_macro|ua|wa|cm_\d+_\d+"),
-    "train": re.compile(r"num-examples|loss"),
+    "train": re.compile(r"num-examples|loss|train_loss"),
     "train.gan": re.compile(r"num-examples|seconds"),
     "train.fedgan": re.compile(r"num-examples"),
 }
@@ -111,7 +112,8 @@ def assert_eyes_off(lines: list[dict], generator_shapes: dict[str, list]) -> Non
             assert set(line["arrays"]) == {"generator", "discriminator"} and line["configs"] == {}
             assert {k: shape for k, (shape, _dtype) in line["arrays"]["generator"].items()} == generator_shapes
         elif line["type"] == "query":
-            assert line["arrays"] == {} and line["configs"] == {"node": {"session": "int"}}
+            # where the node sits (its name is a session and a speaker id or shard number: no data)
+            assert line["arrays"] == {} and line["configs"] == {"node": {"session": "int", "name": "str", "shard": "int"}}
         else:
             assert line["arrays"] == {} and line["configs"] == {}, line
 
@@ -124,15 +126,16 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     result = runner.invoke(app, ["study", str(config)])
     assert result.exit_code == 0, result.output
-    assert "gan-federated" in result.output and "fedavg" in result.output and "±" in result.output
+    assert "gan-federated" in result.output and "fedprox" in result.output and "±" in result.output
+    assert "flwr run on a local simulation (15 nodes, partition speaker)" in " ".join(result.output.split())
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["fed"], output_format="list")
     parents = {r.data.tags["regime"]: r for r in runs if r.data.tags.get("kind") == "regime"}
     children = [r for r in runs if "fold" in r.data.tags]
-    assert set(parents) == {"gan-federated", "gan-fedavg", "fedavg"}
+    assert set(parents) == {"gan-federated", "gan-fedavg", "fedprox"}  # the strategy's own row name
     assert sorted((c.data.tags["regime"], c.data.tags["fold"]) for c in children) == [
-        (r, f) for r in ("fedavg", "gan-fedavg", "gan-federated") for f in ("1", "2")]
+        (r, f) for r in ("fedprox", "gan-fedavg", "gan-federated") for f in ("1", "2")]
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parents[child.data.tags["regime"]].info.run_id
         assert {"f1_macro", "ua", "wa", "cm_0_0", "val_f1_macro"} <= set(child.data.metrics)
@@ -141,40 +144,53 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
         assert files == {"plots/confusion.png", *(["plots/spectrograms_0.png"] if fedgan else [])}
         assert {f"audit.{k}" for k in AUDIT_KEYS} <= set(child.data.metrics) if fedgan else not any(
             k.startswith("audit.") for k in child.data.metrics)
-    assert all("val_f1_macro_curve" in c.data.metrics for c in children if c.data.tags["regime"] == "fedavg")
+    assert all("val_f1_macro_curve" in c.data.metrics for c in children if c.data.tags["regime"] == "fedprox")
 
-    # Session3's generator failed: recorded, and the regime went on with the other four.
+    # One training node per speaker (two per session) beside the five evaluating session nodes.
+    # Session3's two generators failed: recorded by node, and the regime went on with the other eight.
     gan = parents["gan-federated"]
-    assert gan.data.metrics["nodes"] == 5
-    assert gan.data.metrics["generators_received"] == 4 and gan.data.metrics["generator_failures"] == 1
-    assert gan.data.metrics["failed_nodes"] == 1
-    assert gan.data.tags["failure.Session3"] == f"train.gan: {INJECTED}"  # one line, after one retry
-    assert parents["fedavg"].data.metrics["failed_nodes"] == 0
+    assert gan.data.params["federation.partition"] == "speaker"
+    assert gan.data.metrics["nodes"] == 15 and gan.data.metrics["training_nodes"] == 10
+    assert gan.data.metrics["generators_received"] == 8 and gan.data.metrics["generator_failures"] == 2
+    assert gan.data.metrics["failed_nodes"] == 2
+    for name in ("Session3-Ses03F", "Session3-Ses03M"):  # one line each, after one retry
+        assert gan.data.tags[f"failure.{name}"] == f"train.gan: {injected(name)}"
+    assert parents["fedprox"].data.metrics["failed_nodes"] == 0
+    trained = [f"Session{s}-Ses0{s}{g}" for s in (1, 2, 4, 5) for g in "FM"]
     ckpts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=gan.info.run_id, artifact_path="checkpoints")}
-    assert ckpts == {f"checkpoints/generator_Session{s}.pt" for s in (1, 2, 4, 5)}
+    assert ckpts == {f"checkpoints/generator_{name}.pt" for name in trained}
     assert {"f1_macro_mean", "f1_macro_std"} <= set(gan.data.metrics)
-    # Each generator audited at its own node (Session3 made none).
+    # Each generator audited at its own node (Session3's made none).
     assert {k for k in gan.data.metrics if k.startswith("audit.")} == {
-        f"audit.Session{s}.{k}" for s in (1, 2, 4, 5) for k in AUDIT_KEYS}
+        f"audit.{name}.{k}" for name in trained for k in AUDIT_KEYS}
+    # Every node's class counts (counts only); a session's speakers add up to the session.
+    nodes = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=gan.info.run_id, artifact_path="federation/nodes.json")).read_text())
+    assert len(nodes) == 15 and all(set(n) == {"session", "shard", "utterances", "counts"} for n in nodes.values())
+    for s in range(1, 6):
+        speakers = [nodes[f"Session{s}-Ses0{s}{g}"]["counts"] for g in "FM"]
+        assert {c: a + b for (c, a), b in zip(speakers[0].items(), speakers[1].values(), strict=True)} == (
+            nodes[f"Session{s}"]["counts"])
 
     # The eyes-off guarantee, on every reply that reached the server.
     cfg = config_from_run({"study-config": str(config)})
     shapes = {k: list(v.shape) for k, v in Generator(GanSpec.of(cfg)).state_dict().items()}
     lines = audit_lines(gan)
     by_type = {t: [x for x in lines if x["type"] == t] for t in ("query", "train.gan", "query.audit", "evaluate")}
-    assert len(by_type["query"]) == 5 and len(by_type["train.gan"]) == 6  # Session3 was asked twice
-    assert sorted(x["session"] for x in by_type["query.audit"]) == [1, 2, 4, 5]
-    assert [(x["session"], x["attempt"]) for x in by_type["train.gan"] if x["error"]] == [(3, 1), (3, 2)]
-    assert {x["session"] for x in by_type["evaluate"]} == {1, 2}  # held-out nodes score the folds
+    assert len(by_type["query"]) == 15 and len(by_type["train.gan"]) == 12  # Session3's two were asked twice
+    assert sorted(x["name"] for x in by_type["query.audit"]) == trained
+    assert sorted((x["name"], x["attempt"]) for x in by_type["train.gan"] if x["error"]) == [
+        ("Session3-Ses03F", 1), ("Session3-Ses03F", 2), ("Session3-Ses03M", 1), ("Session3-Ses03M", 2)]
+    assert {x["name"] for x in by_type["evaluate"]} == {"Session1", "Session2"}  # held-out sessions score the folds
     assert len(lines) == sum(map(len, by_type.values()))
     assert_eyes_off(lines, shapes)
     fedgan_lines = audit_lines(parents["gan-fedavg"])
     assert {x["type"] for x in fedgan_lines} == {"query", "train.fedgan", "query.audit", "evaluate"}
-    # Fold 1 trains on sessions 2-5 (Session3 failing each round), fold 2 on 1, 3, 4, 5: 2 rounds each.
-    assert sorted(x["session"] for x in fedgan_lines if x["type"] == "train.fedgan" and not x["error"]) == (
-        [1] * 2 + [2] * 2 + [4] * 4 + [5] * 4)
+    # Fold 1 trains on sessions 2-5's speakers (Session3's failing each round), fold 2 on 1, 3, 4, 5: 2 rounds each.
+    assert sorted(x["name"] for x in fedgan_lines if x["type"] == "train.fedgan" and not x["error"]) == sorted(
+        name for name in trained for _ in range(4 if name[7] in "45" else 2))
     assert_eyes_off(fedgan_lines, shapes)
-    fedavg_lines = audit_lines(parents["fedavg"])
+    fedavg_lines = audit_lines(parents["fedprox"])
     assert {x["type"] for x in fedavg_lines} == {"query", "train", "evaluate"}
     assert_eyes_off([x for x in fedavg_lines if x["type"] != "train"], shapes)
     for line in fedavg_lines:  # FedAvg replies carry the SER weights, nothing else
@@ -185,7 +201,7 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     report = runner.invoke(app, ["report", "--config", str(config), "--json"])
     assert report.exit_code == 0, report.output
     assert {(r["regime"], r["fold"]) for r in json.loads(report.output)["rows"]} == {
-        (g, f) for g in ("gan-federated", "gan-fedavg", "fedavg") for f in (1, 2)}
+        (g, f) for g in ("gan-federated", "gan-fedavg", "fedprox") for f in (1, 2)}
     assert left_behind(tmp_path / "out" / "flower" / "home") == set()
     assert load_config(config).federation.failures == ("train.gan:3",)
 
@@ -197,7 +213,7 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     shutil.rmtree(corpus)
     later = tmp_path / "later.toml"
     later.write_text(config.read_text()
-                     .replace('regimes = ["gan-federated", "gan-fedavg", "fedavg"]', 'regimes = ["gan-federated"]')
+                     .replace('regimes = ["gan-federated", "gan-fedavg", "fedprox"]', 'regimes = ["gan-federated"]')
                      .replace("[synthesis]\n", f'[synthesis]\nfrom_run = "{gan.info.run_id}"\n')
                      .replace("[federation]\n", f'[federation]\nnode_data_root = "{copy / "IEMOCAP_full_release"}"\n'))
     again = runner.invoke(app, ["study", str(later)])
@@ -205,7 +221,7 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     assert "reads no corpus" in again.output and not corpus.exists()
     runs = mlflow.search_runs(experiment_names=["fed"], output_format="list", order_by=["attributes.start_time DESC"])
     [stored] = [r for r in runs if r.data.tags.get("kind") == "regime" and r.data.params.get("synthesis.from_run") == gan.info.run_id]
-    assert stored.data.metrics["generators_reused"] == 4 and "generators_received" not in stored.data.metrics
+    assert stored.data.metrics["generators_reused"] == 8 and "generators_received" not in stored.data.metrics
     assert {x["type"] for x in audit_lines(stored)} == {"query", "evaluate"}  # no node fine-tuned anything
     # The same generators and seed give the same SER weights as in the run that trained them.
     digests = {(r.data.tags["mlflow.parentRunId"], r.data.tags["fold"]): r.data.tags["model_sha256"]
@@ -246,6 +262,11 @@ ACTOR_DIED = (
     "unexpectedly due to SIGSEGV or another unexpected error.'>"
 )
 INJECTED = "RuntimeError: injected failure: train.gan on Session3 (federation.failures)"
+
+
+def injected(name: str) -> str:
+    """The one-line reason of ``federation.failures``' injected train.gan failure at node ``name``."""
+    return INJECTED.replace("Session3", name)
 # Session3's handler raising (federation.failures) in the same run: Ray's RayTaskError text, the
 # traceback of our exception, then Flower's ClientAppException wrapper (ray_actor.py:65).
 CLIENT_RAISED = (
@@ -308,7 +329,7 @@ class ScriptedGrid:
         if msg.metadata.message_type == "query":
             return Message(RecordDict({
                 "node": ConfigRecord({"session": self.sessions[node]}),
-                "metrics": MetricRecord({"utterances": 1, "feat-min": 0.0, "feat-max": 1.0,
+                "metrics": MetricRecord({"utterances": 10, "feat-min": 0.0, "feat-max": 1.0,
                                          **{f"count-{c}": 0 for c in ("neu", "hap", "ang", "sad")}}),
             }), reply_to=msg)
         return Message(RecordDict({"metrics": MetricRecord({"session": self.sessions[node]})}), reply_to=msg)
@@ -339,7 +360,7 @@ def federation(grid: ScriptedGrid, tmp_path: Path) -> Federation:
                                  "data": {"classes": ["neu", "hap", "ang", "sad"]}})
     fed = Federation(WireGrid(grid, tmp_path / "audit.jsonl"), cfg)
     fed.discover()
-    assert set(fed.nodes) == set(NODES.values())
+    assert set(fed.nodes) == {f"Session{s}" for s in NODES.values()}
     return fed
 
 
@@ -354,8 +375,8 @@ def test_replies_come_back_in_session_order_whatever_order_they_arrive_in(tmp_pa
     replies = wire.send_and_receive(pushed_by_id, timeout=5)
     assert [int(r.content["metrics"]["session"]) for r in replies] == [1, 2, 3, 4, 5]
     # ... and so does an exchange by session (its outcome's dicts are built in that order).
-    outcome = fed.exchange("evaluate", {s: RecordDict() for s in (5, 3, 1, 4, 2)})
-    assert list(outcome.replies) == [1, 2, 3, 4, 5] and not outcome.failures
+    outcome = fed.exchange("evaluate", {f"Session{s}": RecordDict() for s in (5, 3, 1, 4, 2)})
+    assert list(outcome.replies) == [f"Session{s}" for s in (1, 2, 3, 4, 5)] and not outcome.failures
 
 
 def test_an_error_reply_is_retried_once_and_counts_only_if_the_retry_fails(tmp_path: Path, caplog) -> None:
@@ -364,10 +385,10 @@ def test_an_error_reply_is_retried_once_and_counts_only_if_the_retry_fails(tmp_p
                                 (555, "train.gan"): [ACTOR_DIED, CLIENT_RAISED]})
     fed = federation(grid, tmp_path)
     with caplog.at_level(logging.INFO, logger="fedser.server"):
-        outcome = fed.exchange("train.gan", dict.fromkeys(NODES.values(), RecordDict()))
-    assert sorted(outcome.replies) == [1, 2, 4, 5]
-    assert outcome.failures == {3: f"train.gan: {INJECTED}"}
-    assert fed.failures == {3: f"train.gan: {INJECTED}"}  # recorded once, with the final reason
+        outcome = fed.exchange("train.gan", dict.fromkeys(fed.nodes, RecordDict()))
+    assert list(outcome.replies) == ["Session1", "Session2", "Session4", "Session5"]
+    assert outcome.failures == {"Session3": f"train.gan: {INJECTED}"}
+    assert fed.failures == {"Session3": f"train.gan: {INJECTED}"}  # recorded once, with the final reason
     sent = [NODES[m.metadata.dst_node_id] for m in grid.pushed if m.metadata.message_type == "train.gan"]
     assert sorted(sent) == [1, 2, 2, 3, 3, 4, 5]  # one retry each for 2 and 3, none for the others
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -375,16 +396,16 @@ def test_an_error_reply_is_retried_once_and_counts_only_if_the_retry_fails(tmp_p
     assert [w for w in warnings if "asking once more" not in w] == [f"Session3: train.gan: {INJECTED}"]
     # The audit shows both attempts, one line each, with one-line reasons.
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    gan = [(x["session"], x["attempt"], x["error"] and x["error"]["reason"]) for x in lines if x["type"] == "train.gan"]
+    gan = [(x["name"], x["attempt"], x["error"] and x["error"]["reason"]) for x in lines if x["type"] == "train.gan"]
     assert sorted(gan, key=lambda x: (x[0], x[1])) == [
-        (1, 1, None), (2, 1, ACTOR_REASON), (2, 2, None), (3, 1, ACTOR_REASON), (3, 2, INJECTED),
-        (4, 1, None), (5, 1, None)]
+        ("Session1", 1, None), ("Session2", 1, ACTOR_REASON), ("Session2", 2, None), ("Session3", 1, ACTOR_REASON),
+        ("Session3", 2, INJECTED), ("Session4", 1, None), ("Session5", 1, None)]
 
 
 def test_a_single_ask_survives_one_failure(tmp_path: Path) -> None:
     grid = ScriptedGrid(NODES, {(907, "evaluate"): [ACTOR_DIED, None]})
     fed = federation(grid, tmp_path)
-    assert int(fed.ask("evaluate", 1, RecordDict())["metrics"]["session"]) == 1
+    assert int(fed.ask("evaluate", "Session1", RecordDict())["metrics"]["session"]) == 1
     assert fed.failures == {}
 
 

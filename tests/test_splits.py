@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.partitions import partition
+from client.partitions import nodes_per_session, shard, shard_of
 from common.config import FederationConfig, FoldConfig
 from common.corpora import Utterance
 from common.splits import SplitError, leave_one_session_out
@@ -58,26 +58,51 @@ def test_missing_session_or_speaker_is_a_clear_error() -> None:
         leave_one_session_out(only_f, FoldConfig())
 
 
+def shards(utts: list[Utterance], cfg: FederationConfig, seed: int = 0) -> dict[str, list[Utterance]]:
+    """Every training node's shard, as each node derives its own (by session and index)."""
+    plan = nodes_per_session(utts, cfg)
+    out = {}
+    for position in range(sum(plan.values())):
+        held, mine = shard(utts, *shard_of(position, plan), cfg, seed)
+        out[held.name] = mine
+    return out
+
+
 def test_partition_by_session_and_by_speaker() -> None:
     utts = corpus()
-    by_session = partition(utts, FederationConfig(partition="session"))
-    assert list(by_session) == [f"session{s}" for s in range(1, 6)]
+    by_session = shards(utts, FederationConfig(partition="session"))
+    assert list(by_session) == [f"Session{s}" for s in range(1, 6)]
     assert all({u.session for u in part} == {int(name[-1])} for name, part in by_session.items())
-    by_speaker = partition(utts, FederationConfig(partition="speaker"))
-    assert len(by_speaker) == 10 and all({u.speaker for u in p} == {n} for n, p in by_speaker.items())
+    by_speaker = shards(utts, FederationConfig(partition="speaker"))
+    assert list(by_speaker) == [f"Session{s}-Ses0{s}{g}" for s in range(1, 6) for g in "FM"]
+    assert all({f"Session{u.session}-{u.speaker}" for u in p} == {n} for n, p in by_speaker.items())
+    with pytest.raises(SplitError, match="has only 10 training nodes"):
+        shard_of(10, nodes_per_session(utts, FederationConfig(partition="speaker")))
 
 
-def test_dirichlet_label_skew_covers_every_utterance_once_and_skews_labels() -> None:
+@pytest.mark.parametrize("partition", ["dirichlet", "iid"])
+def test_shards_cover_each_session_once_and_never_cross_it(partition: str) -> None:
     utts = corpus(per_speaker=40)
-    parts = partition(utts, FederationConfig(partition="dirichlet", num_clients=4, dirichlet_alpha=0.1), seed=3)
-    assert len(parts) == 4
+    cfg = FederationConfig(partition=partition, num_clients=12, dirichlet_alpha=0.1)
+    assert nodes_per_session(utts, cfg) == {1: 3, 2: 3, 3: 2, 4: 2, 5: 2}  # 12 over 5: the first two get one more
+    parts = shards(utts, cfg, seed=3)
+    assert len(parts) == 12 and all(len({u.session for u in p}) == 1 for p in parts.values())
     ids = [u.id for p in parts.values() for u in p]
-    assert sorted(ids) == sorted(u.id for u in utts)
-    # alpha = 0.1 is strong skew: some client is dominated by one label.
-    shares = [max(Counter(u.label for u in p).values()) / len(p) for p in parts.values() if p]
-    assert max(shares) > 0.5
-    again = partition(utts, FederationConfig(partition="dirichlet", num_clients=4, dirichlet_alpha=0.1), seed=3)
+    assert sorted(ids) == sorted(u.id for u in utts)  # every utterance in exactly one shard
+    shares = [max(Counter(u.label for u in p).values()) / len(p) for p in parts.values()]
+    if partition == "dirichlet":  # alpha = 0.1 is strong skew: some node is dominated by one label
+        assert max(shares) > 0.6 and min(len(p) for p in parts.values()) >= cfg.min_partition_size
+    else:  # uniform shards of a session's 80 utterances: 80 / 3 or 80 / 2, no label dominating
+        assert {len(p) for p in parts.values()} == {26, 27, 40} and max(shares) < 0.5
+    # A node derives the same shard from a reordered listing (what it reads may come in any order).
+    again = shards(list(reversed(utts)), cfg, seed=3)
     assert {k: [u.id for u in v] for k, v in again.items()} == {k: [u.id for u in v] for k, v in parts.items()}
+
+
+def test_an_infeasible_dirichlet_split_names_the_settings_to_change() -> None:
+    cfg = FederationConfig(partition="dirichlet", num_clients=50, min_partition_size=10)
+    with pytest.raises(SplitError, match="Lower federation.min_partition_size or federation.num_clients"):
+        shard(corpus(), 1, 0, cfg)
 
 
 def test_stratified_kfold_tests_every_utterance_once_with_class_proportions() -> None:

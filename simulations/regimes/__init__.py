@@ -77,7 +77,8 @@ class RegimeLog:
 
     metrics: dict[str, float] = field(default_factory=dict)
     audits: dict[str, dict[str, float]] = field(default_factory=dict)
-    failures: Mapping[Any, str] = field(default_factory=dict)
+    failures: Mapping[str, str] = field(default_factory=dict)  # node name -> why it failed
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node name -> session, shard, class counts
     artifacts: list[tuple[Path, str]] = field(default_factory=list)  # (file, artifact folder)
 
 

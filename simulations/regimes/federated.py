@@ -1,14 +1,19 @@
-"""The federated regimes, run by the ServerApp over the session nodes (names as in DESIGN.md).
+"""The federated regimes, run by the ServerApp over the nodes (names as in DESIGN.md).
 
-- ``gan-federated`` (eyes-off, seed 002 §3.3): every node fine-tunes the pre-trained GAN on its own
-  session once and returns the generator; per fold the server trains the SER model on the streamed
-  pool of the four training sessions' generators (``per_class_federated`` per emotion each, 10K in
-  §4.5) and the held-out session's node scores it (validation speaker for model selection, test
-  speaker for the fold's metrics).
+The training nodes are the session nodes, or a partition's nodes (``federation.partition``,
+client/partitions.py); a fold's training nodes are those of its training sessions, and the
+held-out session's whole-session node selects and scores its model.
+
+- ``gan-federated`` (eyes-off, seed 002 §3.3): every training node fine-tunes the pre-trained GAN
+  on its own data once and returns the generator; per fold the server trains the SER model on the
+  streamed pool of the fold's training nodes' generators (``per_class_federated`` per emotion each,
+  10K in §4.5) and the held-out session's node scores it (validation speaker for model selection,
+  test speaker for the fold's metrics).
 - ``gan-fedavg`` (FedGAN, Rasouli et al. 2020): per fold, the pre-trained GAN fine-tuned over the
   training nodes with generator and discriminator averaged every round, then SER as above;
-- ``fedavg``: FedAvg / FedProx / FedAdam (``flwr.serverapp.strategy``) of the configured SER trainer
-  over the four training nodes of each fold, selected and scored at the held-out node.
+- the strategy regimes (``fedavg``, ``fedprox``, ``fedyogi``, ``krum``, ... ``STRATEGIES``): the
+  configured SER trainer federated by that ``flwr.serverapp.strategy`` over the fold's training
+  nodes (``federation.fraction_train`` of them per round), selected and scored at the held-out node.
 
 No raw audio, features or per-utterance values ever reach the server: only weights and scalars.
 """
@@ -19,14 +24,15 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import cast
+from functools import partial
+from typing import Any, cast
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp import strategy as flower
 
-from common.config import StudyConfig
+from common.config import STRATEGY_REGIMES, StudyConfig
 from common.features import MinMax, resolve_device
 from common.metrics import confusion_from_cells
 from common.models.sngan import Generator
@@ -50,8 +56,8 @@ Selection = tuple[float | None, list[tuple[int, float]]]  # selected validation 
 
 def remote_scores(fed: Federation, session: int, state: dict[str, torch.Tensor], stats: MinMax,
                   split: str) -> dict:
-    """Scores of SER weights ``state`` on ``session``'s ``split``, computed at that session's node."""
-    reply = fed.ask("evaluate", session, RecordDict({
+    """Scores of SER weights ``state`` on ``session``'s ``split``, computed at the node holding it whole."""
+    reply = fed.ask("evaluate", fed.evaluator(session), RecordDict({
         "arrays": ArrayRecord(state), "config": stats_config(stats, split=split),
     }))
     m = reply["metrics"]
@@ -75,8 +81,11 @@ class FederatedRegime:
         """Discover the nodes, then one outcome per fold in ``todo`` (skipped folds say why)."""
         if not todo:
             return
+        start = time.perf_counter()
         nodes = self.fed.discover()
-        self.log.metrics["nodes"] = len(nodes)
+        self.log.metrics.update({"nodes": len(nodes), "training_nodes": len(self.fed.training()),
+                                 "discovery_seconds": time.perf_counter() - start})
+        self.log.nodes = {name: n.summary() for name, n in nodes.items()}
         if not nodes:
             raise RuntimeError(f"no node answered within federation.node_wait = {self.cfg.federation.node_wait} s; "
                                "are the SuperNodes connected?")
@@ -123,9 +132,9 @@ class FederatedRegime:
         """A fold without metrics, and why."""
         return FoldOutcome(self.name, test, test, {}, None, 0.0, skipped=reason)
 
-    def audit(self, generators: Mapping[int, Generator], at: Collection[int] | None = None) -> dict[int, dict[str, float]]:
-        """The generator audit (common/audit.py) run by the nodes that own the data: each session's
-        generator at that session's node, or one generator at every node of ``at`` (keyed by node).
+    def audit(self, generators: Mapping[str, Generator], at: Collection[str] | None = None) -> dict[str, dict[str, float]]:
+        """The generator audit (common/audit.py) run by the nodes that own the data: each node's
+        generator at that node, or one generator at every node of ``at`` (keyed by node name).
         Scalars come back only; a node that fails is recorded and left out."""
         if not self.cfg.audit.enabled or self.stored is not None:
             return {}
@@ -137,8 +146,8 @@ class FederatedRegime:
             [g] = generators.values()
             asks = dict.fromkeys(at, content(g))
         outcome = self.fed.exchange("query.audit", asks)
-        for session, reason in outcome.failures.items():
-            log.warning("audit at Session%s failed: %s", session, reason)
+        for name, reason in outcome.failures.items():
+            log.warning("audit at %s failed: %s", name, reason)
         return {s: {k: float(v) for k, v in reply["audit"].items()} for s, reply in outcome.replies.items()}
 
     def stored_generator(self, name: str) -> Generator:
@@ -149,7 +158,8 @@ class FederatedRegime:
 
 
 class GanFederated(FederatedRegime):
-    """Fine-tune one generator per session node (once), then one SER model per fold on their pool."""
+    """Fine-tune one generator per training node (once), then one SER model per fold on the pool
+    of the fold's training nodes' generators."""
 
     name = "gan-federated"
 
@@ -158,47 +168,46 @@ class GanFederated(FederatedRegime):
         gen, disc = gan.networks()
         self.scaling = self.stats(gan.pretrain_stats)
         device = resolve_device(self.cfg.training.device)
+        trainers = [n.name for n in self.fed.training()]  # node order: the pool maps indices to generators by order
         if self.stored is not None:  # synthesis.from_run: SER from an earlier run's generators, no fine-tuning
-            # In session order, as trained generators are (the pool maps indices to generators by order);
-            # a session whose node failed in that run has no generator there: the pool goes on without it.
-            self.generators = {s: self.stored_generator(f"Session{s}") for s in sorted(self.fed.nodes)
-                               if f"Session{s}" in self.stored}
+            # A node that failed in that run has no generator there: the pool goes on without it.
+            self.generators = {name: self.stored_generator(name) for name in trainers if name in self.stored}
             if not self.generators:
-                self.stored_generator("Session1")  # raises the one-line error naming what the run has
+                self.stored_generator(trainers[0] if trainers else "Session1")  # the one-line error naming what the run has
             self.log.metrics["generators_reused"] = len(self.generators)
             return
         # A resumed run reuses the generators its killed predecessor received (same resolved config).
         stored = store.load()
-        self.generators: dict[int, Generator] = {
-            s: stored[f"Session{s}"].to(device).eval() for s in self.fed.nodes if f"Session{s}" in stored}
+        self.generators: dict[str, Generator] = {name: stored[name].to(device).eval() for name in trainers if name in stored}
         if self.generators:
-            log.info("reusing the stored generators of sessions %s", sorted(self.generators))
+            log.info("reusing the stored generators of %s", list(self.generators))
         start = time.perf_counter()
         content = RecordDict({"generator": ArrayRecord(gen.state_dict()),
                               "discriminator": ArrayRecord(disc.state_dict()), "config": stats_config(self.scaling)})
-        ask = [s for s in self.fed.nodes if s not in self.generators]
+        ask = [name for name in trainers if name not in self.generators]
         outcome = self.fed.exchange("train.gan", dict.fromkeys(ask, content))
-        fresh: dict[int, Generator] = {}
-        for session, reply in sorted(outcome.replies.items()):
+        fresh: dict[str, Generator] = {}
+        for name, reply in outcome.replies.items():
             g = Generator(gen.spec)
             g.load_state_dict(restore_fp32(reply["generator"]))
-            fresh[session] = g.to(device).eval()
-        self.generators = dict(sorted({**self.generators, **fresh}.items()))
+            fresh[name] = g.to(device).eval()
+        merged = {**self.generators, **fresh}
+        self.generators = {name: merged[name] for name in trainers if name in merged}
         sizes = [reply["generator"].count_bytes() for reply in outcome.replies.values()]
         self.log.metrics.update({"gan_round_seconds": time.perf_counter() - start,
                                  "generators_received": len(fresh), "generators_reused": len(self.generators) - len(fresh),
                                  "generator_failures": len(outcome.failures),
                                  "generator_bytes": sizes[0] if sizes else 0.0})
         # Stored at once (the server holds no real data: its spectrogram grids show generated columns only).
-        store.keep({f"Session{s}": g for s, g in fresh.items()})
-        log.info("generators from sessions %s, failures %s", sorted(self.generators), outcome.failures)
-        self.log.audits.update({f"Session{s}": figures for s, figures in self.audit(fresh).items()})
+        store.keep(fresh)
+        log.info("generators from %d nodes, failures %s", len(self.generators), outcome.failures)
+        self.log.audits.update(self.audit(fresh))
 
     def fold(self, test: int) -> FoldOutcome:
-        sources = [g for s, g in self.generators.items() if s != test]
+        sources = [g for name, g in self.generators.items() if self.fed.nodes[name].session != test]
         if not sources:
-            log.warning("fold %s: no training session's generator arrived; fold skipped", test)
-            return self.skip(test, "no training session's generator arrived (see failure tags)")
+            log.warning("fold %s: no training node's generator arrived; fold skipped", test)
+            return self.skip(test, "no training node's generator arrived (see failure tags)")
         sample = synthetic_sampler(self.cfg, sources, self.cfg.synthesis.per_class_federated, test)
         trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
         def fit(score: Score | None) -> Selection:
@@ -219,7 +228,7 @@ class GanFedAvg(FederatedRegime):
         self.gan = pretrained(self.cfg)
         self.scaling = self.stats(self.gan.pretrain_stats)
 
-    def fedgan(self, test: int, sessions: list[int]) -> Generator:
+    def fedgan(self, test: int, nodes: list[str]) -> Generator:
         """``federation.gan_rounds`` rounds of local conditional steps and weighted averaging."""
         cfg = self.cfg
         gen, disc = self.gan.networks()
@@ -229,9 +238,9 @@ class GanFedAvg(FederatedRegime):
         for rnd in range(1, cfg.federation.gan_rounds + 1):
             content = RecordDict({"generator": ArrayRecord(gen.state_dict()), "discriminator": ArrayRecord(disc.state_dict()),
                                   "config": stats_config(self.scaling, **{"server-round": rnd, "local-steps": local})})
-            outcome = self.fed.exchange("train.fedgan", dict.fromkeys(sessions, content))
+            outcome = self.fed.exchange("train.fedgan", dict.fromkeys(nodes, content))
             if not outcome.replies:
-                raise NodeFailure(test, f"no training node answered FedGAN round {rnd}: {outcome.failures}")
+                raise NodeFailure(f"fold {test}", f"no training node answered FedGAN round {rnd}: {outcome.failures}")
             replies = list(outcome.replies.values())
             weights = [float(r["metrics"]["num-examples"]) for r in replies]
             gen.load_state_dict(weighted_average([r["generator"].to_torch_state_dict() for r in replies], weights))
@@ -239,19 +248,19 @@ class GanFedAvg(FederatedRegime):
         return gen.eval()
 
     def fold(self, test: int) -> FoldOutcome:
-        sessions = [s for s in self.fed.nodes if s != test]
-        if not sessions:
+        nodes = [n.name for n in self.fed.training(without=test)]
+        if not nodes:
             return self.skip(test, "no training node")
         start = time.perf_counter()
         try:
-            gen = self.stored_generator(f"fold{test}") if self.stored is not None else self.fedgan(test, sessions)
+            gen = self.stored_generator(f"fold{test}") if self.stored is not None else self.fedgan(test, nodes)
         except NodeFailure as exc:
             log.warning("fold %s of %s: %s", test, self.name, exc)
             return self.skip(test, str(exc))
         gen = gen.to(resolve_device(self.cfg.training.device))
         seconds = time.perf_counter() - start
-        figures = list(self.audit({test: gen}, at=sessions).values())  # the nodes whose data trained it
-        sample = synthetic_sampler(self.cfg, [gen], self.cfg.synthesis.per_class_federated * len(sessions), test)
+        figures = list(self.audit({f"fold{test}": gen}, at=nodes).values())  # the nodes whose data trained it
+        sample = synthetic_sampler(self.cfg, [gen], self.cfg.synthesis.per_class_federated * len(nodes), test)
         trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
 
         def fit(score: Score | None) -> Selection:
@@ -266,36 +275,64 @@ class GanFedAvg(FederatedRegime):
         return outcome
 
 
-STRATEGIES: dict[str, Callable[[StudyConfig], Strategy]] = {
-    # fraction_evaluate 0: the training nodes do not evaluate; the held-out node does (evaluate_fn).
-    # min nodes 1: a fold goes on with the training nodes that answer (built-in waits are unbounded).
-    "fedavg": lambda cfg: FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1),
-    "fedprox": lambda cfg: FedProx(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1,
-                                   proximal_mu=cfg.federation.proximal_mu),
-    "fedadam": lambda cfg: FedAdam(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1,
-                                   eta=cfg.federation.server_lr, eta_l=cfg.training.ser_lr),
-}
+def _strategy(cfg: StudyConfig, name: str, sampled: int) -> flower.Strategy:
+    """Flower's strategy ``name`` as the config sets it. ``sampled``: nodes asked per round (what
+    the DP wrappers calibrate their noise to). fraction_evaluate 0: the training nodes do not
+    evaluate; the held-out node does (evaluate_fn)."""
+    fed = cfg.federation
+    common: dict[str, Any] = {"fraction_train": fed.fraction_train, "fraction_evaluate": 0.0,
+              "min_train_nodes": sampled, "min_available_nodes": 1}
+    eta = {"eta": fed.server_lr, "eta_l": cfg.training.ser_lr}
+    build: dict[str, Callable[[], flower.Strategy]] = {
+        "fedavg": lambda: flower.FedAvg(**common),
+        "fedprox": lambda: flower.FedProx(**common, proximal_mu=fed.proximal_mu),
+        "fedadam": lambda: flower.FedAdam(**common, **eta),
+        "fedadagrad": lambda: flower.FedAdagrad(**common, **eta),
+        "fedyogi": lambda: flower.FedYogi(**common, **eta),
+        "fedavgm": lambda: flower.FedAvgM(**common, server_momentum=fed.server_momentum),
+        "fedmedian": lambda: flower.FedMedian(**common),
+        "fedtrimmedavg": lambda: flower.FedTrimmedAvg(**common, beta=fed.trim_beta),
+        "krum": lambda: flower.Krum(**common, num_malicious_nodes=fed.num_malicious),
+        "multikrum": lambda: flower.MultiKrum(**common, num_malicious_nodes=fed.num_malicious,
+                                              num_nodes_to_select=max(1, sampled - fed.num_malicious)),
+        "bulyan": lambda: flower.Bulyan(**common, num_malicious_nodes=fed.num_malicious),
+        "qfedavg": lambda: flower.QFedAvg(client_learning_rate=cfg.training.ser_lr, q=fed.qffl_q, **common),
+        "dp-fixed": lambda: flower.DifferentialPrivacyServerSideFixedClipping(
+            flower.FedAvg(**common), noise_multiplier=fed.dp_noise, clipping_norm=fed.dp_clip, num_sampled_clients=sampled),
+        "dp-adaptive": lambda: flower.DifferentialPrivacyServerSideAdaptiveClipping(
+            flower.FedAvg(**common), noise_multiplier=fed.dp_noise, num_sampled_clients=sampled,
+            initial_clipping_norm=fed.dp_clip),
+    }
+    return build[name]()
 
 
-class FedAvgRegime(FederatedRegime):
-    """Per fold: the configured strategy over the training nodes, selected (KeepBest over the
-    rounds) and scored at the held-out node."""
+class StrategyRegime(FederatedRegime):
+    """Per fold: one of Flower's strategies over the fold's training nodes, selected (KeepBest
+    over the rounds) and scored at the held-out node; the regime is named after the strategy."""
 
-    name = "fedavg"
+    def __init__(self, fed: Federation, cfg: StudyConfig, stored: Mapping[str, torch.nn.Module] | None = None,
+                 *, strategy: str = "fedavg") -> None:
+        super().__init__(fed, cfg, stored)
+        self.name = strategy
 
     def prepare(self, store: GeneratorStore) -> None:
-        # fedavg needs no GAN; with a checkpoint its pre-training corpus counts as in every regime.
+        # No GAN here; with a checkpoint its pre-training corpus counts as in every regime.
         has_gan = self.cfg.pretrained_path.is_file()
         self.scaling = self.stats(pretrained(self.cfg).pretrain_stats if has_gan else MinMax.empty())
 
     def fold(self, test: int) -> FoldOutcome:
-        train_nodes = [n.node_id for s, n in self.fed.nodes.items() if s != test]
-        if not train_nodes:
+        nodes = self.fed.training(without=test)
+        if not nodes:
             log.warning("fold %s: no training node; fold skipped", test)
             return self.skip(test, "no training node")
         trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
         # The fold's training sessions (public metadata, no data): nodes derive speaker indices.
-        sessions = [s for s in self.fed.nodes if s != test]
+        sessions = sorted({n.session for n in nodes})
+        # Flower samples max(int(N * fraction_train), min_train_nodes) and waits, unbounded, until
+        # that many nodes are online: never ask for more than the fold has.
+        fed = self.cfg.federation
+        sampled = min(len(nodes), max(int(len(nodes) * fed.fraction_train), fed.min_train_nodes))
+        self.log.metrics["sampled_per_round"] = sampled
 
         def fit(score: Score | None) -> Selection:
             keep = KeepBest(trainer)
@@ -311,11 +348,15 @@ class FedAvgRegime(FederatedRegime):
             # Flower's strategies sample nodes with Python's global `random` (strategy_utils.py):
             # seeded per fold, a resumed fold draws what an uninterrupted study would.
             random.seed(self.cfg.training.seed + test)
-            result = STRATEGIES[self.cfg.federation.strategy](self.cfg).start(
-                grid=self.fed.grid.restrict(train_nodes), initial_arrays=ArrayRecord(trainer.state_dict()),
-                num_rounds=self.cfg.federation.rounds, timeout=self.cfg.federation.timeout,
+            start = time.perf_counter()
+            result = _strategy(self.cfg, self.name, sampled).start(
+                grid=self.fed.grid.restrict([n.node_id for n in nodes]), initial_arrays=ArrayRecord(trainer.state_dict()),
+                num_rounds=fed.rounds, timeout=fed.timeout,
                 train_config=stats_config(self.scaling, **{"train-sessions": sessions}), evaluate_fn=evaluate_fn,
             )
+            # Wall seconds of one round (sampling, the nodes' training, aggregation, the held-out
+            # node's validation): benchmarks/scale.py's figure.
+            self.log.metrics["round_seconds"] = (time.perf_counter() - start) / fed.rounds
             if result.arrays is not None:
                 trainer.load_state_dict(result.arrays.to_torch_state_dict())
             keep.on_end(LoopResult())  # model selection: the best round, when one was scored
@@ -324,5 +365,7 @@ class FedAvgRegime(FederatedRegime):
         return self.scored(test, self.scaling, trainer, fit)
 
 
-REGIMES: dict[str, type[FederatedRegime]] = {"gan-federated": GanFederated, "gan-fedavg": GanFedAvg,
-                                             "fedavg": FedAvgRegime}
+REGIMES: dict[str, Callable[[Federation, StudyConfig, Mapping[str, torch.nn.Module] | None], FederatedRegime]] = {
+    "gan-federated": GanFederated, "gan-fedavg": GanFedAvg,
+    **{name: partial(StrategyRegime, strategy=name) for name in STRATEGY_REGIMES},
+}

@@ -1,11 +1,13 @@
-"""The server's view of the federation: nodes by session, bounded message rounds, the wire audit.
+"""The server's view of the federation: nodes by name, bounded message rounds, the wire audit.
 
-Nothing here waits forever (notes/flower-1.41.md §6): discovery waits ``federation.node_wait``
-seconds for IEMOCAP's five session nodes, every round ``federation.timeout`` seconds for replies; a
-node that fails or stays silent is reported by session and the regime goes on without it.
+Nodes are named by what they hold (client/partitions.py): ``Session3`` holds a session whole,
+``Session3-Ses03F`` / ``Session3-n2`` is a training node of a partition of it. Nothing here waits
+forever (notes/flower-1.41.md §6): discovery waits ``federation.node_wait`` seconds for the nodes,
+every round ``federation.timeout`` seconds for replies; a node that fails or stays silent is
+reported by name and the regime goes on without it.
 
-Replies come back in session order, not arrival order, so that FedAvg sums them in the same order
-on every run (float addition is not associative). A node whose reply is an error is asked once
+Replies come back in node order (session, then shard), not arrival order, so that FedAvg sums them
+in the same order on every run (float addition is not associative). A node whose reply is an error is asked once
 more before it counts as failed: in a simulation, a Ray actor that dies fails every message it
 takes, including messages of nodes it was not serving (README, "When a node fails").
 """
@@ -29,6 +31,8 @@ from flwr.serverapp import Grid
 
 from common.config import SESSIONS, StudyConfig
 from common.features import MinMax
+
+Rank = tuple[int, int]  # a node's place in reply order: (session, 0 for the whole session / 1 + shard index)
 
 log = logging.getLogger("fedser.server")
 
@@ -98,29 +102,31 @@ class WireGrid:
     """A Grid that writes one JSON line per reply it hands out (who, what type, what shapes), and
     optionally shows only some nodes (a fold's training nodes to a Flower strategy).
 
-    ``send_and_receive`` (what Flower's strategies call) and ``collect`` return replies in session
+    ``send_and_receive`` (what Flower's strategies call) and ``collect`` return replies in node
     order and ask a node whose reply is an error once more (message types in ``RETRIED``)."""
 
     def __init__(self, grid: Grid, audit: Path | None, nodes: Iterable[int] | None = None) -> None:
         self.grid, self.audit = grid, audit
         self.nodes = None if nodes is None else set(nodes)
-        self.sessions: dict[int, int] = {}  # node id -> session, for readable audit lines
+        self.names: dict[int, str] = {}  # node id -> name, for readable logs and audit lines
+        self.ranks: dict[int, Rank] = {}  # node id -> its place in reply order
         self.sent: dict[str, Message] = {}
         self.retries: dict[str, str] = {}  # message id of a second attempt -> the first's
-        self.failures: dict[int, str] = {}  # session (or node id) -> first failure reason
+        self.failures: dict[str, str] = {}  # node name (or "node <id>") -> first failure reason
 
     def restrict(self, nodes: Iterable[int]) -> WireGrid:
         """The same grid and audit, showing only ``nodes``."""
         view = WireGrid(self.grid, self.audit, nodes)
-        view.sessions, view.sent, view.retries, view.failures = self.sessions, self.sent, self.retries, self.failures
+        view.names, view.ranks, view.sent, view.retries, view.failures = (
+            self.names, self.ranks, self.sent, self.retries, self.failures)
         return view
 
-    def order(self, node: int) -> tuple[int, int]:
-        """Sort key of a node: by session once discovery knows it (node ids are random per run)."""
-        return (self.sessions[node], 0) if node in self.sessions else (len(SESSIONS) + 1, node)
+    def order(self, node: int) -> tuple[int, int, int]:
+        """Sort key of a node: by session and shard once discovery knows it (node ids are random per run)."""
+        return (*self.ranks[node], 0) if node in self.ranks else (len(SESSIONS) + 1, 0, node)
 
     def get_node_ids(self) -> list[int]:
-        """The (visible) online nodes in session order: what Flower's strategies sample from."""
+        """The (visible) online nodes in node order: what Flower's strategies sample from."""
         ids = sorted(self.grid.get_node_ids(), key=self.order)
         return ids if self.nodes is None else [n for n in ids if n in self.nodes]
 
@@ -142,8 +148,8 @@ class WireGrid:
         return self.collect(self.push_messages(messages), timeout)
 
     def collect(self, message_ids: Iterable[str], timeout: float | None) -> list[Message]:
-        """One reply per message of ``message_ids`` that got one, in session order (then push
-        order), whatever order they arrived in; failures are recorded by session.
+        """One reply per message of ``message_ids`` that got one, in node order (then push
+        order), whatever order they arrived in; failures are recorded by node name.
 
         A node whose reply is an error is sent a copy of its message once more, one node at a
         time, each with its own ``timeout``: one at a time because Flower's Ray backend puts a dead
@@ -193,18 +199,18 @@ class WireGrid:
         return second
 
     def who(self, node: int) -> str:
-        """A node as log lines name it: its session once discovery knows it."""
-        return f"Session{self.sessions[node]}" if node in self.sessions else f"node {node}"
+        """A node as log lines and failure records name it: its name once discovery knows it."""
+        return self.names.get(node, f"node {node}")
 
     def fail(self, node: int, reason: str) -> None:
         """Record (once per node) why a node failed; logged and reported to MLflow by the regime."""
         log.warning("%s: %s", self.who(node), reason)
-        self.failures.setdefault(self.sessions.get(node, node), reason)
+        self.failures.setdefault(self.who(node), reason)
 
     def _record(self, reply: Message) -> None:
         request = self.sent.get(reply.metadata.reply_to_message_id)
         node = request.metadata.dst_node_id if request is not None else reply.metadata.src_node_id
-        line = {"time": time.time(), "session": self.sessions.get(node), "node": node,
+        line = {"time": time.time(), "name": self.names.get(node), "node": node,
                 "type": reply.metadata.message_type, "error": None,
                 "attempt": 2 if reply.metadata.reply_to_message_id in self.retries else 1}
         if reply.has_error():
@@ -226,35 +232,66 @@ class NodeInfo:
     """One node as its ``query`` reply described it."""
 
     node_id: int
+    name: str
     session: int
+    shard: int | None  # index of a training node within its session; None: it holds the session whole
     utterances: int
     counts: dict[str, int]
     stats: MinMax
 
+    @property
+    def rank(self) -> Rank:
+        return (self.session, 0 if self.shard is None else 1 + self.shard)
+
+    def summary(self) -> dict[str, Any]:
+        """What the run records of the node: where it sits and its class counts (counts only)."""
+        return {"session": self.session, "shard": self.shard, "utterances": self.utterances, "counts": self.counts}
+
 
 @dataclass
 class Outcome:
-    """Replies of one round by session, and why the other sessions gave none."""
+    """Replies of one round by node name, and why the other nodes gave none."""
 
-    replies: dict[int, RecordDict] = field(default_factory=dict)
-    failures: dict[int, str] = field(default_factory=dict)
+    replies: dict[str, RecordDict] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 class Federation:
-    """The nodes of a study by session, reached through a (wire-audited) grid."""
+    """The nodes of a study by name, reached through a (wire-audited) grid.
 
-    def __init__(self, grid: WireGrid, cfg: StudyConfig) -> None:
-        self.grid, self.cfg = grid, cfg
-        self.nodes: dict[int, NodeInfo] = {}
+    With ``federation.partition = "session"`` the session nodes train and evaluate; otherwise the
+    partition's training nodes train and the whole-session nodes only evaluate (the held-out
+    session's node selects and scores every fold's model)."""
+
+    def __init__(self, grid: WireGrid, cfg: StudyConfig, expected: int | None = None) -> None:
+        """``expected``: how many nodes the simulation started (discovery stops when all answered);
+        None (a deployment): the five session nodes under the session partition, else wait ``node_wait``."""
+        self.grid, self.cfg, self.expected = grid, cfg, expected
+        self.nodes: dict[str, NodeInfo] = {}
+        self.small: dict[str, str] = {}  # training nodes too small to train, and why
 
     @property
-    def failures(self) -> dict[int, str]:
-        """Session -> why its node failed or stayed silent, over the whole run."""
+    def failures(self) -> dict[str, str]:
+        """Node name -> why it failed, stayed silent or was left out, over the whole run."""
         return self.grid.failures
 
-    def discover(self) -> dict[int, NodeInfo]:
-        """Query every node until all five sessions answered or ``node_wait`` passed."""
-        want, deadline = set(SESSIONS), time.monotonic() + self.cfg.federation.node_wait
+    @property
+    def partitioned(self) -> bool:
+        return self.cfg.federation.partition != "session"
+
+    def training(self, without: int | None = None) -> list[NodeInfo]:
+        """The training nodes (in node order), those of session ``without`` (a fold's held-out
+        session) and those too small to train left out."""
+        return [n for n in self.nodes.values() if (n.shard is not None) == self.partitioned
+                and n.session != without and n.name not in self.small]
+
+    def evaluator(self, session: int) -> str:
+        """The name of the node that holds ``session`` whole (it selects and scores that fold)."""
+        return f"Session{session}"
+
+    def discover(self) -> dict[str, NodeInfo]:
+        """Query every node until all expected nodes answered or ``node_wait`` passed."""
+        deadline = time.monotonic() + self.cfg.federation.node_wait
         asked: set[int] = set()
         while True:
             fresh = [n for n in self.grid.get_node_ids() if n not in asked]
@@ -263,62 +300,80 @@ class Federation:
                 messages = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in fresh]
                 for reply in self.grid.send_and_receive(messages, timeout=self.cfg.federation.timeout):
                     self._add(reply)
-            if want <= set(self.nodes) or time.monotonic() >= deadline:
+            if self._complete() or time.monotonic() >= deadline:
                 break
             time.sleep(0.5)
-        for session in sorted(want - set(self.nodes)):
-            self.failures.setdefault(session, f"no node answered the query within {self.cfg.federation.node_wait:.0f} s")
-        log.info("nodes by session: %s", {s: n.node_id for s, n in sorted(self.nodes.items())})
+        self.nodes = dict(sorted(self.nodes.items(), key=lambda kv: kv[1].rank))
+        for session in SESSIONS:
+            if self.evaluator(session) not in self.nodes:
+                self.failures.setdefault(self.evaluator(session), f"no node answered the query within "
+                                         f"{self.cfg.federation.node_wait:.0f} s")
+        least = self.cfg.federation.min_partition_size
+        for n in self.training():
+            if n.utterances < least:
+                self.small[n.name] = (f"holds {n.utterances} utterances, fewer than federation.min_partition_size "
+                                      f"= {least}: not asked to train")
+                self.failures.setdefault(n.name, self.small[n.name])
+        trainers = self.training()
+        log.info("%d nodes: %d training (%s partition), evaluators %s", len(self.nodes), len(trainers),
+                 self.cfg.federation.partition, [n for n in self.nodes if self.nodes[n].shard is None])
         return self.nodes
+
+    def _complete(self) -> bool:
+        if self.expected is not None:
+            return len(self.nodes) >= self.expected
+        return not self.partitioned and all(self.evaluator(s) in self.nodes for s in SESSIONS)
 
     def _add(self, reply: Message) -> None:
         request = self.grid.sent[reply.metadata.reply_to_message_id]
+        node_id = request.metadata.dst_node_id
         if reply.has_error():
-            log.warning("query to node %s failed: %s", request.metadata.dst_node_id, reason_line(reply.error.reason))
+            log.warning("query to node %s failed: %s", node_id, reason_line(reply.error.reason))
             return
-        session = int(reply.content["node"]["session"])
+        node = reply.content["node"]
+        session = int(node["session"])
         if session not in SESSIONS:
-            log.warning("node %s holds Session%s, not one of %s; ignored", request.metadata.dst_node_id,
-                        session, SESSIONS)
+            log.warning("node %s holds Session%s, not one of %s; ignored", node_id, session, SESSIONS)
             return
-        if session in self.nodes:
-            raise ValueError(f"two nodes hold Session{session} ({self.nodes[session].node_id} and "
-                             f"{request.metadata.dst_node_id}); give each SuperNode its own session")
+        name = str(node.get("name", f"Session{session}"))  # a node of an older fedser names no shard
+        shard = int(node.get("shard", -1))
+        if name in self.nodes:
+            raise ValueError(f"two nodes hold {name} ({self.nodes[name].node_id} and {node_id}); "
+                             "give each SuperNode its own session")
         m = reply.content["metrics"]
-        self.nodes[session] = NodeInfo(
-            request.metadata.dst_node_id, session, int(m["utterances"]),
-            {c: int(m[f"count-{c}"]) for c in self.cfg.data.classes},
-            MinMax(float(m["feat-min"]), float(m["feat-max"])),
-        )
-        self.grid.sessions[request.metadata.dst_node_id] = session
+        info = NodeInfo(node_id, name, session, None if shard < 0 else shard, int(m["utterances"]),
+                        {c: int(m[f"count-{c}"]) for c in self.cfg.data.classes},
+                        MinMax(float(m["feat-min"]), float(m["feat-max"])))
+        self.nodes[name] = info
+        self.grid.names[node_id], self.grid.ranks[node_id] = name, info.rank
 
-    def exchange(self, message_type: str, contents: Mapping[int, RecordDict]) -> Outcome:
-        """Send ``contents[session]`` to each session's node; collect replies until ``timeout``
-        (a node whose reply is an error is asked once more; ``WireGrid.collect``)."""
+    def exchange(self, message_type: str, contents: Mapping[str, RecordDict]) -> Outcome:
+        """Send ``contents[name]`` to each named node; collect replies until ``timeout`` (a node
+        whose reply is an error is asked once more; ``WireGrid.collect``)."""
         out = Outcome()
         targets = {s: c for s, c in contents.items() if s in self.nodes}
         for s in contents:
             if s not in self.nodes:
-                out.failures[s] = "no node holds this session"
+                out.failures[s] = "no such node answered discovery"
         messages = {s: Message(c, dst_node_id=self.nodes[s].node_id, message_type=message_type)
                     for s, c in targets.items()}
-        ids = dict(zip(self.grid.push_messages(messages.values()), messages, strict=True))  # message id -> session
-        for reply in self.grid.collect(ids, self.cfg.federation.timeout):  # session order, errors retried once
-            session = self.grid.sessions[self.grid.sent[reply.metadata.reply_to_message_id].metadata.dst_node_id]
+        ids = dict(zip(self.grid.push_messages(messages.values()), messages, strict=True))  # message id -> name
+        for reply in self.grid.collect(ids, self.cfg.federation.timeout):  # node order, errors retried once
+            name = self.grid.who(self.grid.sent[reply.metadata.reply_to_message_id].metadata.dst_node_id)
             if reply.has_error():
-                out.failures[session] = failed(reply)
+                out.failures[name] = failed(reply)
             else:
-                out.replies[session] = reply.content
-        for session in set(ids.values()) - set(out.replies) - set(out.failures):
-            out.failures[session] = silent(message_type, self.cfg.federation.timeout)
+                out.replies[name] = reply.content
+        for name in set(ids.values()) - set(out.replies) - set(out.failures):
+            out.failures[name] = silent(message_type, self.cfg.federation.timeout)
         return out
 
-    def ask(self, message_type: str, session: int, content: RecordDict) -> RecordDict:
-        """One message to one session's node; its reply content (a failure raises NodeFailure)."""
-        outcome = self.exchange(message_type, {session: content})
-        if session not in outcome.replies:
-            raise NodeFailure(session, outcome.failures[session])
-        return outcome.replies[session]
+    def ask(self, message_type: str, name: str, content: RecordDict) -> RecordDict:
+        """One message to one named node; its reply content (a failure raises NodeFailure)."""
+        outcome = self.exchange(message_type, {name: content})
+        if name not in outcome.replies:
+            raise NodeFailure(name, outcome.failures[name])
+        return outcome.replies[name]
 
     def combined_stats(self, pretrain: MinMax) -> MinMax:
         """Scaling statistics from the pre-training corpus and the nodes' min/max scalars (§4.2)."""
@@ -328,9 +383,9 @@ class Federation:
 class NodeFailure(RuntimeError):
     """A node failed or timed out on a message the regime cannot do without."""
 
-    def __init__(self, session: int, reason: str) -> None:
-        super().__init__(f"Session{session}: {reason}")
-        self.session, self.reason = session, reason
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
 
 
 def mend_ray_pool() -> None:

@@ -1,0 +1,156 @@
+"""Every strategy regime for one round, and the partitions' training nodes, over the real ClientApp.
+
+The grid here hands each message to ``client.app.app`` in this process (Flower's ClientApp called
+with a node's Context, as a SuperNode would) instead of through a SuperLink: the strategies,
+the regimes, the nodes' handlers and their data are the real ones; only the transport is left out
+(tests/test_federation.py runs the transport end to end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import torch
+from flwr.app import Context, Message, RecordDict
+
+from client.app import app as client_app
+from client.partitions import nodes_per_session, partition_listing
+from common.config import SESSIONS, STRATEGY_REGIMES, StudyConfig
+from common.schema import load_config
+from simulations.regimes import FoldOutcome
+from simulations.regimes.federated import REGIMES
+from simulations.regimes.federation import Federation, WireGrid
+from tests.conftest import FAST_STUDY_TABLES, study_file
+
+
+class InlineGrid:
+    """A Grid whose nodes are ``client.app.app`` called in this process, one Context per node
+    (``partition-id`` as in a simulation); ``slow`` nodes never answer a ``train`` message (a
+    straggler past any timeout)."""
+
+    def __init__(self, cfg: StudyConfig, nodes: int, slow: Iterable[int] = ()) -> None:
+        self.run_config = {"study-config": cfg.model_dump_json(), "work-dir": str(cfg.work_dir)}
+        self.contexts = {1000 + pid: Context(run_id=7, node_id=1000 + pid, node_config={"partition-id": pid},
+                                             state=RecordDict(), run_config=self.run_config) for pid in range(nodes)}
+        self.slow = set(slow)
+        self.replies: dict[str, Message] = {}
+        self.asked: list[tuple[int, str]] = []  # (node id, message type), in push order
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # what a real grid's push does
+            node = msg.metadata.dst_node_id
+            self.asked.append((node, msg.metadata.message_type))
+            if node not in self.slow or msg.metadata.message_type != "train":
+                self.replies[msg.metadata.message_id] = client_app(msg, self.contexts[node])
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
+
+
+@pytest.fixture(autouse=True)
+def _serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower 1.41's Message() reads the running task's identity, which the ServerApp process sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in {"_run_id": 7, "_node_id": 0, "_task_id": 1}.items():
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def study(tmp_path: Path, federation: str = "") -> StudyConfig:
+    """The fast test study, one fold (Session1 held out), one round of one local step."""
+    toml = FAST_STUDY_TABLES.replace("sessions = [1, 2]", "sessions = [1]") + (
+        "[federation]\nrounds = 1\nlocal_iterations = 1\nnode_wait = 5\ntimeout = 5\n" + federation)
+    return load_config(study_file(tmp_path, toml))
+
+
+def run_fold(regime: str, cfg: StudyConfig, grid: InlineGrid) -> tuple[Federation, FoldOutcome]:
+    fed = Federation(WireGrid(grid, None), cfg, expected=len(grid.contexts))  # type: ignore[arg-type]
+    federated = REGIMES[regime](fed, cfg, None)
+    [outcome] = federated.run([1], _NoStore())
+    return fed, outcome
+
+
+class _NoStore:
+    """A generator store with nothing in it (no resume here)."""
+
+    def load(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def keep(self, generators: object) -> None:
+        pass
+
+
+def test_every_strategy_runs_a_round_and_reports_under_its_own_name(tmp_path: Path) -> None:
+    cfg = study(tmp_path)
+    grid = InlineGrid(cfg, len(SESSIONS))
+    names = []
+    for name in STRATEGY_REGIMES:
+        start = len(grid.asked)
+        fed, outcome = run_fold(name, cfg, grid)
+        names.append(outcome.regime)
+        assert outcome.skipped is None, (name, outcome.skipped)
+        assert {"f1_macro", "ua", "wa"} <= set(outcome.metrics), name
+        assert not fed.failures, (name, fed.failures)
+        # The round went to Flower's strategy: the four training nodes (not Session1's) trained once.
+        trained = sorted(fed.grid.who(n) for n, t in grid.asked[start:] if t == "train")
+        assert trained == [f"Session{s}" for s in (2, 3, 4, 5)], name
+    assert names == list(STRATEGY_REGIMES)  # e.g. fedyogi's row is fedyogi's, not fedavg's
+
+
+def test_sampling_and_stragglers_use_flowers_arguments_and_are_recorded(tmp_path: Path) -> None:
+    cfg = study(tmp_path, "fraction_train = 0.5\nmin_train_nodes = 1\n")
+    grid = InlineGrid(cfg, len(SESSIONS))
+    fed, outcome = run_fold("fedavg", cfg, grid)
+    assert len([n for n, t in grid.asked if t == "train"]) == 2  # int(4 * 0.5) of the fold's four per round
+    assert outcome.skipped is None and not fed.failures
+
+    # Session4's node answers no train message: dropped after the round's timeout, recorded by
+    # name; the round aggregates the other three and the fold is still scored.
+    cfg = study(tmp_path, "")
+    grid = InlineGrid(cfg, len(SESSIONS), slow=[1000 + 3])
+    fed, outcome = run_fold("fedavg", cfg, grid)
+    assert len([n for n, t in grid.asked if t == "train"]) == 4
+    assert fed.failures == {"Session4": "train: no reply within 5 s"}
+    assert outcome.skipped is None and {"f1_macro", "ua", "wa"} <= set(outcome.metrics)
+
+
+def test_the_straggler_drill_slows_a_stable_fraction_of_training_nodes(tmp_path: Path) -> None:
+    from client.app import Node
+
+    cfg = study(tmp_path, "slow_fraction = 0.3\nslow_seconds = 1\n")
+    nodes = [Node(cfg, 1, None, f"Session1-n{i}", i) for i in range(200)]  # type: ignore[arg-type]
+    slow = [n.name for n in nodes if n.slow]
+    assert 40 <= len(slow) <= 80  # ~30 % of 200, chosen by a hash of name and seed
+    assert slow == [n.name for n in (Node(cfg, 1, None, f"Session1-n{i}", i) for i in range(200)) if n.slow]  # type: ignore[arg-type]
+    assert not Node(cfg, 1, None, "Session1").slow  # type: ignore[arg-type]  # evaluators are never slowed
+
+
+@pytest.mark.parametrize("partition", ["speaker", "dirichlet", "iid"])
+def test_partition_nodes_train_and_the_whole_session_nodes_evaluate(tmp_path: Path, partition: str) -> None:
+    cfg = study(tmp_path, f'partition = "{partition}"\nnum_clients = 10\nmin_partition_size = 1\n')
+    plan = nodes_per_session(partition_listing(cfg), cfg.federation)
+    assert sum(plan.values()) == 10 and set(plan) == set(SESSIONS)
+    grid = InlineGrid(cfg, len(SESSIONS) + 10)
+    fed, outcome = run_fold("fedavg", cfg, grid)
+    assert outcome.skipped is None
+    training = [n.name for n in fed.training(without=1)]
+    assert len(training) == 8 and all(not name.startswith("Session1") for name in training)
+    assert all("-" in name for name in training)  # shards of a session, e.g. Session2-Ses02F / Session2-n1
+    asked = {(fed.grid.who(n), t) for n, t in grid.asked}
+    assert {name for name, t in asked if t == "train"} == set(training)
+    assert {name for name, t in asked if t == "evaluate"} == {"Session1"}  # the held-out session, whole
+    # Shards partition each session: the class counts of its training nodes add up to the session's.
+    for s in SESSIONS:
+        whole = fed.nodes[f"Session{s}"].counts
+        parts = [n.counts for n in fed.nodes.values() if n.session == s and n.shard is not None]
+        assert {c: sum(p[c] for p in parts) for c in whole} == whole
