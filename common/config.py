@@ -223,10 +223,12 @@ SESSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 
 class FoldConfig(Section):
-    """Leave-one-session-out folds (seed 002 §4.4), or k stratified folds for corpora without
-    sessions (seed 004's RAVDESS protocol: five folds, 80/20 train/test)."""
+    """Leave-one-session-out folds (seed 002 §4.4), k stratified folds for corpora without
+    sessions (seed 004's RAVDESS protocol: five folds, 80/20 train/test), or a corpus's own
+    split (MSP-Podcast's Split_Set: train on session 1, validate on session 2, test on each
+    session of ``sessions``; common/splits.py)."""
 
-    scheme: Literal["session", "kfold"] = "session"
+    scheme: Literal["session", "kfold", "split"] = "session"
     k: int = Field(5, ge=2, description="kfold: number of folds (seed 004: 5)")
     seed: int = Field(0, description="kfold: shuffling seed")
 
@@ -366,7 +368,7 @@ class StudyConfig(Section):
 
     @model_validator(mode="after")
     def _federated_by_session(self) -> StudyConfig:
-        if any(r in FEDERATED_REGIMES for r in self.regimes) and self.folds.scheme != "session":
+        if any(r in FEDERATED_REGIMES for r in self.regimes) and self.folds.scheme == "kfold":
             raise ValueError("the federated regimes hold out one session node per fold: folds.scheme = \"kfold\" "
                              "runs centralized regimes only; drop the federated regimes from regimes")
         return self

@@ -78,9 +78,45 @@ def stratified_kfold(utterances: Sequence[Utterance], cfg: FoldConfig) -> list[F
     return folds
 
 
+# folds.scheme = "split": a corpus's own partition as sessions (MSP-Podcast's Split_Set:
+# Train 1, Development 2, Test1 3, Test2 4, Test3 5; common/corpora).
+SPLIT_TRAIN, SPLIT_VALIDATION = 1, 2
+
+
+def corpus_split(utterances: Sequence[Utterance], cfg: FoldConfig) -> list[Fold]:
+    """One fold per test session of ``cfg.sessions``, each training on session 1 and validating on
+    session 2 (the corpus's train and development sets: MSP-Podcast's published protocol)."""
+    present = {u.session for u in utterances}
+    for needed in (SPLIT_TRAIN, SPLIT_VALIDATION, *cfg.sessions):
+        if needed not in present:
+            raise SplitError(f"folds.scheme = \"split\" needs utterances of split session {needed}; "
+                             f"the corpus has sessions {sorted(s for s in present if s is not None)}")
+    train = tuple(u for u in utterances if u.session == SPLIT_TRAIN)
+    validation = tuple(u for u in utterances if u.session == SPLIT_VALIDATION)
+    folds = []
+    for session in cfg.sessions:
+        test = tuple(u for u in utterances if u.session == session)
+        folds.append(Fold(index=session, test_session=session, train=train, validation=validation, test=test,
+                          validation_speaker=None, test_speakers=tuple(sorted({u.speaker for u in test}))))
+    return folds
+
+
 def make_folds(utterances: Sequence[Utterance], cfg: FoldConfig) -> list[Fold]:
-    """The study's folds: leave-one-session-out (default) or stratified k-fold."""
-    return stratified_kfold(utterances, cfg) if cfg.scheme == "kfold" else leave_one_session_out(utterances, cfg)
+    """The study's folds: leave-one-session-out (default), stratified k-fold or the corpus's split."""
+    if cfg.scheme == "kfold":
+        return stratified_kfold(utterances, cfg)
+    return corpus_split(utterances, cfg) if cfg.scheme == "split" else leave_one_session_out(utterances, cfg)
+
+
+def train_sessions(cfg: FoldConfig, test: int, sessions: Sequence[int]) -> tuple[int, ...]:
+    """The sessions (of ``sessions``) whose nodes train the fold that tests on ``test``: all the
+    others (leave-one-session-out), or the train split alone (``scheme = "split"``)."""
+    return tuple(s for s in sessions if (s == SPLIT_TRAIN if cfg.scheme == "split" else s != test))
+
+
+def validation_session(cfg: FoldConfig, test: int) -> int:
+    """The session whose node selects the fold's model: the held-out one, or the development split."""
+    return SPLIT_VALIDATION if cfg.scheme == "split" else test
 
 
 def holdout_split(
@@ -89,8 +125,11 @@ def holdout_split(
     """(validation, test, validation speaker) of a held-out session: what its own node evaluates on.
 
     ``holdout="speaker"``: the ``validation_gender`` speaker validates, the other speaker tests;
-    ``holdout="session"``: no validation, the whole session tests.
+    ``holdout="session"``: no validation, the whole session tests; ``scheme="split"``: the
+    session is one split, whole, whichever role it has (the development split validates).
     """
+    if cfg.scheme == "split":
+        return tuple(held), tuple(held), None
     if cfg.holdout == "session":
         return (), tuple(held), None
     speaker = f"Ses{session:02d}{cfg.validation_gender}"

@@ -129,3 +129,21 @@ def test_training_speakers_are_what_a_node_derives_from_the_session_list() -> No
     for fold in leave_one_session_out(corpus(), FoldConfig()):
         assert training_speakers(fold.train) == iemocap_speakers(fold.train_sessions)
         assert len(iemocap_speakers(fold.train_sessions)) == 8  # Table 1: speaker head FC 512-64-64-8
+
+
+def test_a_corpus_split_trains_validates_and_tests_on_its_own_sets() -> None:
+    """MSP-Podcast's Split_Set as sessions: Train 1, Development 2, Test1 3, Test2 4."""
+    from common.splits import make_folds, train_sessions, validation_session
+
+    utts = corpus()[:64]  # sessions 1-4
+    cfg = FoldConfig(scheme="split", sessions=(3, 4))
+    folds = make_folds(utts, cfg)
+    assert [f.test_session for f in folds] == [3, 4]
+    for fold in folds:
+        assert {u.session for u in fold.train} == {1} and {u.session for u in fold.validation} == {2}
+        assert {u.session for u in fold.test} == {fold.test_session}
+    # The federated regimes: only the train split's nodes train; the development split's node selects.
+    assert train_sessions(cfg, 3, (1, 2, 3, 4, 5)) == (1,) and validation_session(cfg, 3) == 2
+    assert train_sessions(FoldConfig(), 3, (1, 2, 3, 4, 5)) == (1, 2, 4, 5) and validation_session(FoldConfig(), 3) == 3
+    with pytest.raises(SplitError, match="split session 5"):
+        make_folds(utts, FoldConfig(scheme="split", sessions=(5,)))

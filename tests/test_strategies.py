@@ -143,7 +143,7 @@ def test_partition_nodes_train_and_the_whole_session_nodes_evaluate(tmp_path: Pa
     grid = InlineGrid(cfg, len(SESSIONS) + 10)
     fed, outcome = run_fold("fedavg", cfg, grid)
     assert outcome.skipped is None
-    training = [n.name for n in fed.training(without=1)]
+    training = [n.name for n in fed.training(1)]
     assert len(training) == 8 and all(not name.startswith("Session1") for name in training)
     assert all("-" in name for name in training)  # shards of a session, e.g. Session2-Ses02F / Session2-n1
     asked = {(fed.grid.who(n), t) for n, t in grid.asked}
@@ -154,3 +154,15 @@ def test_partition_nodes_train_and_the_whole_session_nodes_evaluate(tmp_path: Pa
         whole = fed.nodes[f"Session{s}"].counts
         parts = [n.counts for n in fed.nodes.values() if n.session == s and n.shard is not None]
         assert {c: sum(p[c] for p in parts) for c in whole} == whole
+
+
+def test_a_corpus_split_trains_on_its_train_split_and_selects_on_its_development_split(tmp_path: Path) -> None:
+    cfg = study(tmp_path, 'partition = "speaker"\n').model_copy(deep=True)
+    cfg = cfg.model_copy(update={"folds": cfg.folds.model_copy(update={"scheme": "split", "sessions": (3,)})})
+    grid = InlineGrid(cfg, len(SESSIONS) + 10)
+    fed = Federation(WireGrid(grid, None), cfg, expected=len(grid.contexts))  # type: ignore[arg-type]
+    [outcome] = REGIMES["fedavg"](fed, cfg, None).run([3], _NoStore())
+    assert outcome.skipped is None and outcome.validation_score is not None
+    asked = {(fed.grid.who(n), t) for n, t in grid.asked}
+    assert {name for name, t in asked if t == "train"} == {"Session1-Ses01F", "Session1-Ses01M"}
+    assert {name for name, t in asked if t == "evaluate"} == {"Session2", "Session3"}  # development, test

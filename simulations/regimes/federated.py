@@ -37,6 +37,7 @@ from common.features import MinMax, resolve_device
 from common.metrics import confusion_from_cells
 from common.models.sngan import Generator
 from common.pipeline import pretrained, state_digest
+from common.splits import validation_session
 from common.trainers.base import KeepBest, LoopResult
 from common.trainers.registry import SerTrainer, build_trainer
 from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog, stored_generator
@@ -116,9 +117,11 @@ class FederatedRegime:
         start = time.perf_counter()
         torch.manual_seed(self.cfg.training.seed)
         score = None
-        if self.cfg.folds.holdout == "speaker" and self.cfg.training.eval_every > 0:
+        folds = self.cfg.folds
+        if (folds.holdout == "speaker" or folds.scheme == "split") and self.cfg.training.eval_every > 0:
             def score() -> float:
-                return remote_scores(self.fed, test, trainer.state_dict(), stats, "validation")[trainer.selection]
+                return remote_scores(self.fed, validation_session(folds, test), trainer.state_dict(), stats,
+                                     "validation")[trainer.selection]
         try:
             best, history = fit(score)
             metrics = remote_scores(self.fed, test, trainer.state_dict(), stats, "test")
@@ -204,7 +207,8 @@ class GanFederated(FederatedRegime):
         self.log.audits.update(self.audit(fresh))
 
     def fold(self, test: int) -> FoldOutcome:
-        sources = [g for name, g in self.generators.items() if self.fed.nodes[name].session != test]
+        training = {n.name for n in self.fed.training(test)}
+        sources = [g for name, g in self.generators.items() if name in training]
         if not sources:
             log.warning("fold %s: no training node's generator arrived; fold skipped", test)
             return self.skip(test, "no training node's generator arrived (see failure tags)")
@@ -248,7 +252,7 @@ class GanFedAvg(FederatedRegime):
         return gen.eval()
 
     def fold(self, test: int) -> FoldOutcome:
-        nodes = [n.name for n in self.fed.training(without=test)]
+        nodes = [n.name for n in self.fed.training(test)]
         if not nodes:
             return self.skip(test, "no training node")
         start = time.perf_counter()
@@ -321,7 +325,7 @@ class StrategyRegime(FederatedRegime):
         self.scaling = self.stats(pretrained(self.cfg).pretrain_stats if has_gan else MinMax.empty())
 
     def fold(self, test: int) -> FoldOutcome:
-        nodes = self.fed.training(without=test)
+        nodes = self.fed.training(test)
         if not nodes:
             log.warning("fold %s: no training node; fold skipped", test)
             return self.skip(test, "no training node")

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 
 from common.config import SESSIONS, StudyConfig
 from common.features import MinMax
+from common.splits import train_sessions
 
 Rank = tuple[int, int]  # a node's place in reply order: (session, 0 for the whole session / 1 + shard index)
 
@@ -279,11 +280,12 @@ class Federation:
     def partitioned(self) -> bool:
         return self.cfg.federation.partition != "session"
 
-    def training(self, without: int | None = None) -> list[NodeInfo]:
-        """The training nodes (in node order), those of session ``without`` (a fold's held-out
-        session) and those too small to train left out."""
+    def training(self, test: int | None = None) -> list[NodeInfo]:
+        """The training nodes (in node order) of the fold that tests on ``test`` (None: of any
+        fold), those too small to train left out."""
+        sessions = train_sessions(self.cfg.folds, -1 if test is None else test, SESSIONS)
         return [n for n in self.nodes.values() if (n.shard is not None) == self.partitioned
-                and n.session != without and n.name not in self.small]
+                and n.session in sessions and n.name not in self.small]
 
     def evaluator(self, session: int) -> str:
         """The name of the node that holds ``session`` whole (it selects and scores that fold)."""
