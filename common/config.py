@@ -65,7 +65,7 @@ class SyntheticConfig(Section):
 class DataConfig(Section):
     """Which labeled corpus, which part of it, and which classes."""
 
-    corpus: Literal["iemocap", "ravdess"] = "iemocap"
+    corpus: Literal["iemocap", "ravdess", "cremad", "msppodcast"] = "iemocap"
     # None = the embedded synthetic IEMOCAP-format corpus under work_dir/corpora.
     root: Path | None = None
     subset: Literal["improvised", "scripted", "all"] = "all"
@@ -456,6 +456,8 @@ PRESETS: dict[Preset, dict[str, Any]] = {
 # What each corpus root should point at (config_warnings' advice).
 _CORPUS_COPIES: dict[str, str] = {
     "iemocap": "your copy of IEMOCAP (IEMOCAP_full_release)", "ravdess": "your copy of RAVDESS (Actor_01 ...)",
+    "cremad": "your copy of CREMA-D (the folder holding AudioWAV/)",
+    "msppodcast": "your copy of MSP-Podcast (the folder holding Audios/ and Labels/)",
     "librispeech": "your copy of a LibriSpeech subset (e.g. train-clean-360)",
     "folder": "a folder of audio files",
 }

@@ -74,7 +74,7 @@ def _interrupt(signum: int, frame: object) -> None:
 @friendly
 def corpus_check(
     path: Annotated[Path, typer.Argument(help="Corpus root, e.g. /data/IEMOCAP_full_release.")],
-    kind: Annotated[str, typer.Option(help="iemocap, ravdess, librispeech, folder or auto.")] = "auto",
+    kind: Annotated[str, typer.Option(help="iemocap, ravdess, cremad, msppodcast, librispeech, folder or auto.")] = "auto",
     subset: Annotated[str, typer.Option(help="improvised, scripted or all (IEMOCAP).")] = "all",
     config: Annotated[Optional[Path], typer.Option(help="Take classes and label map from this config.")] = None,  # noqa: UP045
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -104,9 +104,11 @@ def _print_check(report: dict[str, Any]) -> None:
         console.print(table)
     elif report["per_label"]:
         console.print("per label: " + ", ".join(f"{k} {v}" for k, v in report["per_label"].items()))
-    speakers = Table("speaker", "utterances", title="per speaker")
+    classes = list(report["per_label"])
+    speakers = Table("speaker", *classes, "utterances", title=f"per speaker ({len(report['per_speaker'])})")
     for speaker, n in report["per_speaker"].items():
-        speakers.add_row(speaker, str(n))
+        cells = report["per_speaker_label"].get(speaker, {})
+        speakers.add_row(speaker, *(str(cells.get(c, 0)) for c in classes), str(n))
     console.print(speakers)
     if report["skipped"]:
         skips = Table("reason", "count", "example", title=f"skipped: {len(report['skipped'])}")
@@ -141,10 +143,17 @@ def corpus_synth(
     pretrain_speakers: Annotated[int, typer.Option(help="Speakers of the LibriSpeech-layout corpus.")] = 10,
     ravdess: Annotated[bool, typer.Option(help="Also write OUT/RAVDESS: 24 actors' speech files in RAVDESS's "
                                                 "exact names (seed 004's protocol).")] = False,
+    crema_d: Annotated[bool, typer.Option("--crema-d", help="Also write OUT/CREMA-D in CREMA-D's layout "
+                                          "(91 actors x 82 files; --crema-d-actors).")] = False,
+    crema_d_actors: Annotated[int, typer.Option(help="Actors of OUT/CREMA-D (1001 on).")] = 91,
+    msp_podcast: Annotated[bool, typer.Option("--msp-podcast", help="Also write OUT/MSP-PODCAST in MSP-Podcast's "
+                                              "layout (Audios/, Labels/labels_consensus.csv).")] = False,
+    msp_speakers: Annotated[int, typer.Option(help="Known speakers of OUT/MSP-PODCAST.")] = 24,
 ) -> None:
     """Write the synthetic IEMOCAP-format corpus (and a LibriSpeech-layout one for pre-training)."""
     from common.corpora.synthetic import write_iemocap, write_librispeech
     from common.corpora.synthetic.ravdess import write_ravdess
+    from common.corpora.synthetic.speakers import write_cremad, write_msppodcast
 
     start = time.perf_counter()
     root = write_iemocap(out, seed=seed, utterances_per_dialog=utterances_per_dialog)
@@ -153,6 +162,12 @@ def corpus_synth(
         console.print(f"wrote {write_librispeech(out, seed=seed, speakers=pretrain_speakers)}", markup=False, highlight=False)
     if ravdess:
         console.print(f"wrote {write_ravdess(out / 'RAVDESS', seed=seed)}", markup=False, highlight=False)
+    if crema_d:
+        console.print(f"wrote {write_cremad(out / 'CREMA-D', actors=crema_d_actors, seed=seed)}",
+                      markup=False, highlight=False)
+    if msp_podcast:
+        console.print(f"wrote {write_msppodcast(out / 'MSP-PODCAST', speakers=msp_speakers, seed=seed)}",
+                      markup=False, highlight=False)
     console.print(f"done in {time.perf_counter() - start:.1f} s; check it with: fedser corpus check {root}",
                   markup=False, highlight=False)
 

@@ -9,9 +9,10 @@ from typing import Literal
 from common.corpora.base import SKIP_KINDS, Scan, Skip, Utterance, count_skips, skip_kind, skip_summary
 from common.corpora.iemocap import DEFAULT_LABEL_MAP, Subset, read_iemocap
 from common.corpora.others import read_folder, read_librispeech, read_ravdess
+from common.corpora.speakers import MSP_LABELS, is_cremad_name, read_cremad, read_msppodcast
 
-CorpusKind = Literal["iemocap", "ravdess", "librispeech", "folder"]
-LABELED: frozenset[str] = frozenset({"iemocap", "ravdess"})
+CorpusKind = Literal["iemocap", "ravdess", "cremad", "msppodcast", "librispeech", "folder"]
+LABELED: frozenset[str] = frozenset({"iemocap", "ravdess", "cremad", "msppodcast"})
 
 __all__ = [
     "CorpusKind", "Scan", "Skip", "Utterance", "detect_corpus", "read_corpus", "DEFAULT_LABEL_MAP",
@@ -25,12 +26,18 @@ def detect_corpus(root: Path) -> CorpusKind:
         raise FileNotFoundError(f"{root}: not a folder; give the corpus root folder")
     if any((root / f"Session{n}").is_dir() for n in range(1, 6)):
         return "iemocap"
+    if (root / MSP_LABELS).is_file():
+        return "msppodcast"
+    if (root / "AudioWAV").is_dir():
+        return "cremad"
     first = next((p for p in sorted(root.rglob("*")) if p.suffix in {".wav", ".flac"}
                   and not p.name.startswith(".")), None)
     if first is not None and first.suffix == ".flac" and first.stem.count("-") == 2:
         return "librispeech"
     if first is not None and first.stem.count("-") == 6:
         return "ravdess"
+    if first is not None and is_cremad_name(first.stem):
+        return "cremad"
     return "folder"
 
 
@@ -46,6 +53,8 @@ def read_corpus(
     readers: dict[str, Callable[[], Scan]] = {
         "iemocap": lambda: read_iemocap(root, label_map=label_map, subset=subset),
         "ravdess": lambda: read_ravdess(root, label_map=label_map),
+        "cremad": lambda: read_cremad(root, label_map=label_map),
+        "msppodcast": lambda: read_msppodcast(root, label_map=label_map),
         "librispeech": lambda: read_librispeech(root),
         "folder": lambda: read_folder(root),
     }

@@ -63,6 +63,8 @@ SKIP_KINDS: tuple[str, ...] = (
     "bad file name",          # an audio file whose name does not follow the corpus's scheme
     "not speech audio",       # RAVDESS video or song files
     "missing audio file",
+    "unlabeled file",         # an audio file the corpus's label table does not list (MSP-Podcast)
+    "unknown split",          # a Split_Set value MSP-Podcast does not define
     "not a file",             # e.g. a directory named like a wav
     "unreadable audio",
     "empty audio",

@@ -1,7 +1,8 @@
-"""``fedser corpus check``: counts per session x label and per speaker, skips, and deviations.
+"""``fedser corpus check``: counts per session x label and per speaker (x label), skips, and deviations.
 
-A real IEMOCAP copy is compared with its known totals (notes §2.4); a synthetic corpus with
-the manifest its writer left beside it. Readers look at headers only; the check also reads every
+A real IEMOCAP copy is compared with its known totals (notes §2.4); a synthetic IEMOCAP by
+session x label, and any other synthetic corpus (RAVDESS, CREMA-D, MSP-Podcast) by speaker x
+label, with the manifest its writer left beside it. Readers look at headers only; the check also reads every
 kept utterance's samples once, so a clip of NaNs is a skip here and not a surprise in training.
 """
 
@@ -40,6 +41,9 @@ def summarize(
     labels = [c for c in classes if any(u.label == c for u in utts)] or list(classes)
     sessions = sorted({u.session for u in utts if u.session is not None})
     cells = Counter((u.session, u.label) for u in utts)
+    by_speaker: dict[str, Counter[str | None]] = {}
+    for u in utts:
+        by_speaker.setdefault(u.speaker, Counter())[u.label] += 1
     per_session = [
         {"session": s, "labels": {c: cells[(s, c)] for c in labels}, "total": sum(cells[(s, c)] for c in labels)}
         for s in sessions
@@ -52,6 +56,9 @@ def summarize(
         "per_session": per_session,
         "per_label": {c: n for c, n in Counter(u.label for u in utts).most_common() if c is not None},
         "per_speaker": dict(sorted(Counter(u.speaker for u in utts).items())),
+        # The corpora with many speakers are partitioned by speaker: what each such node would hold.
+        "per_speaker_label": {speaker: {c: n for c in labels if (n := by_speaker[speaker][c])}
+                              for speaker in sorted(by_speaker)},
         "skipped": [{"path": str(s.path), "reason": s.reason, "kind": s.kind} for s in scan.skipped],
         "skipped_by_reason": scan.skip_reasons(),
         "skipped_by_kind": scan.skip_counts(),
@@ -60,6 +67,9 @@ def summarize(
     }
     report["reference"], expected = _expected(scan, label_map, subset)
     report["deviations"] = _deviations(report, expected) if expected is not None else []
+    if expected is None and (speakers := _expected_by_speaker(scan, label_map)) is not None:
+        report["reference"] = "synthetic corpus manifest"
+        report["deviations"] = _speaker_deviations(report, speakers)
     return report
 
 
@@ -96,6 +106,32 @@ def _expected(
     if dict(label_map) == DEFAULT_LABEL_MAP and subset in KNOWN_PER_SESSION:
         return f"IEMOCAP known totals ({KNOWN_TOTALS[subset]} utterances, {subset})", KNOWN_PER_SESSION[subset]
     return None, None
+
+
+def _expected_by_speaker(scan: Scan, label_map: Mapping[str, str]) -> dict[str, Counter[str]] | None:
+    """What a synthetic corpus other than IEMOCAP holds by speaker x label: its writer's manifest
+    through the label map (None without one)."""
+    manifest = scan.root / MANIFEST_NAME
+    if scan.corpus == "iemocap" or not manifest.is_file():
+        return None
+    table: dict[str, Counter[str]] = {}
+    for row in json.loads(manifest.read_text(encoding="utf-8"))["utterances"]:
+        if (label := label_map.get(row["raw_label"])) is not None:
+            table.setdefault(str(row["speaker"]), Counter())[label] += 1
+    return table
+
+
+def _speaker_deviations(report: Mapping[str, Any], expected: Mapping[str, Counter[str]]) -> list[str]:
+    found = report["per_speaker_label"]
+    out = []
+    want_total = sum(sum(c.values()) for c in expected.values())
+    if report["utterances"] != want_total:
+        out.append(f"total: found {report['utterances']}, expected {want_total}")
+    for speaker, want in sorted(expected.items()):
+        got = found.get(speaker, {})
+        out += [f"speaker {speaker} {label}: found {got.get(label, 0)}, expected {n}"
+                for label, n in sorted(want.items()) if got.get(label, 0) != n]
+    return out
 
 
 def _deviations(report: Mapping[str, Any], expected: Mapping[int, Mapping[str, int]]) -> list[str]:

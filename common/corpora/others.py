@@ -20,7 +20,7 @@ RAVDESS_EMOTIONS = {
 _LIBRISPEECH = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 
 
-def _audio_files(root: Path, scan: Scan, ignore: Callable[[Path], bool]) -> Iterator[Path]:
+def audio_files(root: Path, scan: Scan, ignore: Callable[[Path], bool]) -> Iterator[Path]:
     """Every audio file under ``root`` in sorted order; AppleDouble and other files are skips, and
     so is a folder named like an audio file (``x.wav/``): it is not a lost file but not audio either."""
     if not root.is_dir():
@@ -37,7 +37,7 @@ def _audio_files(root: Path, scan: Scan, ignore: Callable[[Path], bool]) -> Iter
             scan.skipped.append(Skip(path, f"not an audio file ({path.suffix or 'no suffix'})", "not an audio file"))
 
 
-def _add(scan: Scan, path: Path, **fields: object) -> None:
+def add_utterance(scan: Scan, path: Path, **fields: object) -> None:
     """Append the utterance at ``path`` with its header duration, or a skip with the reason."""
     try:
         duration = probe_duration(path)
@@ -51,7 +51,7 @@ def _add(scan: Scan, path: Path, **fields: object) -> None:
 def read_ravdess(root: Path, *, label_map: Mapping[str, str] | None = None) -> Scan:
     """Audio-only speech files of RAVDESS; speaker ``Actor_NN`` (odd actors male, even female)."""
     scan = Scan(corpus="ravdess", root=root)
-    for path in _audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".md", ".pdf"}
+    for path in audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".md", ".pdf"}
                              or p.name == MANIFEST_NAME):  # fedser corpus synth --ravdess's ground truth
         m = _RAVDESS.match(path.stem)
         if m is None:
@@ -69,7 +69,7 @@ def read_ravdess(root: Path, *, label_map: Mapping[str, str] | None = None) -> S
         if label is None:  # e.g. calm under the 4-class map: the protocol, counted apart (not a skip)
             scan.exclude(raw)
             continue
-        _add(scan, path, speaker=f"Actor_{actor}", gender="M" if int(actor) % 2 else "F", label=label,
+        add_utterance(scan, path, speaker=f"Actor_{actor}", gender="M" if int(actor) % 2 else "F", label=label,
              raw_label=raw)
     return scan
 
@@ -85,20 +85,20 @@ def read_librispeech(root: Path) -> Scan:
             key, _, text = line.partition(" ")
             texts[key] = text.strip()
     # SPEAKERS.TXT, *.trans.txt and our synthetic manifest are metadata, not skips.
-    for path in _audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".json"}):
+    for path in audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".json"}):
         m = _LIBRISPEECH.match(path.stem)
         if m is None:
             scan.skipped.append(Skip(path, "file name is not <speaker>-<chapter>-<utterance>", "bad file name"))
             continue
-        _add(scan, path, speaker=m[1], transcript=texts.get(path.stem))
+        add_utterance(scan, path, speaker=m[1], transcript=texts.get(path.stem))
     return scan
 
 
 def read_folder(root: Path) -> Scan:
     """Any folder of audio; the speaker is the file's parent folder name."""
     scan = Scan(corpus="folder", root=root)
-    for path in _audio_files(root, scan, ignore=lambda p: False):
+    for path in audio_files(root, scan, ignore=lambda p: False):
         rel = path.relative_to(root).with_suffix("")
-        _add(scan, path, id=rel.as_posix().replace("/", "__"),
+        add_utterance(scan, path, id=rel.as_posix().replace("/", "__"),
              speaker=path.parent.name if path.parent != root else "unknown")
     return scan
