@@ -66,10 +66,11 @@ def summarize(
         "excluded_by_label_map": dict(sorted(scan.excluded.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
     report["reference"], expected = _expected(scan, label_map, subset)
-    report["deviations"] = _deviations(report, expected) if expected is not None else []
+    by_session = {row["session"]: row["labels"] for row in per_session}
+    report["deviations"] = _deviations(len(utts), by_session, expected, "Session{}") if expected is not None else []
     if expected is None and (speakers := _expected_by_speaker(scan, label_map)) is not None:
         report["reference"] = "synthetic corpus manifest"
-        report["deviations"] = _speaker_deviations(report, speakers)
+        report["deviations"] = _deviations(len(utts), report["per_speaker_label"], speakers, "speaker {}")
     return report
 
 
@@ -121,28 +122,16 @@ def _expected_by_speaker(scan: Scan, label_map: Mapping[str, str]) -> dict[str, 
     return table
 
 
-def _speaker_deviations(report: Mapping[str, Any], expected: Mapping[str, Counter[str]]) -> list[str]:
-    found = report["per_speaker_label"]
+def _deviations(total: int, found: Mapping[Any, Mapping[str, int]], expected: Mapping[Any, Mapping[str, int]],
+                name: str) -> list[str]:
+    """Every mismatch of ``found`` (group -> label -> count) with ``expected``; groups are
+    written ``name.format(group)`` (``Session{}``, ``speaker {}``)."""
     out = []
     want_total = sum(sum(c.values()) for c in expected.values())
-    if report["utterances"] != want_total:
-        out.append(f"total: found {report['utterances']}, expected {want_total}")
-    for speaker, want in sorted(expected.items()):
-        got = found.get(speaker, {})
-        out += [f"speaker {speaker} {label}: found {got.get(label, 0)}, expected {n}"
+    if total != want_total:
+        out.append(f"total: found {total}, expected {want_total}")
+    for group, want in sorted(expected.items()):
+        got = found.get(group, {})
+        out += [f"{name.format(group)} {label}: found {got.get(label, 0)}, expected {n}"
                 for label, n in sorted(want.items()) if got.get(label, 0) != n]
-    return out
-
-
-def _deviations(report: Mapping[str, Any], expected: Mapping[int, Mapping[str, int]]) -> list[str]:
-    found = {row["session"]: row["labels"] for row in report["per_session"]}
-    out = []
-    want_total = sum(sum(c.values()) for c in expected.values())
-    if report["utterances"] != want_total:
-        out.append(f"total: found {report['utterances']}, expected {want_total}")
-    for session, want in sorted(expected.items()):
-        got = found.get(session, {})
-        for label, n in sorted(want.items()):
-            if got.get(label, 0) != n:
-                out.append(f"Session{session} {label}: found {got.get(label, 0)}, expected {n}")
     return out
