@@ -66,7 +66,7 @@ def summarize(
         "excluded_by_label_map": dict(sorted(scan.excluded.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
     report["reference"], expected = _expected(scan, label_map, subset)
-    by_session = {row["session"]: row["labels"] for row in per_session}
+    by_session = {s: {c: cells[(s, c)] for c in labels} for s in sessions}
     report["deviations"] = _deviations(len(utts), by_session, expected, "Session{}") if expected is not None else []
     if expected is None and (speakers := _expected_by_speaker(scan, label_map)) is not None:
         report["reference"] = "synthetic corpus manifest"
