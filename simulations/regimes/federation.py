@@ -300,7 +300,10 @@ class Federation:
             asked |= set(fresh)
             if fresh:
                 messages = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in fresh]
-                for reply in self.grid.send_and_receive(messages, timeout=self.cfg.federation.timeout):
+                # Bounded by node_wait, not the round timeout: a first query starts the node (Ray
+                # actors, the corpus listing, features), which a short straggler timeout would cut.
+                wait = max(self.cfg.federation.timeout, deadline - time.monotonic())
+                for reply in self.grid.send_and_receive(messages, timeout=wait):
                     self._add(reply)
             if self._complete() or time.monotonic() >= deadline:
                 break
