@@ -249,7 +249,7 @@ def test_a_sigkilled_federated_study_resumes_and_matches_a_fresh_one(tmp_path: P
     resumed = runner.invoke(app, ["study", str(config)])
     assert resumed.exit_code == 0, resumed.output
     assert "left RUNNING by a killed study KILLED" in resumed.output
-    assert "reusing the stored generators of sessions [1, 2, 3, 4, 5]" in resumed.output
+    assert "reusing the stored generators of ['Session1', 'Session2', 'Session3', 'Session4', 'Session5']" in " ".join(resumed.output.split())
     runs = _fold_runs(uri, "kill")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted((r.data.tags["regime"], int(r.data.tags["fold"])) for r in finished) == [
