@@ -130,8 +130,10 @@ def _deviations(total: int, found: Mapping[Any, Mapping[str, int]], expected: Ma
     want_total = sum(sum(c.values()) for c in expected.values())
     if total != want_total:
         out.append(f"total: found {total}, expected {want_total}")
-    for group, want in sorted(expected.items()):
-        got = found.get(group, {})
-        out += [f"{name.format(group)} {label}: found {got.get(label, 0)}, expected {n}"
-                for label, n in sorted(want.items()) if got.get(label, 0) != n]
+    # Both sides' groups and labels: a relabeled file is one label short and another one over, and
+    # an extra label (or speaker) the reference does not have at all is a deviation too.
+    for group in sorted({*expected, *found}):
+        got, want = found.get(group, {}), expected.get(group, {})
+        out += [f"{name.format(group)} {label}: found {got.get(label, 0)}, expected {want.get(label, 0)}"
+                for label in sorted({*got, *want}) if got.get(label, 0) != want.get(label, 0)]
     return out
