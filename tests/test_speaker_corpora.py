@@ -115,6 +115,7 @@ def test_msppodcast_skips_are_counted_by_kind(msp: Path, tmp_path: Path) -> None
     rows[0]["Split_Set"] = "Test9"
     rows[1]["EmoClass"] = "Q"
     rows[2]["EmoVal"] = "high"
+    rows.append(dict(rows[5]))  # a second row for one file
     (copy / "Audios" / rows[3]["FileName"]).unlink()
     shutil.copy(copy / "Audios" / rows[4]["FileName"], copy / "Audios" / "MSP-PODCAST_9999_0001.wav")
     with (copy / MSP_LABELS).open("w", newline="") as f:
@@ -122,7 +123,7 @@ def test_msppodcast_skips_are_counted_by_kind(msp: Path, tmp_path: Path) -> None
         writer.writeheader()
         writer.writerows(rows)
     scan = read_corpus(copy, "msppodcast", label_map=DEFAULT_LABEL_MAP)
-    assert scan.skip_counts() == {"unknown split": 1, "unknown label": 1, "malformed label line": 1,
+    assert scan.skip_counts() == {"unknown split": 1, "unknown label": 1, "malformed label line": 2,
                                   "missing audio file": 1, "unlabeled file": 1}
     (copy / MSP_LABELS).unlink()
     with pytest.raises(FileNotFoundError, match="labels_consensus.csv"):

@@ -60,7 +60,7 @@ def read_cremad(root: Path, *, label_map: Mapping[str, str] | None = None) -> Sc
     genders: dict[str, str] = {}
     demographics = root / "VideoDemographics.csv"
     if demographics.is_file():
-        with demographics.open(newline="", encoding="utf-8", errors="replace") as f:
+        with demographics.open(newline="", encoding="utf-8-sig", errors="replace") as f:  # -sig: a BOM is not a column
             genders = {row["ActorID"]: _GENDER[row["Sex"]] for row in csv.DictReader(f)
                        if row.get("ActorID") and row.get("Sex") in _GENDER}
     for path in audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".csv", ".txt", ".md"}
@@ -96,7 +96,7 @@ def read_msppodcast(root: Path, *, label_map: Mapping[str, str] | None = None) -
     scan = Scan(corpus="msppodcast", root=root)
     audio = {p.name: p for p in audio_files(root / "Audios", scan, ignore=lambda p: False)} \
         if (root / "Audios").is_dir() else {}
-    with labels.open(newline="", encoding="utf-8", errors="replace") as f:
+    with labels.open(newline="", encoding="utf-8-sig", errors="replace") as f:
         reader = csv.DictReader(f)
         missing = [c for c in MSP_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -105,6 +105,9 @@ def read_msppodcast(root: Path, *, label_map: Mapping[str, str] | None = None) -
         for line, row in enumerate(reader, start=2):
             name = (row["FileName"] or "").strip()
             where = labels.with_name(f"{labels.name}:{line}")
+            if name and name in seen:  # one utterance per file: a second row for it is not a second utterance
+                scan.skipped.append(Skip(where, f"malformed row: a second row for {name}", "malformed label line"))
+                continue
             seen.add(name)
             try:
                 valence, activation, dominance = (_score(row[k]) for k in ("EmoVal", "EmoAct", "EmoDom"))
