@@ -119,6 +119,7 @@ ESKIMEZ = Paper(
         Row("pre-training corpus", "LibriSpeech, 360 h (§4.1)", "data.pretrain_corpus", "librispeech"),
         Row("pre-training copy", "train-clean-360", "data.pretrain_root", REAL_CORPUS),
         _SIZES,
+        Row("clients", "one per IEMOCAP session, five (§3.3)", "federation.partition", "session"),
         Row("federated pool", "10K samples per emotion per client (§4.5)", "synthesis.per_class_federated", "10000"),
         Row("centralized pool", "40K samples per emotion (§4.5)", "synthesis.per_class_central", "40000"),
         Row("SER length", "not given (§4.4: lr 1e-5, ×0.1 every 10K iterations)", "training.ser_iterations", "30000",
