@@ -23,15 +23,10 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from datasets import Dataset, disable_progress_bars
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
-
 from common.config import FederationConfig, StudyConfig
 from common.corpora.base import Utterance
 from common.data import labeled_scan
 from common.splits import SplitError
-
-disable_progress_bars()  # a bar per shard on every node's stderr says nothing
 
 
 @dataclass(frozen=True)
@@ -94,6 +89,12 @@ def shard(utterances: Sequence[Utterance], session: int, index: int, cfg: Federa
     if cfg.partition == "speaker":  # a natural-id partition is a filter (NaturalIdPartitioner's, without its bar)
         speaker = sorted({u.speaker for u in mine})[index]
         return Shard(session, index, f"{session_name(session)}-{speaker}"), [u for u in mine if u.speaker == speaker]
+    # Imported here: HF datasets costs seconds to import, and a deployed SuperNode starts a process
+    # per message (whole-session nodes never cut shards).
+    from datasets import Dataset, disable_progress_bars
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+
+    disable_progress_bars()  # a bar per shard on every node's stderr says nothing
     table = Dataset.from_dict({"row": list(range(len(mine))), "label": [u.label or "" for u in mine]})
     partitioner: Partitioner
     if cfg.partition == "dirichlet":
