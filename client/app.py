@@ -67,6 +67,8 @@ class Node:
     corpus: Corpus
     name: str = ""
     shard: int | None = None  # index of this training node within its session; None: the whole session
+    splits: dict[tuple[str, MinMax, tuple[str, ...]], LabeledSet] = field(default_factory=dict)
+    references: dict[MinMax, SerCnnTrainer] = field(default_factory=dict)
 
     @property
     def key(self) -> int:
@@ -81,11 +83,9 @@ class Node:
         fed = self.cfg.federation
         digest = hashlib.sha256(f"{self.cfg.training.seed}:{self.name}".encode()).digest()
         return self.shard is not None and int.from_bytes(digest[:8], "big") / 2**64 < fed.slow_fraction
-    splits: dict[tuple[str, MinMax, tuple[str, ...]], LabeledSet] = field(default_factory=dict)
-    references: dict[MinMax, SerCnnTrainer] = field(default_factory=dict)
 
     def split(self, name: str, stats: MinMax, speakers: tuple[str, ...] = ()) -> LabeledSet:
-        """The scaled ``train`` (the whole session), ``validation`` or ``test`` set; ``speakers``
+        """The scaled ``train`` (everything the node holds), ``validation`` or ``test`` set; ``speakers``
         is the fold's speaker vocabulary for trainers with a speaker head. ``members`` and
         ``held_out``: the session split for the generator audit (common/audit.py): a generator
         trains on the members only when the audit is on."""
