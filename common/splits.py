@@ -108,10 +108,16 @@ def make_folds(utterances: Sequence[Utterance], cfg: FoldConfig) -> list[Fold]:
     return corpus_split(utterances, cfg) if cfg.scheme == "split" else leave_one_session_out(utterances, cfg)
 
 
-def train_sessions(cfg: FoldConfig, test: int, sessions: Sequence[int]) -> tuple[int, ...]:
-    """The sessions (of ``sessions``) whose nodes train the fold that tests on ``test``: all the
-    others (leave-one-session-out), or the train split alone (``scheme = "split"``)."""
+def train_sessions(cfg: FoldConfig, test: int | None, sessions: Sequence[int]) -> tuple[int, ...]:
+    """The sessions (of ``sessions``) whose nodes train the fold that tests on ``test`` (None: any
+    fold): all the others (leave-one-session-out), or the train split alone (``scheme = "split"``)."""
     return tuple(s for s in sessions if (s == SPLIT_TRAIN if cfg.scheme == "split" else s != test))
+
+
+def validates(cfg: FoldConfig) -> bool:
+    """Whether a fold has a validation set (what model selection needs): a held-out speaker, or
+    the corpus's development split."""
+    return cfg.holdout == "speaker" or cfg.scheme == "split"
 
 
 def validation_session(cfg: FoldConfig, test: int) -> int:

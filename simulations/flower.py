@@ -107,11 +107,14 @@ class LocalSuperLink:
             self.watchdog.__exit__()
             self.watchdog = None
 
-    def run(self, cfg: StudyConfig, regime: str, say: Callable[[str], None] = print, **extra: object) -> None:
+    def run(self, cfg: StudyConfig, regime: str, say: Callable[[str], None] = print, nodes: int | None = None,
+            **extra: object) -> None:
         """``flwr run`` of ``regime`` with one virtual node per session and, under a partition, one
-        per training node (``extra``: more run config, e.g. ``owner`` and ``resume``); raises if the run fails."""
+        per training node (``nodes``: their count when the caller has it, else
+        :func:`simulation_nodes`; ``extra``: more run config, e.g. ``owner`` and ``resume``); raises
+        if the run fails."""
         fed = cfg.federation
-        nodes = simulation_nodes(cfg)
+        nodes = simulation_nodes(cfg) if nodes is None else nodes
         federation = (f"num-supernodes={nodes} client-resources-num-cpus={fed.client_cpus} "
                       f"client-resources-num-gpus={fed.client_gpus}")
         if not os.environ.get("RAY_ADDRESS"):  # an existing cluster refuses num-cpus (notes §3.4)

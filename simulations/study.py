@@ -102,7 +102,8 @@ def _run(cfg: StudyConfig, tracker: Tracker, progress: bool, say: Callable[[str]
                         continue
                     if link is None:  # one SuperLink for all federated regimes of the study
                         link = stack.enter_context(LocalSuperLink(cfg.work_dir / "flower" / "home"))
-                    say(f"{regime} [{trainer}] seed {seed}: flwr run on a local simulation ({simulation_nodes(scfg)} "
+                    nodes = simulation_nodes(scfg)  # counted once: a partition reads the corpus listing
+                    say(f"{regime} [{trainer}] seed {seed}: flwr run on a local simulation ({nodes} "
                         f"nodes, partition {scfg.federation.partition})")
-                    link.run(scfg, regime, say, owner=tracker.owner, resume=resume,
+                    link.run(scfg, regime, say, nodes=nodes, owner=tracker.owner, resume=resume,
                              skips=json.dumps(skips) if skips is not None else "")

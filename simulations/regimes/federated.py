@@ -11,7 +11,7 @@ held-out session's whole-session node selects and scores its model.
   test speaker for the fold's metrics).
 - ``gan-fedavg`` (FedGAN, Rasouli et al. 2020): per fold, the pre-trained GAN fine-tuned over the
   training nodes with generator and discriminator averaged every round, then SER as above;
-- the strategy regimes (``fedavg``, ``fedprox``, ``fedyogi``, ``krum``, ... ``STRATEGIES``): the
+- the strategy regimes (``fedavg``, ``fedprox``, ``fedyogi``, ``krum``, ... ``_strategy``): the
   configured SER trainer federated by that ``flwr.serverapp.strategy`` over the fold's training
   nodes (``federation.fraction_train`` of them per round), selected and scored at the held-out node.
 
@@ -37,7 +37,7 @@ from common.features import MinMax, resolve_device
 from common.metrics import confusion_from_cells
 from common.models.sngan import Generator
 from common.pipeline import pretrained, state_digest
-from common.splits import validation_session
+from common.splits import validates, validation_session
 from common.trainers.base import KeepBest, LoopResult
 from common.trainers.registry import SerTrainer, build_trainer
 from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog, stored_generator
@@ -117,10 +117,9 @@ class FederatedRegime:
         start = time.perf_counter()
         torch.manual_seed(self.cfg.training.seed)
         score = None
-        folds = self.cfg.folds
-        if (folds.holdout == "speaker" or folds.scheme == "split") and self.cfg.training.eval_every > 0:
+        if validates(self.cfg.folds) and self.cfg.training.eval_every > 0:
             def score() -> float:
-                return remote_scores(self.fed, validation_session(folds, test), trainer.state_dict(), stats,
+                return remote_scores(self.fed, validation_session(self.cfg.folds, test), trainer.state_dict(), stats,
                                      "validation")[trainer.selection]
         try:
             best, history = fit(score)

@@ -29,6 +29,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from client.partitions import session_name
 from common.config import SESSIONS, StudyConfig
 from common.features import MinMax
 from common.splits import train_sessions
@@ -283,13 +284,13 @@ class Federation:
     def training(self, test: int | None = None) -> list[NodeInfo]:
         """The training nodes (in node order) of the fold that tests on ``test`` (None: of any
         fold), those too small to train left out."""
-        sessions = train_sessions(self.cfg.folds, -1 if test is None else test, SESSIONS)
+        sessions = train_sessions(self.cfg.folds, test, SESSIONS)
         return [n for n in self.nodes.values() if (n.shard is not None) == self.partitioned
                 and n.session in sessions and n.name not in self.small]
 
     def evaluator(self, session: int) -> str:
         """The name of the node that holds ``session`` whole (it selects and scores that fold)."""
-        return f"Session{session}"
+        return session_name(session)
 
     def discover(self) -> dict[str, NodeInfo]:
         """Query every node until all expected nodes answered or ``node_wait`` passed."""
@@ -340,7 +341,7 @@ class Federation:
         if session not in SESSIONS:
             log.warning("node %s holds Session%s, not one of %s; ignored", node_id, session, SESSIONS)
             return
-        name = str(node.get("name", f"Session{session}"))  # a node of an older fedser names no shard
+        name = str(node.get("name", session_name(session)))  # a node of an older fedser names no shard
         shard = int(node.get("shard", -1))
         if name in self.nodes:
             raise ValueError(f"two nodes hold {name} ({self.nodes[name].node_id} and {node_id}); "
