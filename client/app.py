@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from threadpoolctl import threadpool_limits
 
 from client.partitions import nodes_per_session, partition_listing, session_name, shard, shard_of
+from common import threads
 from common.audit import audit_generator, members_of, reference_classifier
 from common.config import SESSIONS, StudyConfig
 from common.corpora.base import Utterance
@@ -146,22 +146,6 @@ def listing(cfg: StudyConfig) -> tuple[Utterance, ...]:
     return _LISTINGS[key]
 
 
-_pool_threads: int | None = None  # the BLAS/OpenMP cap this process has applied
-
-
-def cap_threads(n: int) -> None:
-    """At most ``n`` threads for torch and for the BLAS/OpenMP pools numpy, scipy and librosa use
-    (feature extraction): a node gets ``federation.client_cpus`` cores, and every pool sized to
-    the whole machine would oversubscribe it. The pools are capped once per process (importing
-    this module loaded them all, so threadpoolctl sees them); torch's setting is per thread pool
-    and cheap, so it is set on every call."""
-    global _pool_threads
-    if _pool_threads != n:
-        threadpool_limits(limits=n)
-        _pool_threads = n
-    torch.set_num_threads(n)
-
-
 def node_of(context: Context) -> Node:
     """This node's session and data (validated and read once per run)."""
     key = (context.run_id, json.dumps(dict(context.node_config), sort_keys=True, default=str))
@@ -174,7 +158,8 @@ def node_of(context: Context) -> Node:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": cfg.federation.node_data_root})})
         if "work-dir" in node:  # the node's own outputs (feature cache): not the server's folder
             cfg = cfg.model_copy(update={"work_dir": Path(str(node["work-dir"])).resolve()})
-        cap_threads(cfg.federation.client_cpus)  # before reading: a cache miss extracts features
+        # The cores Ray gave this node, before reading (a cache miss extracts features).
+        threads.set_threads(cfg.federation.client_cpus)
         session, index = role_of(node, cfg)
         name, ids = session_name(session), None
         if index is not None:  # a training node: its shard of the session, derived here
@@ -187,7 +172,7 @@ def node_of(context: Context) -> Node:
         for stale in [k for k in _NODES if k[0] != context.run_id]:  # an earlier run's nodes
             del _NODES[stale]
         _NODES[key] = Node(cfg, session, corpus, name, index)
-    cap_threads(_NODES[key].cfg.federation.client_cpus)
+    threads.set_threads(_NODES[key].cfg.federation.client_cpus)
     return _NODES[key]
 
 

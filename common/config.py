@@ -182,6 +182,9 @@ class TrainingConfig(Section):
     bagan_gan_iterations: int = Field(20_000, ge=1)
     # The SER model every regime trains (a name in common/trainers/registry.py; the schema checks it).
     trainer: str = "ser-cnn"
+    # Torch/BLAS threads of each process that trains (common/threads.py): N fixed (bit-for-bit
+    # reruns), 0 = the cores the job actually has, re-measured while it trains.
+    threads: int = Field(0, ge=0)
 
     @field_validator("device")
     @classmethod
@@ -445,6 +448,9 @@ PRESETS: dict[Preset, dict[str, Any]] = {
             "gan_iterations": 500, "finetune_iterations": 600, "ser_lr": 1e-3, "ser_lr_decay_every": 400,
             "ser_iterations": 600, "eval_every": 100, "bagan_lr": 2e-4, "bagan_ae_iterations": 250,
             "bagan_gan_iterations": 250,
+            # One thread per process: at these op sizes a 2nd thread gains 1.35x alone but loses 3x
+            # beside another job (common/threads.py); the studies run their folds and nodes in processes.
+            "threads": 1,
         },
         "synthesis": {"per_class_federated": 250, "per_class_central": 1000, "batch_size": 64},
         "federation": {"rounds": 6, "local_iterations": 50, "gan_rounds": 6},

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from common import threads
 from common.config import StudyConfig
 from common.corpora import Utterance
 from common.data import StreamedPatches, prepared_labeled, prepared_unlabeled
@@ -140,6 +141,7 @@ def pretrain(cfg: StudyConfig, progress: bool = False) -> Path:
     values of the combined" corpora), both read from the feature indexes, and travel with the
     checkpoint.
     """
+    threads.use(cfg.training.threads)
     device = resolve_device(cfg.training.device)
     torch.manual_seed(cfg.training.seed)
     unlabeled = prepared_unlabeled(cfg)

@@ -438,11 +438,11 @@ def test_failure_reasons_are_bounded() -> None:
 def test_a_node_caps_every_thread_pool_at_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    import client.app as client_app
+    from common import threads
 
-    monkeypatch.setattr(client_app, "_pool_threads", None)
+    monkeypatch.setattr(threads, "_applied", None)
     with threadpool_limits(limits=None):  # puts this process's pools back as they were on exit
-        client_app.cap_threads(1)
+        threads.set_threads(1)  # what a node does with federation.client_cpus = 1
         pools = threadpool_info()
         assert {p["internal_api"] for p in pools} >= {"openblas", "openmp"}  # numpy/scipy, torch/sklearn
         assert [p["num_threads"] for p in pools] == [1] * len(pools) and torch.get_num_threads() == 1

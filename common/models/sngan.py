@@ -26,6 +26,10 @@ GEN_CHANNELS = (512, 512, 256, 256, 128, 128, 64, 64)
 DISC_CHANNELS = (64, 64, 128, 128, 256, 256, 512, 512)
 HIDDEN = 4096  # Table 1: the first generator FC and the discriminator's FC
 LEAK = 0.2  # the paper says "leaky ReLU" without a slope; 0.2 is the DCGAN convention [17]
+# Convolution weights are kept channels-last (NHWC): oneDNN's CPU kernels for the one-channel first
+# and last convolutions (1 -> C, C -> 1) run 2-2.5x faster in that layout, a whole tiny-preset GAN
+# step ~18 % faster (benchmarks/gan.py); the numbers are the same convolutions in another summation order.
+CHANNELS_LAST = torch.channels_last
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class Generator(nn.Module):
             in_ch = out_ch
         layers += [_sn(nn.Conv2d(in_ch, 1, 3, padding=1)), nn.Tanh()]  # the ninth convolution
         self.convs = nn.Sequential(*layers)
+        self.to(memory_format=CHANNELS_LAST)
 
     @property
     def n_z(self) -> int:
@@ -126,6 +131,7 @@ class Discriminator(nn.Module):
         flat = in_ch * spec.base * spec.base  # 512 * 8 * 8 = 32768 in Table 1
         self.fc = nn.Sequential(nn.Flatten(), _sn(nn.Linear(flat, spec.ch(HIDDEN))), nn.LeakyReLU(LEAK))
         self.head = _sn(nn.Linear(spec.ch(HIDDEN), head))
+        self.to(memory_format=CHANNELS_LAST)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, P, P) -> (B, hidden): the body without the head."""

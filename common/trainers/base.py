@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import torch
 
+from common import threads
+
 Logs = dict[str, float]
 Step = Callable[[int], Logs]
 
@@ -61,6 +63,7 @@ def run(
     bar = _progress(desc, iterations) if progress else None
     try:
         for i in range(1, iterations + 1):
+            threads.tick()  # an adaptive thread budget re-sizes the pools every few seconds
             logs = step(i)
             bad = [k for k, v in logs.items() if not math.isfinite(v)]
             if bad:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
@@ -48,6 +49,18 @@ def adam(params: Iterable[nn.Parameter], lr: float, cfg: TrainingConfig) -> torc
     """Adam at ``lr`` with the study's betas."""
     # §4.4: Adam with beta1 = 0.5, beta2 = 0.99 for every network.
     return torch.optim.Adam(params, lr=lr, betas=cfg.betas)
+
+
+@contextlib.contextmanager
+def frozen(net: nn.Module) -> Iterator[None]:
+    """``net``'s weights need no gradient inside (a generator step through the discriminator):
+    the generator's gradients are the same, and the discriminator's, which its next step would
+    discard (``zero_grad``), are never computed (~8 % of a tiny-preset conditional step)."""
+    net.requires_grad_(False)
+    try:
+        yield
+    finally:
+        net.requires_grad_(True)
 
 
 def _noise(gen: ConditionalGenerator, batch: int, device: torch.device) -> torch.Tensor:
@@ -103,9 +116,10 @@ def wgan_gp_step(gen: Generator, critic: Discriminator, sample: Sampler, cfg: Tr
         d_loss.backward()
         opt_d.step()
         # Fresh noise for the generator update, as in Algorithm 1 of Gulrajani et al. 2017.
-        g_loss = -critic(gen(_noise(gen, b, device), zero_condition(gen, b, device))).mean()
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
+        with frozen(critic):
+            g_loss = -critic(gen(_noise(gen, b, device), zero_condition(gen, b, device))).mean()
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
         opt_g.step()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "w_dist": wasserstein.item(), "gp": gp.item()}
 
@@ -133,9 +147,10 @@ def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        g_loss = F.cross_entropy(disc(fake), wanted)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
+        with frozen(disc):
+            g_loss = F.cross_entropy(disc(fake), wanted)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
         opt_g.step()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
