@@ -93,7 +93,7 @@ class Generator(nn.Module):
             in_ch = out_ch
         layers += [_sn(nn.Conv2d(in_ch, 1, 3, padding=1)), nn.Tanh()]  # the ninth convolution
         self.convs = nn.Sequential(*layers)
-        self.to(memory_format=CHANNELS_LAST)
+        self.to(memory_format=CHANNELS_LAST)  # type: ignore[call-overload]  # (torch 2.11 stubs lack it)
 
     @property
     def n_z(self) -> int:
@@ -131,7 +131,7 @@ class Discriminator(nn.Module):
         flat = in_ch * spec.base * spec.base  # 512 * 8 * 8 = 32768 in Table 1
         self.fc = nn.Sequential(nn.Flatten(), _sn(nn.Linear(flat, spec.ch(HIDDEN))), nn.LeakyReLU(LEAK))
         self.head = _sn(nn.Linear(spec.ch(HIDDEN), head))
-        self.to(memory_format=CHANNELS_LAST)
+        self.to(memory_format=CHANNELS_LAST)  # type: ignore[call-overload]  # (torch 2.11 stubs lack it)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, P, P) -> (B, hidden): the body without the head."""
