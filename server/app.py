@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
-import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from common import threads
 from common.config import FEDERATED_REGIMES, StudyConfig
 from common.models.sngan import GanSpec
 from common.schema import config_from_run
@@ -31,14 +30,26 @@ log = logging.getLogger("fedser.server")
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Flower's entry: the configured regime over the nodes of this run."""
+    """Flower's entry: the configured regime(s) over the nodes of this run, one after another
+    (``regime`` = "gan-federated,gan-fedavg,fedavg": the nodes start and read their data once)."""
     cfg = config_from_run(context.run_config)
     config = context.run_config
     skips = str(config.get("skips", ""))
     nodes = int(config.get("nodes", 0))  # how many nodes the simulation started (0: a deployment, unknown)
-    run_regime(grid, cfg, str(config.get("regime", "")), run_id=context.run_id,
-               owner=str(config.get("owner", "")) or None, resume=bool(config.get("resume", True)),
-               skips=json.loads(skips) if skips else None, expected=nodes or None)
+    regimes = [r.strip() for r in str(config.get("regime", "")).split(",")]
+    for regime in regimes:  # all checked before the first one runs
+        check_regime(regime)
+    for regime in regimes:
+        run_regime(grid, cfg, regime, run_id=context.run_id,
+                   owner=str(config.get("owner", "")) or None, resume=bool(config.get("resume", True)),
+                   skips=json.loads(skips) if skips else None, expected=nodes or None)
+
+
+def check_regime(regime: str) -> None:
+    """One line naming the federated regimes when ``regime`` is none of them."""
+    if regime not in REGIMES:
+        raise ValueError(f"run config regime: {regime!r} is not a federated regime; choose from "
+                         f"{', '.join(FEDERATED_REGIMES)} (several: comma-separated)")
 
 
 def _log_to_stderr() -> None:
@@ -65,12 +76,10 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0, owner
     its to mark KILLED); ``resume``: run only the folds an earlier run of this config left;
     ``skips``: the study's corpus skips by kind (the corpus the simulated nodes read), logged;
     ``expected``: the nodes discovery waits for (None: the five session nodes, or ``node_wait``)."""
-    if regime not in REGIMES:
-        raise ValueError(f"run config regime: {regime!r} is not a federated regime; choose from "
-                         f"{', '.join(FEDERATED_REGIMES)}")
+    check_regime(regime)
     _log_to_stderr()
     mend_ray_pool()  # a simulated node's dead Ray actor is replaced (README "When a node fails")
-    torch.set_num_threads(os.cpu_count() or 1)  # the server trains while the nodes idle
+    threads.use(cfg.training.threads)  # the server trains SER models (common/threads.py)
     audit = audit_path(cfg, regime, run_id)
     fed = Federation(WireGrid(grid, audit), cfg, expected)
     tracker = Tracker(cfg, owner)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.config import SESSIONS, StudyConfig
@@ -60,6 +60,7 @@ class LocalSuperLink:
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.watchdog: Watchdog | None = None
+        self.clients: list[subprocess.Popen] = []  # `flwr run` processes against it (their own sessions)
 
     @property
     def env(self) -> dict[str, str]:
@@ -100,6 +101,9 @@ class LocalSuperLink:
             return False
 
     def __exit__(self, *exc: object) -> None:
+        for client in self.clients:  # a run still streaming when the study stops (Ctrl-C, a failed fold)
+            if client.poll() is None:
+                stop_tree(client, grace=5)
         if self.proc is not None:
             stop_tree(self.proc)
             self.proc = None
@@ -107,20 +111,24 @@ class LocalSuperLink:
             self.watchdog.__exit__()
             self.watchdog = None
 
-    def run(self, cfg: StudyConfig, regime: str, say: Callable[[str], None] = print, nodes: int | None = None,
-            **extra: object) -> None:
-        """``flwr run`` of ``regime`` with one virtual node per session and, under a partition, one
-        per training node (``nodes``: their count when the caller has it, else
-        :func:`simulation_nodes`; ``extra``: more run config, e.g. ``owner`` and ``resume``); raises
-        if the run fails."""
+    def run(self, cfg: StudyConfig, regimes: str | Sequence[str], say: Callable[[str], None] = print,
+            nodes: int | None = None, **extra: object) -> None:
+        """One ``flwr run`` of ``regimes`` (run one after another by the ServerApp, on the same
+        nodes: one Ray runtime, and each node reads its data once) with one virtual node per
+        session and, under a partition, one per training node (``nodes``: their count when the
+        caller has it, else :func:`simulation_nodes`; ``extra``: more run config, e.g. ``owner``
+        and ``resume``); raises if the run fails."""
         fed = cfg.federation
+        names = [regimes] if isinstance(regimes, str) else list(regimes)
         nodes = simulation_nodes(cfg) if nodes is None else nodes
         federation = (f"num-supernodes={nodes} client-resources-num-cpus={fed.client_cpus} "
                       f"client-resources-num-gpus={fed.client_gpus}")
         if not os.environ.get("RAY_ADDRESS"):  # an existing cluster refuses num-cpus (notes §3.4)
             federation += f" init-args-num-cpus={os.cpu_count() or 1}"
-        run_config = write_run_config(self.home / f"run-{regime}.toml", cfg, regime, nodes=nodes, **extra)
-        flwr_run(self.env, CONNECTION, run_config, self.home / f"flwr-run-{regime}.log", federation, say)
+        label = f"{cfg.training.trainer}-seed{cfg.training.seed}"
+        run_config = write_run_config(self.home / f"run-{label}.toml", cfg, ",".join(names), nodes=nodes, **extra)
+        flwr_run(self.env, CONNECTION, run_config, self.home / f"flwr-run-{label}.log", federation, say,
+                 started=self.clients.append)
 
 
 def simulation_nodes(cfg: StudyConfig) -> int:
@@ -135,8 +143,9 @@ def simulation_nodes(cfg: StudyConfig) -> int:
 
 
 def write_run_config(path: Path, cfg: StudyConfig, regime: str, **extra: object) -> Path:
-    """The run config of one regime: the resolved study config travels as JSON, so remote nodes
-    need no file (json.dumps of a str, bool or int is a valid TOML value: same escapes)."""
+    """The run config of ``regime`` (one, or several comma-separated): the resolved study config
+    travels as JSON, so remote nodes need no file (json.dumps of a str, bool or int is a valid
+    TOML value: same escapes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     values = {"regime": regime, "study-config": cfg.model_dump_json(), "work-dir": str(cfg.work_dir), **extra}
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()), encoding="utf-8")
@@ -144,7 +153,8 @@ def write_run_config(path: Path, cfg: StudyConfig, regime: str, **extra: object)
 
 
 def flwr_run(env: dict[str, str], connection: str, run_config: Path, log_path: Path,
-             federation_config: str | None = None, say: Callable[[str], None] = print) -> None:
+             federation_config: str | None = None, say: Callable[[str], None] = print,
+             started: Callable[[subprocess.Popen], None] | None = None) -> None:
     """``flwr run`` of this repository's app on ``connection`` (a simulation or a deployment),
     streamed; our own log lines are relayed to ``say``, everything goes to ``log_path``. Raises
     :class:`FlowerRunError` unless the SuperLink reports the run completed. Interrupted (Ctrl-C),
@@ -159,6 +169,8 @@ def flwr_run(env: dict[str, str], connection: str, run_config: Path, log_path: P
         text=True, cwd=APP_DIR, start_new_session=True,
     ) as proc:
         assert proc.stdout is not None
+        if started is not None:  # whoever owns the SuperLink can stop this process too
+            started(proc)
         try:
             for line in proc.stdout:
                 log.write(line)

@@ -13,17 +13,16 @@ and reports file-level metrics on the test speaker(s).
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from threadpoolctl import threadpool_limits
 
+from common import threads
 from common.audit import audit_generator, members_of
 from common.config import GAN_REGIMES, StudyConfig
 from common.data import Corpus
@@ -122,63 +121,91 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
                        model_digest=state_digest(trainer.state_dict()), audit=audit)
 
 
-class CentralRegime:
-    """A centralized regime over ``folds``: in-process with one worker, else a pool of ``workers``
-    spawned processes that share the machine's cores (never more torch threads than cores)."""
+# Relative cost of a fold (tiny preset, 2 cores: ~55 s, ~30 s, ~8 s): the pool starts the longest
+# first, so that the last fold to finish is a short one and no core idles behind it.
+FOLD_COST = {"gan-central": 3, "baseline-gan": 2, "real-central": 1}
 
-    def __init__(self, name: str, data: FoldData, folds: list[Fold], workers: int = 0,
+
+class FoldPool:
+    """Processes for the centralized folds of a whole study: every (regime, trainer, seed, fold)
+    is queued when the study starts, longest first, and each regime collects its own folds as
+    they finish. One pool per regime left a core idle behind each regime's last fold.
+
+    ``workers`` spawned processes share the machine's cores (``training.threads`` each, 1 at the
+    tiny preset); ``data`` is pickled once per worker, each task carries only its config and fold."""
+
+    def __init__(self, data: FoldData, workers: int) -> None:
+        # spawn: a clean interpreter per worker (torch and forked threads do not mix).
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_init, initargs=(data,))
+        self.futures: dict[tuple[str, str, int, int], Future[FoldOutcome]] = {}
+
+    @staticmethod
+    def key(regime: str, cfg: StudyConfig, fold: Fold) -> tuple[str, str, int, int]:
+        return regime, cfg.training.trainer, cfg.training.seed, fold.index
+
+    def submit(self, tasks: list[tuple[str, StudyConfig, Fold]]) -> None:
+        """Queue ``tasks`` (regime, config, fold), the costliest first."""
+        for regime, cfg, fold in sorted(tasks, key=lambda t: -FOLD_COST[t[0]]):
+            key = self.key(regime, cfg, fold)
+            if key not in self.futures:
+                self.futures[key] = self.pool.submit(_worker_fold, regime, cfg, fold)
+
+    def results(self, regime: str, cfg: StudyConfig, folds: list[Fold]) -> Iterator[FoldOutcome]:
+        """The outcomes of ``regime``'s ``folds`` as they finish (queued now if not yet)."""
+        self.submit([(regime, cfg, f) for f in folds])
+        yield from (f.result() for f in as_completed([self.futures[self.key(regime, cfg, f)] for f in folds]))
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the workers to exit; ``cancel``: kill them first (Ctrl-C, a failed fold)."""
+        if cancel:
+            for process in list(getattr(self.pool, "_processes", {}).values()):  # Python 3.14: pool.kill_workers()
+                process.kill()
+        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+    def __enter__(self) -> FoldPool:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(cancel=kind is not None)
+
+
+class CentralRegime:
+    """A centralized regime over ``folds``: its folds from the study's :class:`FoldPool`, or
+    in-process, one after another, without one."""
+
+    def __init__(self, name: str, data: FoldData, folds: list[Fold], pool: FoldPool | None = None,
                  say: Callable[[str], None] = print, progress: bool = False) -> None:
         if name not in SOURCES:
             raise ValueError(f"unknown centralized regime {name!r}; choose from {sorted(SOURCES)}")
-        self.name, self.data, self.say, self.progress = name, data, say, progress
+        self.name, self.data, self.pool, self.say, self.progress = name, data, pool, say, progress
         self.by_index = {fold.index: fold for fold in folds}
         self.folds = tuple(self.by_index)
-        self.workers = workers
         self.log = RegimeLog()
 
     def run(self, todo: Collection[int], store: GeneratorStore) -> Iterator[FoldOutcome]:
         """Each fold's outcome as it finishes (centralized regimes store no generators to resume)."""
         folds = [self.by_index[i] for i in self.folds if i in todo]
-        cores = os.cpu_count() or 1
-        workers = min(self.workers or cores, cores, len(folds))
-        if workers <= 1:
-            for fold in folds:
-                self.say(f"{self.name}: fold {fold.index} (test Session{fold.test_session})")
-                yield run_central_fold(self.name, self.data, fold, self.progress)
+        if self.pool is not None:
+            yield from self.pool.results(self.name, self.data.cfg, folds)
             return
-        threads = cores // workers
-        self.say(f"{self.name}: {len(folds)} folds in {workers} processes ({threads} thread(s) each)")
-        # spawn: a clean interpreter per worker (torch and forked threads do not mix).
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(self.data, threads))
-        own = torch.get_num_threads()
-        torch.set_num_threads(1)  # this process only logs (spectrogram grids) while the workers train
-        try:
-            futures = [pool.submit(_worker_fold, self.name, fold) for fold in folds]
-            for future in as_completed(futures):
-                yield future.result()
-        except BaseException:  # Ctrl-C, a failed fold, or the consumer gone: do not wait for the others
-            for process in list(getattr(pool, "_processes", {}).values()):  # Python 3.14: pool.kill_workers()
-                process.kill()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        finally:
-            torch.set_num_threads(own)
-        pool.shutdown()
+        for fold in folds:
+            self.say(f"{self.name}: fold {fold.index} (test Session{fold.test_session})")
+            yield run_central_fold(self.name, self.data, fold, self.progress)
 
 
 _WORKER: dict[str, FoldData] = {}  # a worker's FoldData, pickled once per worker rather than per fold
 
 
-def _worker_init(data: FoldData, threads: int) -> None:
+def _worker_init(data: FoldData) -> None:
     # The study's process handles Ctrl-C and stops the pool; a worker dies with the study (Linux).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
-    # cores // workers threads for torch and for numpy's BLAS/OpenMP pools: the pool is the parallelism.
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
+    threads.use(data.cfg.training.threads)  # torch's and numpy's pools (common/threads.py)
     _WORKER["data"] = data
 
 
-def _worker_fold(regime: str, fold: Fold) -> FoldOutcome:
-    return run_central_fold(regime, _WORKER["data"], fold)
+def _worker_fold(regime: str, cfg: StudyConfig, fold: Fold) -> FoldOutcome:
+    # The corpus, scaling and GAN are the worker's; the config is the task's (its trainer and seed).
+    return run_central_fold(regime, replace(_WORKER["data"], cfg=cfg), fold)
