@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 
 from common.audio import SAMPLE_RATE, load_audio, write_wav
@@ -26,7 +27,7 @@ from common.features import (
     random_patch,
     resolve_device,
 )
-from common.features.extractors import Backend
+from common.features.extractors import Backend, kaldi_mfcc_reference
 
 DEVICES = [
     "cpu",
@@ -79,6 +80,9 @@ def test_torch_matches_librosa_reference(name: str, device: str) -> None:
     extractor = build_extractor(name)
     ours, ref = extractor(WAV, device=device), extractor.reference(WAV)
     assert ours.shape == ref.shape
+    # float32 torch vs the reference (librosa in float32; NumPy float64 for mfcc_vad): atol is each
+    # extractor's documented round-off bound, in output units (measured 9-35x below it, also with
+    # MKL_CBWR=COMPATIBLE, MKL_ENABLE_INSTRUCTIONS=AVX2 and ATEN_CPU_CAPABILITY=default/avx2).
     np.testing.assert_allclose(ours, ref, rtol=0, atol=extractor.atol)
 
 
@@ -87,8 +91,13 @@ def test_batch_equals_one_by_one(name: str) -> None:
     # Different lengths: the batch is zero-padded, which must not change any utterance's features.
     wavs = [speech_like(1.1, seed=1), WAV, speech_like(0.3, seed=2, amplitude=0.01)]
     extractor = build_extractor(name)
+    # float32 vs float32, the FFT batched differently: MKL (and cuFFT, pocketfft) may run a batch of 3
+    # through other kernels than a single clip (with MKL_CBWR=COMPATIBLE here: 1 ulp apart, and 1 ulp
+    # of mfcc6s's values of ~1000 is 6e-5). That is FFT round-off, which the logs amplify in
+    # near-empty bins just as in the reference comparison, so the same bound: atol. A padding or
+    # cropping mistake moves features by far more (padded frames sit at the floor, -14 in ln).
     for batched, wav in zip(extractor.batch(wavs), wavs, strict=True):
-        np.testing.assert_allclose(batched, extractor(wav), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(batched, extractor(wav), rtol=0, atol=extractor.atol)
 
 
 @pytest.mark.parametrize("seconds", [1.0, 7.5])
@@ -120,25 +129,76 @@ def test_vad_keeps_everything_when_nothing_is_voiced() -> None:
     assert build_extractor("mfcc_vad")(np.zeros(8000, dtype=np.float32)).shape == (39, 48)
 
 
-# Seed 001's Kaldi MFCC of a 440 Hz sine (amplitude 0.5, 0.5 s): frame 0, C0..C12. C0 is the frame's
-# log-energy, checkable by hand: 400 samples hold exactly 11 periods, so no DC, and the energy is
-# 400 * (0.5 * 32768)^2 / 2 -> ln = 24.7064. C1..C12 were computed once with the NumPy reference
-# (kaldi_mfcc_reference, written from Kaldi's sources) and agree with torchaudio's Kaldi compliance
-# MFCC within 0.02 (float32 logs of the sine's near-empty mel bands).
-SINE_FRAME_0 = [24.7064, 84.9987, 19.2509, -7.4634, -54.7448, -69.5926, -75.8758, -53.0941, -27.4291, 3.3898,
-                20.0922, 28.1846, 22.6237]
+# Seed 001's Kaldi MFCC of a 440 Hz sine (amplitude 0.5, 0.5 s), frame 0, C0..C12, in float64 end
+# to end. C0 is the frame's log-energy, checkable by hand: 400 samples hold exactly 11 periods, so no
+# DC, and the energy is 400 * (0.5 * 32768)^2 / 2 -> ln = 24.706438. C1..C12 were computed once with
+# the NumPy reference (kaldi_mfcc_reference, float64, written from Kaldi's sources) from the float64
+# sine, and rounded to 4 decimals.
+SINE_FRAME_0 = [24.7064, 85.0028, 19.2453, -7.4576, -54.7498, -69.5890, -75.8778, -53.0934, -27.4288, 3.3891,
+                20.0930, 28.1837, 22.6246]
+SINE_C0 = float(np.log(400 * (0.5 * 32768) ** 2 / 2))  # exact, 24.706438
+# Kaldi's cepstral lifter 1 + (Q/2) sin(pi k / Q), Q = 22: C_k is multiplied by up to 12 (k = 11).
+# torchaudio builds the mel banks, DCT matrix and lifter in float32 whatever the input's dtype:
+# bank weights up to 3e-6 off (mel(f) ~ 2840 in float32), so ln E_j is off by ~1e-5, and through the
+# DCT (a row's L1 norm <= sqrt(23)) and the lifter by <= 12 * sqrt(23) * 1e-5 = 6e-4 in C_k
+# (measured 9e-5 on the sine, 2.2e-4 on speech-like audio, alike on every CPU path tried).
+KALDI_TABLES_ATOL = 1e-3
 
 
 def test_kaldi_mfcc_of_a_sine_against_reference_values() -> None:
+    # Compared in float64, input included. A pure sine is ill-conditioned for float32: 13 of the 23
+    # mel bands hold only the window's leakage, 1e-9 to 1e-13 of the frame's energy, while float32
+    # round-off puts 1e-15 to 1e-14 of it (~12 eps32^2 per FFT bin) into every band. Those bands'
+    # energies, hence logs, are off by ~2 sqrt(round-off / energy), up to tens of %, and the lifter
+    # multiplies C11 by 12: float32 paths (MKL's FFT with MKL_CBWR=COMPATIBLE or
+    # MKL_ENABLE_INSTRUCTIONS=AVX2, MKL on AMD) spread over 0.04 on frame 0's C1..C12, 0.35 over all
+    # frames. Rounding the sine to float32 alone moves them by 0.006. In float64 the round-off is
+    # ~1e-31 of the energy, and the same logs are good to ~1e-9.
     t = np.arange(8000) / SAMPLE_RATE
-    sine = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    sine = 0.5 * np.sin(2 * np.pi * 440 * t)  # float64, never rounded to float32
     extractor = build_extractor("mfcc_vad")
-    assert SINE_FRAME_0[0] == pytest.approx(np.log(400 * (0.5 * 32768) ** 2 / 2), abs=1e-4)
-    ours, ref = extractor(sine), extractor.reference(sine)
-    assert ours.shape == ref.shape == (39, 48)  # 1 + (8000 - 400) // 160 frames, all voiced
-    np.testing.assert_allclose(ref[:13, 0], SINE_FRAME_0, atol=1e-3)
-    np.testing.assert_allclose(ours[:13, 0], SINE_FRAME_0, atol=0.02)
-    np.testing.assert_allclose(ours[:13, 20], ours[:13, 0], atol=0.02)  # a steady tone: every frame alike
+    assert SINE_FRAME_0[0] == pytest.approx(SINE_C0, abs=5e-5)  # the pinned C0 is the exact one, rounded
+    # The float64 reference against the pinned values: 4-decimal rounding (<= 5e-5) plus float64
+    # round-off (~1e-9 here).
+    np.testing.assert_allclose(kaldi_mfcc_reference(extractor, sine)[:, 0], SINE_FRAME_0, rtol=0, atol=6e-5)
+    # Our Kaldi path (torchaudio's compliance MFCC, deltas, VAD) fed float64 computes in float64,
+    # except for torchaudio's float32 tables (KALDI_TABLES_ATOL).
+    ours = extractor._torch([sine], torch.device("cpu"))[0].numpy()
+    assert ours.dtype == np.float64 and ours.shape == (39, 48)  # 1 + (8000 - 400) // 160 frames, all voiced
+    np.testing.assert_allclose(ours[:13, 0], SINE_FRAME_0, rtol=0, atol=KALDI_TABLES_ATOL)
+    np.testing.assert_allclose(ours, extractor._reference(sine), rtol=0, atol=KALDI_TABLES_ATOL)  # Δ, ΔΔ, VAD too
+    # A steady tone: frames 5 hops (800 samples, 22 periods) apart see the same samples (up to float64
+    # rounding of the phase, ~1e-16, which the leakage bands amplify to ~1e-9); frames 5..40 have
+    # their Δ and ΔΔ windows (+-4 frames) inside the utterance, so those are alike too.
+    alike = ours[:, 5:41:5]
+    np.testing.assert_allclose(alike, np.repeat(alike[:, :1], alike.shape[1], axis=1), rtol=0, atol=1e-6)
+    # The product path (float32) on C0, which is well-conditioned: the sine holds all the frame's
+    # energy, and a float32 sum of 400 squares is within 400 eps32 = 5e-5 (relative) of the exact one.
+    np.testing.assert_allclose(extractor(sine)[0], SINE_C0, rtol=0, atol=1e-4)
+
+
+def test_kaldi_mfcc_float32_path_agrees_with_the_reference_on_a_well_conditioned_signal() -> None:
+    """The product's float32 path against the float64 reference on the sine plus noise in every mel band."""
+    t = np.arange(8000) / SAMPLE_RATE
+    rng = np.random.default_rng(0)
+    # AR(1) noise with Kaldi's pre-emphasis coefficient: pre-emphasis turns it back into white noise
+    # (std 0.02), so every FFT bin holds some after it, the lowest bands included.
+    noise = scipy.signal.lfilter([1.0], [1.0, -0.97], 0.02 * rng.standard_normal(t.size))
+    wav = (0.5 * np.sin(2 * np.pi * 440 * t) + noise).astype(np.float32)
+    extractor = build_extractor("mfcc_vad")
+    ours, ref = extractor(wav), extractor.reference(wav)
+    assert ours.shape == ref.shape == (39, 48)
+    # Tolerance: (1) float32 round-off in DC removal, pre-emphasis, window and the 512-point FFT is
+    # white noise of ~sqrt(3 + log2 512) eps32 = 4e-7 of the frame's rms in every FFT bin, so a band
+    # holding a share s of the frame's energy gets a relative error of ~2 * 4e-7 / sqrt(s) in its
+    # energy, i.e. in its log. After pre-emphasis the sine has amplitude 0.086 (rms 0.061) and the
+    # noise rms 0.02: the noise is 10 % of the energy, and the narrowest band (weights summing to
+    # 2.7 of 257 bins) holds s >= 0.1 * 2.7 / 257 = 1e-3 -> 2.6e-5 rms, <= 1.1e-4 at 4 sigma; the
+    # orthonormal DCT keeps that size and the lifter multiplies it by up to 12: <= 1.3e-3.
+    # (2) torchaudio's float32 tables: KALDI_TABLES_ATOL. Together 2.3e-3; measured 2.4e-4 (MKL's
+    # AVX-512, AVX2 and COMPATIBLE paths, ATEN_CPU_CAPABILITY default/avx2/avx512 alike), of which
+    # (1) is 4e-5.
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1.3e-3 + KALDI_TABLES_ATOL)
 
 
 def test_build_extractor_overrides_and_errors() -> None:
@@ -176,8 +236,9 @@ def test_minmax_scale_and_unscale() -> None:
     stats = MinMax(-10.0, 30.0)
     x = np.array([-10.0, 10.0, 30.0, 50.0])
     y = stats.scale(x)
-    np.testing.assert_allclose(y, [-1.0, 0.0, 1.0, 1.0])  # 50 is clipped
-    np.testing.assert_allclose(stats.unscale(y[:3]), x[:3], atol=1e-5)
+    np.testing.assert_allclose(y, [-1.0, 0.0, 1.0, 1.0])  # 50 is clipped; exact in binary floating point
+    # unscale returns float32: within an ulp of 30 (1.9e-6) of the inputs.
+    np.testing.assert_allclose(stats.unscale(y[:3]), x[:3], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="range"):
         MinMax().scale(x)
 

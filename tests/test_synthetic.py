@@ -138,6 +138,7 @@ def test_emo_evaluation_format_and_consistency(corpus: Path, manifest: list[dict
             v, a, d = (float(x) for x in m.groups()[4:])
             u = by_id[utt]
             seen.append(utt)
+            # end = round(start + duration, 4): one 4-decimal rounding, <= 5e-5.
             assert start > previous_end and end - start == pytest.approx(u["duration"], abs=1e-4)
             previous_end = end
             assert (label, v, a, d) == (u["raw_label"], u["valence"], u["activation"], u["dominance"])
@@ -160,7 +161,7 @@ def test_emo_evaluation_format_and_consistency(corpus: Path, manifest: list[dict
                 dm = re.fullmatch(r"A-E\d:\tval (\d); act (\d); dom  (\d);\t\(.*\)", line)
                 assert dm, line
                 values.append([int(x) for x in dm.groups()])
-            assert np.allclose(np.mean(values, axis=0), (v, a, d), atol=5e-5)
+            assert np.allclose(np.mean(values, axis=0), (v, a, d), atol=5e-5)  # means written to 4 decimals
     assert sorted(seen) == sorted(by_id)
     halves = [u["valence"] for u in manifest if u["valence"] % 1 == 0.5]
     assert halves, "two-evaluator sessions give half-integer means"

@@ -69,14 +69,19 @@ def test_the_loop_updates_the_centers_once_per_step_and_loss_alone_does_not(monk
 
 
 def test_center_loss_pulls_deep_features_toward_their_class_centers() -> None:
-    """Same seed and batches, lambda1 = 4 vs 0 (the centers are tracked in both): after 60 Adadelta steps
-    the deep features of training windows lie clearly closer to their class centers (measured ~0.7x)."""
+    """Same seed, batches and dropout masks, lambda1 = 4 vs 0 (the centers are tracked in both): after
+    120 Adadelta steps the deep features of training windows lie clearly closer to their class centers:
+    0.57x here, 0.56x-0.73x over 16 (init, batch, dropout) seeds. A trained result moves with the float
+    kernels as with another seed, so the 0.8 bar needs that spread below it: after 60 steps it was
+    0.68x-0.93x (and dropout drew from whatever the tests before had left in torch's global RNG)."""
     train = emotion_set(6, seed=0)
     x, y = PatchSampler(train, 32, seed=1)(64)
     distance = {}
     for weight in (0.0, 4.0):
         trainer = build_trainer(cfg("tripathi-sc", center_weight=weight))
-        trainer.fit(trainer.sampler(train, seed=0), iterations=60)
+        with torch.random.fork_rng():  # dropout masks: the same in both runs, whatever ran before
+            torch.manual_seed(0)
+            trainer.fit(trainer.sampler(train, seed=0), iterations=120)
         trainer.net.eval()
         with torch.no_grad():
             f, _, _ = trainer.net.heads(x)
