@@ -38,7 +38,7 @@ from flwr.clientapp import ClientApp
 
 from client.partitions import nodes_per_session, partition_listing, session_name, shard, shard_of
 from common import threads
-from common.audit import audit_generator, members_of, reference_classifier
+from common.audit import audit_generator, classifier, members_of, reference_classifier
 from common.config import SESSIONS, StudyConfig
 from common.corpora.base import Utterance
 from common.data import Corpus, load_corpus
@@ -269,8 +269,12 @@ def audit(msg: Message, context: Context) -> Message:
     spec = GanSpec.of(node.cfg)
     gen = Generator(spec)
     gen.load_state_dict(msg.content["generator"].to_torch_state_dict())
+    on_fake = None
+    if "classifier" in msg.content:  # GAN-train's classifier, trained once by the server (gan-fedavg)
+        on_fake = classifier(node.cfg, node.cfg.training.seed + 1)
+        on_fake.load_state_dict(msg.content["classifier"].to_torch_state_dict())
     figures = audit_generator(node.cfg, gen.eval(), node.split("members", stats), node.split("held_out", stats),
-                              reference=node.reference(stats), seed=node.cfg.training.seed)
+                              reference=node.reference(stats), seed=node.cfg.training.seed, on_fake=on_fake)
     return Message(RecordDict({"audit": MetricRecord(figures)}), reply_to=msg)
 
 

@@ -77,6 +77,14 @@ def reference_classifier(cfg: StudyConfig, members: LabeledSet, seed: int = 0) -
     return ref
 
 
+def fake_trained_classifier(cfg: StudyConfig, gen: ClassConditionalGenerator, seed: int = 0) -> SerCnnTrainer:
+    """The classifier trained on ``gen``'s samples only (GAN-train). It needs no real data, so
+    whoever holds the generator can train it once for every node that audits it."""
+    on_fake = classifier(cfg, seed + 1)
+    on_fake.fit(SyntheticPool([gen], cfg.audit.samples_per_class, len(cfg.data.classes), seed=seed + 2).sampler(seed=seed))
+    return on_fake
+
+
 def generated(gen: ClassConditionalGenerator, per_class: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` samples of every class: x (N, F, P) float32, y (N,)."""
     pool = SyntheticPool([gen], per_class, n_classes, seed=seed)
@@ -194,11 +202,13 @@ def membership(members: LabeledSet, held_out: LabeledSet, gen: np.ndarray, size:
 
 
 def audit_generator(cfg: StudyConfig, gen: ClassConditionalGenerator, members: LabeledSet, held_out: LabeledSet,
-                    reference: SerCnnTrainer | None = None, seed: int = 0) -> dict[str, float]:
+                    reference: SerCnnTrainer | None = None, seed: int = 0,
+                    on_fake: SerCnnTrainer | None = None) -> dict[str, float]:
     """Every figure of the module docstring for ``gen``, trained on ``members`` (never on ``held_out``).
 
     ``reference``: an already trained :func:`reference_classifier` on ``members`` (a node audits
-    several generators against the same data); trained here when None.
+    several generators against the same data); ``on_fake``: :func:`fake_trained_classifier` of
+    ``gen`` (one generator audited at several nodes); each trained here when None.
     """
     if not len(members):
         raise ValueError("the audit needs the generator's training utterances; none were given")
@@ -224,8 +234,7 @@ def audit_generator(cfg: StudyConfig, gen: ClassConditionalGenerator, members: L
     }
     if not len(held_out):  # a node too small to hold any utterance back: no unseen data to compare with
         return {k: figures.get(k, float("nan")) for k in AUDIT_KEYS}
-    on_fake = classifier(cfg, seed + 1)
-    on_fake.fit(SyntheticPool([gen], n, classes, seed=seed + 2).sampler(seed=seed))
+    on_fake = on_fake or fake_trained_classifier(cfg, gen, seed)
     unseen, unseen_y = real_patches(held_out, n, size, classes, seed + 1)
     hop = cfg.features.window_hop
     train_windows = np.concatenate([patches(f, size, hop, pad_value=-1.0) for f in members.feats])

@@ -27,7 +27,7 @@ from common.pipeline import PretrainedGan, pretrained
 from common.splits import make_folds
 from simulations.flower import LocalSuperLink, simulation_nodes
 from simulations.processes import work_dir_lock
-from simulations.regimes.central import CentralRegime, FoldData, FoldPool
+from simulations.regimes.central import FOLD_COST, CentralRegime, FoldData, FoldPool
 from simulations.report import fold_rows
 from simulations.tracking import Tracker, stored_generators, tracked
 
@@ -114,7 +114,7 @@ def _run(cfg: StudyConfig, tracker: Tracker, progress: bool, say: Callable[[str]
                 say(f"centralized folds: {len(tasks)} in {workers} processes")
         for scfg in cells if central else []:
             trainer, seed = scfg.training.trainer, scfg.training.seed
-            for regime in central:
+            for regime in sorted(central, key=lambda r: -FOLD_COST[r]):  # in the order the pool runs them
                 if (regime, trainer, seed) not in todo:
                     continue
                 regime_run = CentralRegime(regime, FoldData(scfg, corpus, stats, gan, stored), folds, pool, say, progress)

@@ -32,6 +32,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
 
+from common.audit import fake_trained_classifier
 from common.config import STRATEGY_REGIMES, StudyConfig
 from common.features import MinMax, resolve_device
 from common.metrics import confusion_from_cells
@@ -144,9 +145,11 @@ class FederatedRegime:
             return RecordDict({"generator": ArrayRecord(g.state_dict()), "config": stats_config(self.scaling)})
         if at is None:
             asks = {s: content(g) for s, g in generators.items()}
-        else:
+        else:  # one generator, several nodes: its GAN-train classifier (generated data only) trained here once
             [g] = generators.values()
-            asks = dict.fromkeys(at, content(g))
+            shared = content(g)
+            shared["classifier"] = ArrayRecord(fake_trained_classifier(self.cfg, g, self.cfg.training.seed).state_dict())
+            asks = dict.fromkeys(at, shared)
         outcome = self.fed.exchange("query.audit", asks)
         for name, reason in outcome.failures.items():
             log.warning("audit at %s failed: %s", name, reason)
