@@ -20,11 +20,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedser demo
 
-## Lint + type check (common/) + the whole test suite (slow end-to-end tests included; CI runs this via .ci/run).
+## Lint + type check (common/) + the whole test suite in one process per core (slow end-to-end
+## tests included; CI runs this via .ci/run).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy common
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 ## The docker-compose stack for real: engine (dockerd started if needed), image build, up, two
 ## regimes through the TLS SuperLink, down -v (tests/test_containers.py; skips without an engine).
@@ -33,7 +34,7 @@ test-containers: $(STAMP)
 
 ## Without the slow end-to-end tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n auto -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

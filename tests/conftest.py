@@ -11,6 +11,13 @@ import torch
 from common.audio import write_wav
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end (``slow``) tests first: under ``pytest -n`` (make test) each process then
+    starts with a long one and the short ones fill in around them, instead of one process
+    running the last long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> None:
     """Tiny networks gain nothing from more threads, and two pools fighting over two cores lose."""
@@ -124,6 +131,28 @@ sessions = [1, 2]
 samples_per_class = 12
 iterations = 4
 """
+
+
+@pytest.fixture
+def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower 1.41's Message() reads the running task's identity, which the ServerApp process sets:
+    for tests that run the server's side in this process (tests/inline.py, scripted grids)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in {"_run_id": 7, "_node_id": 0, "_task_id": 1}.items():
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+@pytest.fixture(scope="session")
+def pretrained_gan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One GAN pre-trained at the FAST_STUDY_TABLES sizes on the embedded corpora, for the tests
+    that need a checkpoint but do not test pre-training (``[model] pretrained = "..."``): the
+    corpora, their features and the two stages are then paid once per test session."""
+    from common.pipeline import pretrain
+    from common.schema import load_config
+
+    work = tmp_path_factory.mktemp("pretrained")
+    return pretrain(load_config(study_file(work, FAST_STUDY_TABLES)))
 
 
 def study_file(tmp_path: Path, toml: str) -> Path:

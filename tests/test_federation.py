@@ -1,11 +1,13 @@
 """The federated regimes end to end: `fedser study` -> `flwr run` -> simulated nodes, one per
 speaker (``federation.partition = "speaker"``) plus the five whole-session nodes that evaluate.
 
-One study runs gan-federated, gan-fedavg and the fedprox strategy regime on a SuperLink it starts
-itself, with Session3's ``train.gan`` made to fail (both its speakers' nodes). The test then reads MLflow (runs, metrics, tags, artifacts, the
-generator audits), inspects every reply that reached the server (the wire audit: the eyes-off
-guarantee), checks that no Flower or Ray process is left behind, and trains SER again from the
-stored generators with the corpus folder gone (``synthesis.from_run``).
+One study runs gan-federated, gan-fedavg and the fedprox strategy regime in one ``flwr run`` on a
+SuperLink it starts itself, with Session3's ``train.gan`` made to fail (both its speakers' nodes).
+The test then reads MLflow (runs, metrics, tags, artifacts, the generator audits), inspects every
+reply that reached the server (the wire audit: the eyes-off guarantee) and checks that no Flower or
+Ray process is left behind. SER from stored generators with the corpus folder gone
+(``synthesis.from_run``) runs on the in-process grid (tests/inline.py), as do the scripted-grid
+tests of reply order and retries below.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from typer.testing import CliRunner
 
 from common.audit import AUDIT_KEYS
+from common.data import synthetic_iemocap_root
 from common.models.sngan import GanSpec, Generator
 from common.schema import config_from_run, load_config
 from simulations.cli import app
 from simulations.flower import descendants, stop_tree
 from simulations.regimes.federation import Federation, WireGrid, reason_line
 from tests.conftest import FAST_STUDY_TABLES, study_file
+from tests.inline import run_inline
 
 FAST = """
 name = "fed"
@@ -49,6 +53,7 @@ timeout = 300
 [tracking]
 experiment = "fed"
 """
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
 FLOWER = re.compile(r"flower-superlink|flower-superexec|flower-supernode|flwr-simulation|flwr-serverapp|flwr-clientapp|raylet|gcs_server|ray::|mlflow")
 
 
@@ -119,11 +124,9 @@ def assert_eyes_off(lines: list[dict], generator_shapes: dict[str, list]) -> Non
 
 
 @pytest.mark.slow
-def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
-    config = study_file(tmp_path, FAST)
+def test_federated_regimes_through_flwr_run(tmp_path: Path, pretrained_gan: Path) -> None:
+    config = study_file(tmp_path, FAST + f'[model]\npretrained = "{pretrained_gan}"\n')
     runner = CliRunner()
-    done = runner.invoke(app, ["pretrain", str(config)])
-    assert done.exit_code == 0, done.output
     result = runner.invoke(app, ["study", str(config)])
     assert result.exit_code == 0, result.output
     assert "gan-federated" in result.output and "fedprox" in result.output and "±" in result.output
@@ -205,30 +208,32 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path) -> None:
     assert left_behind(tmp_path / "out" / "flower" / "home") == set()
     assert load_config(config).federation.failures == ("train.gan:3",)
 
-    # SER from the stored generators (seed 002 §5), the corpus folder gone: the nodes score with
-    # their own copy (federation.node_data_root), the server reads no corpus and writes none.
-    corpus = tmp_path / "out" / "corpora" / "synthetic-seed0-u4"
+
+
+def test_ser_from_stored_generators_with_the_corpus_gone(tmp_path: Path, pretrained_gan: Path) -> None:
+    """Seed 002 §5 (``synthesis.from_run``), on the in-process grid: the nodes score with their own
+    copy of the corpus (``federation.node_data_root``), the server reads none and writes none, and
+    the same generators and seed give the same SER weights as the run that trained them."""
+    cfg = load_config(study_file(tmp_path, 'name = "stored"\n' + FAST_STUDY_TABLES + f'[model]\npretrained = "{pretrained_gan}"\n'
+                                 '[federation]\nnode_wait = 60\n[tracking]\nexperiment = "stored"\n'))
+    trained = run_inline(cfg, ["gan-federated"], 5)["gan-federated"]
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    [gan] = [r for r in mlflow.search_runs(experiment_names=["stored"], output_format="list") if r.data.tags.get("kind") == "regime"]
+    corpus = synthetic_iemocap_root(cfg).parent
     copy = tmp_path / "nodes"
     shutil.copytree(corpus, copy)
     shutil.rmtree(corpus)
-    later = tmp_path / "later.toml"
-    later.write_text(config.read_text()
-                     .replace('regimes = ["gan-federated", "gan-fedavg", "fedprox"]', 'regimes = ["gan-federated"]')
-                     .replace("[synthesis]\n", f'[synthesis]\nfrom_run = "{gan.info.run_id}"\n')
-                     .replace("[federation]\n", f'[federation]\nnode_data_root = "{copy / "IEMOCAP_full_release"}"\n'))
-    again = runner.invoke(app, ["study", str(later)])
-    assert again.exit_code == 0, again.output
-    assert "reads no corpus" in again.output and not corpus.exists()
-    runs = mlflow.search_runs(experiment_names=["fed"], output_format="list", order_by=["attributes.start_time DESC"])
+    values = json.loads(cfg.model_dump_json())
+    values["synthesis"]["from_run"] = gan.info.run_id
+    values["federation"]["node_data_root"] = str(copy / "IEMOCAP_full_release")
+    later = load_config(overrides=values)
+    again = run_inline(later, ["gan-federated"], 5)["gan-federated"]
+    assert not corpus.exists()
+    runs = mlflow.search_runs(experiment_names=["stored"], output_format="list")
     [stored] = [r for r in runs if r.data.tags.get("kind") == "regime" and r.data.params.get("synthesis.from_run") == gan.info.run_id]
-    assert stored.data.metrics["generators_reused"] == 8 and "generators_received" not in stored.data.metrics
+    assert stored.data.metrics["generators_reused"] == 5 and "generators_received" not in stored.data.metrics
     assert {x["type"] for x in audit_lines(stored)} == {"query", "evaluate"}  # no node fine-tuned anything
-    # The same generators and seed give the same SER weights as in the run that trained them.
-    digests = {(r.data.tags["mlflow.parentRunId"], r.data.tags["fold"]): r.data.tags["model_sha256"]
-               for r in runs if "fold" in r.data.tags}
-    for fold in ("1", "2"):
-        assert digests[(stored.info.run_id, fold)] == digests[(gan.info.run_id, fold)]
-    assert left_behind(tmp_path / "out" / "flower" / "home") == set()
+    assert [o.model_digest for o in again] == [o.model_digest for o in trained] and len(again) == 2
 
 
 def test_stop_tree_stops_a_process_and_its_children() -> None:
@@ -343,15 +348,6 @@ class ScriptedGrid:
 
 # Node ids are random per run: here their order is not the sessions' order.
 NODES = {907: 1, 113: 2, 555: 3, 42: 4, 731: 5}
-
-
-@pytest.fixture(autouse=True)
-def _serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower 1.41's Message() reads the running task's identity, which the ServerApp process sets."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in {"_run_id": 1, "_node_id": 0, "_task_id": 1}.items():
-        monkeypatch.setattr(TaskIdentity, name, value)
 
 
 def federation(grid: ScriptedGrid, tmp_path: Path) -> Federation:

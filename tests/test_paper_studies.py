@@ -16,6 +16,7 @@ from common.trainers.registry import TRAINERS, build_trainer
 from simulations.cli import app
 from simulations.study import run_study
 from tests.conftest import FAST_STUDY_TABLES, study_file
+from tests.inline import run_inline
 
 EXPERIMENTS = Path(__file__).parent.parent / "simulations" / "experiments"
 PAPERS = ("chang2017", "tu2019", "tripathi2019", "gans2020", "gans2020-ravdess", "zhang2019")
@@ -36,10 +37,11 @@ def test_every_registered_trainer_has_a_paper_experiment() -> None:
     assert covered | {"ser-cnn"} == set(TRAINERS)
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("serverapp_identity")
 def test_a_speaker_head_trainer_runs_centralized_and_federated_and_is_reported(tmp_path: Path) -> None:
     """tu-dat (seed 001) in real-central and fedavg: the speaker head's indices reach the nodes as
-    the fold's training sessions; the report lists the trainer beside the regime."""
+    the fold's training sessions; the report lists the trainer beside the regime. The federated
+    regime runs on the in-process grid (tests/inline.py; Flower's transport: tests/test_federation.py)."""
     config = study_file(tmp_path, """
 name = "papers"
 regimes = ["real-central", "fedavg"]
@@ -57,9 +59,11 @@ local_iterations = 3
 [tracking]
 experiment = "papers"
 """)
+    cfg = load_config(config)
+    run_study(cfg.model_copy(update={"regimes": ("real-central",)}), progress=False, say=lambda _: None)
+    for trainer in cfg.study_trainers:
+        run_inline(cfg.with_trainer(trainer), ["fedavg"], 5)
     runner = CliRunner()
-    result = runner.invoke(app, ["study", str(config)])
-    assert result.exit_code == 0, result.output
     report = runner.invoke(app, ["report", "--config", str(config), "--json"])
     assert report.exit_code == 0, report.output
     rows = json.loads(report.output)["rows"]

@@ -1,22 +1,17 @@
 """Every strategy regime for one round, and the partitions' training nodes, over the real ClientApp.
 
-The grid here hands each message to ``client.app.app`` in this process (Flower's ClientApp called
-with a node's Context, as a SuperNode would) instead of through a SuperLink: the strategies,
-the regimes, the nodes' handlers and their data are the real ones; only the transport is left out
-(tests/test_federation.py runs the transport end to end).
+The grid here (tests/inline.py) hands each message to ``client.app.app`` in this process: the
+strategies, the regimes, the nodes' handlers and their data are the real ones; only the transport
+is left out (tests/test_federation.py runs the transport end to end).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
 
-from client.app import app as client_app
 from client.partitions import nodes_per_session, partition_listing
 from common.config import SESSIONS, STRATEGY_REGIMES, StudyConfig
 from common.schema import load_config
@@ -24,46 +19,9 @@ from simulations.regimes import FoldOutcome
 from simulations.regimes.federated import REGIMES
 from simulations.regimes.federation import Federation, WireGrid
 from tests.conftest import FAST_STUDY_TABLES, study_file
+from tests.inline import InlineGrid
 
-
-class InlineGrid:
-    """A Grid whose nodes are ``client.app.app`` called in this process, one Context per node
-    (``partition-id`` as in a simulation); ``slow`` nodes never answer a ``train`` message (a
-    straggler past any timeout)."""
-
-    def __init__(self, cfg: StudyConfig, nodes: int, slow: Iterable[int] = ()) -> None:
-        self.run_config = {"study-config": cfg.model_dump_json(), "work-dir": str(cfg.work_dir)}
-        self.contexts = {1000 + pid: Context(run_id=7, node_id=1000 + pid, node_config={"partition-id": pid},
-                                             state=RecordDict(), run_config=self.run_config) for pid in range(nodes)}
-        self.slow = set(slow)
-        self.replies: dict[str, Message] = {}
-        self.asked: list[tuple[int, str]] = []  # (node id, message type), in push order
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = str(uuid4())  # what a real grid's push does
-            node = msg.metadata.dst_node_id
-            self.asked.append((node, msg.metadata.message_type))
-            if node not in self.slow or msg.metadata.message_type != "train":
-                self.replies[msg.metadata.message_id] = client_app(msg, self.contexts[node])
-            ids.append(msg.metadata.message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
-
-
-@pytest.fixture(autouse=True)
-def _serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower 1.41's Message() reads the running task's identity, which the ServerApp process sets."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in {"_run_id": 7, "_node_id": 0, "_task_id": 1}.items():
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 
 def study(tmp_path: Path, federation: str = "") -> StudyConfig:

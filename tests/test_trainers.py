@@ -60,6 +60,18 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def _full_variants() -> list[str]:
+    """One trainer per network (class, and dims for the FCNs): the variant that switches on the
+    most of its family's options (its paper's full model), so every loss term trains in a
+    "learns" test; every variant still runs fit, selection and FedProx below."""
+    best: dict[tuple[type, object], str] = {}
+    for n, e in sorted(TRAINERS.items()):
+        key = (e.cls, e.options.get("dims"))
+        if key not in best or sum(map(bool, e.options.values())) > sum(map(bool, TRAINERS[best[key]].options.values())):
+            best[key] = n
+    return sorted(best.values())
+
+
 def test_unknown_trainer_is_refused_with_the_registered_names() -> None:
     from common.config import ConfigError
 
@@ -67,6 +79,7 @@ def test_unknown_trainer_is_refused_with_the_registered_names() -> None:
         load_config(overrides={"training": {"trainer": "nope"}})
 
 
+@pytest.mark.parametrize("name", _full_variants())
 def test_learns_a_tiny_set_and_evaluates(name: str) -> None:
     trainer = build_trainer(small_cfg(name))
     train, test = emotion_set(6, seed=0), emotion_set(4, seed=2)
