@@ -20,5 +20,6 @@ else
     mode="TLS, authenticated by its own key"
 fi
 echo "fedser supernode: Session$session ($wavs wav files in $folder; sessions visible: ${sessions% }), SuperLink $superlink, $mode"
-exec flower-supernode --superlink "$superlink" "${security[@]}" --isolation subprocess \
+# fedser-supernode: flower-supernode with shorter waits between messages (client/supernode.py).
+exec fedser-supernode --superlink "$superlink" "${security[@]}" --isolation subprocess \
     --node-config "session=$session data-root='$root'"

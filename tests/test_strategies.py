@@ -83,7 +83,7 @@ def test_sampling_and_stragglers_use_flowers_arguments_and_are_recorded(tmp_path
 
 
 def test_the_straggler_drill_slows_a_stable_fraction_of_training_nodes(tmp_path: Path) -> None:
-    from client.app import Node
+    from client.node import Node
 
     cfg = study(tmp_path, "slow_fraction = 0.3\nslow_seconds = 1\n")
     nodes = [Node(cfg, 1, None, f"Session1-n{i}", i) for i in range(200)]  # type: ignore[arg-type]
