@@ -1,19 +1,24 @@
-"""Threads at work during a 2-worker ``fedser study``: does the study keep to the machine's cores?
+"""Threads that yield: does a fedser job share the machine fairly with another one?
 
-    nice -n 10 python benchmarks/thread_budget.py [--repo DIR] [--work-dir DIR] [--workers N]
-                                                  [--interval S] [--keep]
+    python benchmarks/thread_budget.py [--threads 1 0 2] [--ae 300] [--gan 150] [--keep]
+    python benchmarks/thread_budget.py --study [--workers N] [--federated] [--interval S]
 
-Runs, with the code of ``--repo`` (default: this checkout), ``fedser pretrain`` and then ``fedser
-study`` on the embedded tiny corpus: real-central and gan-central over two folds in ``--workers``
-spawned fold workers, with short schedules (``--federated``: gan-federated and fedavg instead, five
-session nodes on Ray actors of one core each, beside the ServerApp). While the study runs it samples, every ``--interval``
-seconds, every thread of the study process and of all its descendants (from /proc) and counts
-those in state R (running or runnable). It prints the study's wall time, the mean and peak number
-of runnable threads, and the share of samples with more runnable threads than cores: runnable
-threads beyond the cores wait for a core and slow everything down.
+Default: ``fedser pretrain`` (the tiny preset's networks, ``--ae``/``--gan`` iterations) alone, then
+two of them at once in separate work dirs, for each ``training.threads`` setting given (1: the
+tiny preset's; 0: adaptive, common/threads.py; 2: as many threads as this 2-core machine has
+cores, what every process used before). It prints each one's wall seconds and the ratio beside /
+alone: two jobs sharing 2 cores should each take about twice their time alone (the goal: <= 2.5);
+threads spinning at OpenMP barriers while the other job holds their core make it far worse.
+Corpora and feature caches are prepared first, so only the training is timed. Run it with
+nothing else on the machine.
+
+``--study``: a 2-worker ``fedser study`` (real-central and gan-central over two folds; with
+``--federated`` gan-federated and fedavg on Ray actors) while sampling, every ``--interval`` s, the
+threads of the study's process tree in state R: the mean and peak runnable threads against the
+cores.
 
 To compare with an older checkout: ``git worktree add /tmp/before <commit>`` and ``--repo
-/tmp/before`` (this venv's python runs both; quote ratios from one session, the machine is shared).
+/tmp/before`` (this venv's python runs both; quote ratios from one run, alone on the machine).
 """
 
 from __future__ import annotations
@@ -82,18 +87,75 @@ def fedser(*args: str) -> list[str]:
     return [sys.executable, "-c", "from simulations.cli import main; main()", *args]
 
 
+PRETRAIN = """
+name = "pretrain-{tag}"
+[data.synthetic]
+utterances_per_dialog = 6
+[training]
+ae_iterations = {ae}
+gan_iterations = {gan}
+threads = {threads}
+"""
+
+
+def pretrain_seconds(repo: Path, configs: list[Path]) -> list[float]:
+    """Wall seconds of ``fedser pretrain`` on each config, all started at once."""
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    start = time.perf_counter()
+    procs = [subprocess.Popen(fedser("pretrain", str(c)), cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for c in configs]
+    seconds = []
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"fedser pretrain failed ({proc.returncode}): {err.strip().splitlines()[-1:]}")
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def pretrain_pair(args: argparse.Namespace, repo: Path, work: Path) -> None:
+    print(f"fedser pretrain, alone and beside a second one ({os.cpu_count()} cores; ae {args.ae}, gan {args.gan} "
+          "iterations; the tiny preset's networks)")
+    print(f"{'training.threads':>18} | {'alone s':>8} | {'beside s (each)':>16} | {'ratio':>5}")
+    for threads in args.threads:
+        configs = []
+        for tag in ("a", "b"):
+            config = work / f"pretrain-{threads}-{tag}.toml"
+            config.write_text(f'work_dir = "{work / f"out-{threads}-{tag}"}"\n'
+                              + PRETRAIN.format(tag=tag, ae=args.ae, gan=args.gan, threads=threads))
+            configs.append(config)
+        pretrain_seconds(repo, configs[:1])  # corpora and features of a written once, untimed
+        pretrain_seconds(repo, configs[1:])
+        [alone] = pretrain_seconds(repo, configs[:1])
+        beside = pretrain_seconds(repo, configs)
+        label = {0: "0 (adaptive)"}.get(threads, str(threads))
+        print(f"{label:>18} | {alone:8.1f} | {' / '.join(f'{b:.1f}' for b in beside):>16} | {max(beside) / alone:5.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, default=HERE)
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0, os.cpu_count() or 1],
+                        help="training.threads settings to compare (pretrain mode)")
+    parser.add_argument("--ae", type=int, default=300, help="autoencoder iterations (pretrain mode)")
+    parser.add_argument("--gan", type=int, default=150, help="WGAN-GP iterations (pretrain mode)")
+    parser.add_argument("--study", action="store_true", help="sample a 2-worker study's runnable threads instead")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--interval", type=float, default=0.25)
-    parser.add_argument("--federated", action="store_true", help="gan-federated and fedavg instead")
+    parser.add_argument("--federated", action="store_true", help="--study: gan-federated and fedavg instead")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args()
     repo = args.repo.resolve()
     work = (args.work_dir or Path(tempfile.mkdtemp(prefix="fedser-threads-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if not args.study:
+        try:
+            pretrain_pair(args, repo, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return
     config = work / "study.toml"
     config.write_text(f'work_dir = "{work / "out"}"\n' + CONFIG.format(
         workers=args.workers, regimes='["gan-federated", "fedavg"]' if args.federated else '["real-central", "gan-central"]'))

@@ -20,7 +20,6 @@ from mlflow.tracking import MlflowClient
 
 from common.config import SESSIONS
 from common.data import synthetic_iemocap_root
-from common.pipeline import pretrain
 from common.schema import load_config
 from simulations.flower import APP_DIR, flwr_run, free_port, stop_tree, write_run_config
 from tests.conftest import FAST_STUDY_TABLES
@@ -95,18 +94,18 @@ def tls_connection(flwr_home: Path, name: str, address: str, ca: Path) -> dict[s
 
 
 @pytest.mark.slow
-def test_tls_deployment_on_loopback(tmp_path: Path) -> None:
+def test_tls_deployment_on_loopback(tmp_path: Path, pretrained_gan: Path) -> None:
     certs = tmp_path / "certs"
     subprocess.run(["bash", str(DEPLOY / "make-certs.sh"), str(certs)], check=True, capture_output=True, timeout=120)
     link_port, mlflow_port = free_port(), free_port()
     toml = tmp_path / "study.toml"
     # One fold: each deployed message costs seconds of Flower's own process start and polling.
     toml.write_text(f'name = "deploy"\nregimes = ["gan-federated"]\nwork_dir = "{tmp_path / "server"}"\n'
-                    + FAST_STUDY_TABLES.replace("sessions = [1, 2]", "sessions = [1]")
+                    + FAST_STUDY_TABLES.replace("sessions = [1, 2]", "sessions = [1]").replace(
+                        "[audit]\n", "[audit]\nenabled = false  # the audit's handler: tests/test_federation.py\n")
+                    + f'[model]\npretrained = "{pretrained_gan}"\n'  # the GAN lives with the server
                     + f'[tracking]\nuri = "http://127.0.0.1:{mlflow_port}"\nexperiment = "deploy"\n')
     cfg = load_config(toml)
-    # The pre-trained GAN lives with the server (local sqlite only for pretraining: no MLflow needed).
-    pretrain(cfg)
     # Each node gets a corpus folder holding nothing but its own session.
     corpus = synthetic_iemocap_root(cfg)
     for s in SESSIONS:
@@ -219,7 +218,8 @@ def test_study_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     config = tmp_path / "study.toml"
-    config.write_text(f'name = "ray"\nregimes = ["fedavg"]\nwork_dir = "{tmp_path / "out"}"\n' + FAST_STUDY_TABLES
+    config.write_text(f'name = "ray"\nregimes = ["fedavg"]\nwork_dir = "{tmp_path / "out"}"\n'
+                      + FAST_STUDY_TABLES.replace("sessions = [1, 2]", "sessions = [1]")
                       + '[federation]\nrounds = 1\nlocal_iterations = 2\n[tracking]\nexperiment = "ray"\n')
     started = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                               "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(ray_tmp)],
