@@ -28,16 +28,14 @@ RUN_ID = 7
 
 class InlineGrid:
     """A Grid whose nodes are ``client.app.app`` called in this process, one Context per node
-    (``partition-id`` as in a simulation, ``node_config`` to override); ``slow`` nodes never answer
+    (``partition-id`` as in a simulation); ``slow`` nodes never answer
     a ``train`` message (a straggler past any timeout)."""
 
-    def __init__(self, cfg: StudyConfig, nodes: int, slow: Iterable[int] = (),
-                 node_config: dict[int, dict[str, object]] | None = None, run_id: int = RUN_ID) -> None:
+    def __init__(self, cfg: StudyConfig, nodes: int, slow: Iterable[int] = (), run_id: int = RUN_ID) -> None:
         self.run_config = {"study-config": cfg.model_dump_json(), "work-dir": str(cfg.work_dir)}
         self.run_id = run_id
-        configs = node_config or {}
         self.contexts = {1000 + pid: Context(run_id=run_id, node_id=1000 + pid,
-                                             node_config=configs.get(pid, {"partition-id": pid}),  # type: ignore[arg-type]
+                                             node_config={"partition-id": pid},
                                              state=RecordDict(), run_config=self.run_config) for pid in range(nodes)}
         self.slow = set(slow)
         self.replies: dict[str, Message] = {}
