@@ -41,7 +41,14 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.partitions import nodes_per_session, partition_listing, session_name, shard, shard_of
 from common import threads
-from common.audit import audit_generator, classifier, members_of, reference_classifier
+from common.audit import (
+    GeneratorSplit,
+    audit_generator,
+    classifier,
+    generator_split,
+    reference_classifier,
+    selector,
+)
 from common.config import SESSIONS, StudyConfig
 from common.corpora.base import Utterance
 from common.data import Corpus, load_corpus
@@ -51,7 +58,8 @@ from common.models.sngan import Discriminator, GanSpec, Generator
 from common.pipeline import finetune, iemocap_speakers
 from common.schema import config_from_run
 from common.splits import holdout_split
-from common.trainers.gan import train_stage
+from common.trainers.base import run
+from common.trainers.gan import conditional_step
 from common.trainers.registry import build_trainer
 from common.trainers.ser import SerCnnTrainer
 from common.views import LabeledSet, PatchSampler
@@ -87,16 +95,14 @@ class Node:
 
     def split(self, name: str, stats: MinMax, speakers: tuple[str, ...] = ()) -> LabeledSet:
         """The scaled ``train`` (everything the node holds), ``validation`` or ``test`` set; ``speakers``
-        is the fold's speaker vocabulary for trainers with a speaker head. ``members`` and
-        ``held_out``: the session split for the generator audit (common/audit.py): a generator
-        trains on the members only when the audit is on."""
+        is the fold's speaker vocabulary for trainers with a speaker head. ``members``,
+        ``selection`` and ``held_out``: the session split for the generator (common/audit.py:
+        generator_split): it trains on the members only when the audit or selection is on."""
         key = (name, stats, speakers)
         if key not in self.splits:
-            if name in ("members", "held_out"):
-                whole = self.split("train", stats, speakers)
-                members, held_out = (members_of(whole, self.cfg.audit.holdout, self.cfg.training.seed)
-                                     if self.cfg.audit.enabled else (whole, whole))
-                self.splits[key] = members if name == "members" else held_out
+            if name in GeneratorSplit._fields:
+                split = generator_split(self.split("train", stats, speakers), self.cfg)
+                self.splits[key] = getattr(split, name)
                 return self.splits[key]
             utts = self.corpus.utterances
             if name != "train":
@@ -229,9 +235,12 @@ def train_gan(content: RecordDict, where: Where) -> RecordDict:
     gen, disc = Generator(spec), Discriminator(spec, head=1)
     gen.load_state_dict(content["generator"].to_torch_state_dict())
     disc.load_state_dict(content["discriminator"].to_torch_state_dict())
-    train = node.split("members", _stats(content["config"]))
+    stats = _stats(content["config"])
+    train = node.split("members", stats)
+    select = selector(cfg, GeneratorSplit(train, node.split("selection", stats), node.split("held_out", stats)),
+                      node.reference(stats) if cfg.training.finetune_select_every else None, cfg.training.seed)
     torch.manual_seed(cfg.training.seed + node.key)
-    gen = finetune(cfg, gen, disc, train)
+    gen = finetune(cfg, gen, disc, train, select=select)
     return RecordDict({
         "generator": ArrayRecord(_wire(cfg, gen.state_dict())),
         "metrics": MetricRecord({"num-examples": len(train), "seconds": time.perf_counter() - start}),
@@ -259,8 +268,12 @@ def train_fedgan(content: RecordDict, where: Where) -> RecordDict:
     train = node.split("members", _stats(config))
     seed = cfg.training.seed + 1000 * int(config["server-round"]) + node.key
     torch.manual_seed(seed)
-    train_stage("conditional", gen, disc, PatchSampler(train, spec.patch, seed=seed), cfg.training,
-                int(config["local-steps"]), resolve_device(cfg.training.device))
+    device, local = resolve_device(cfg.training.device), int(config["local-steps"])
+    gen.to(device).train()
+    disc.to(device).train()
+    # The class-loss ramp (training.finetune_class_ramp) runs over the rounds' steps, not each round's.
+    run(conditional_step(gen, disc, PatchSampler(train, spec.patch, seed=seed), cfg.training, device,
+                         first_step=(int(config["server-round"]) - 1) * local), local, desc="conditional")
     return RecordDict({
         "generator": ArrayRecord(gen.cpu().state_dict()), "discriminator": ArrayRecord(disc.cpu().state_dict()),
         "metrics": MetricRecord({"num-examples": len(train)}),

@@ -36,7 +36,9 @@ embedding cannot hide it):
 from __future__ import annotations
 
 import hashlib
-from typing import cast
+import logging
+from collections.abc import Callable
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -50,6 +52,8 @@ from common.models.sngan import Discriminator
 from common.synthesis import ClassConditionalGenerator, SyntheticPool
 from common.trainers.ser import SerCnnTrainer
 from common.views import LabeledSet, subset
+
+log = logging.getLogger(__name__)
 
 # What audit_generator returns, in the report's column order.
 AUDIT_KEYS = ("gan_test", "gan_train", "real_train", "fd", "fd_real", "diversity", "ct", "mia_auc",
@@ -120,6 +124,14 @@ def _embed(ref: SerCnnTrainer, x: np.ndarray) -> np.ndarray:
         for start in range(0, len(x), 256):
             out.append(net.features(torch.from_numpy(x[start : start + 256]).unsqueeze(1)).numpy())
     return np.concatenate(out).astype(np.float64)
+
+
+def _gan_test(ref: SerCnnTrainer, fake: np.ndarray, fake_y: np.ndarray) -> float:
+    """Accuracy of ``ref`` on generated patches (N, F, P) labelled by their condition ``fake_y``."""
+    ref.net.eval()
+    with torch.no_grad():
+        predicted = np.concatenate([ref._probs(fake[i : i + 256]).argmax(1) for i in range(0, len(fake), 256)])
+    return float(np.mean(predicted == fake_y))
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -218,10 +230,7 @@ def audit_generator(cfg: StudyConfig, gen: ClassConditionalGenerator, members: L
     fake, fake_y = generated(gen, n, classes, seed)
     real, real_y = real_patches(members, n, size, classes, seed)
 
-    ref.net.eval()
-    with torch.no_grad():
-        predicted = np.concatenate([ref._probs(fake[i : i + 256]).argmax(1) for i in range(0, len(fake), 256)])
-    gan_test = float(np.mean(predicted == fake_y))
+    gan_test = _gan_test(ref, fake, fake_y)
     present = sorted(set(real_y.tolist()))
     diversity_fake = float(np.mean([mean_pairwise(fake[fake_y == c].reshape(-1, size * size)) for c in present]))
     diversity_real = float(np.mean([mean_pairwise(real[real_y == c].reshape(-1, size * size)) for c in present]))
@@ -250,6 +259,81 @@ def audit_generator(cfg: StudyConfig, gen: ClassConditionalGenerator, members: L
         "mia_tpr_1fpr": tpr,
     }
     return {k: figures[k] for k in AUDIT_KEYS}
+
+
+class GeneratorSplit(NamedTuple):
+    """A generator's data: what it trains on, what selects among its iterates, what audits it."""
+
+    members: LabeledSet
+    selection: LabeledSet  # empty unless ``training.finetune_select_every``
+    held_out: LabeledSet
+
+
+# Held-back utterances that select generators (the rest audit them), by a second hash.
+SELECTION_SHARE = 0.5
+
+
+def generator_split(data: LabeledSet, cfg: StudyConfig, hold_back: bool = True) -> GeneratorSplit:
+    """``data`` for a generator: ``audit.holdout`` of it held back (when ``hold_back`` and the audit
+    or generator selection is on), and with selection on, half of that for selection, so that the
+    audit's figures stay unbiased by the choice. Without holding back the generator trains on all
+    of ``data``, which also stands in as its held-out set (the audit is off)."""
+    selecting = cfg.training.finetune_select_every > 0
+    if not hold_back or not (cfg.audit.enabled or selecting):
+        return GeneratorSplit(data, subset(data, []), data)
+    members, held_out = members_of(data, cfg.audit.holdout, cfg.training.seed)
+    if not selecting:
+        return GeneratorSplit(members, subset(held_out, []), held_out)
+    audit_half, selection = members_of(held_out, SELECTION_SHARE, cfg.training.seed + 1)
+    return GeneratorSplit(members, selection, audit_half)
+
+
+# A generator may win the selection only if the real-trained classifier recognises at least this
+# share of its samples' classes: the class-blind start of stage 3 can have the lowest Fréchet
+# distance (it copies the pooled distribution) while being useless for SER.
+SELECTION_MIN_GAN_TEST = 0.5
+
+
+def selection_score(cfg: StudyConfig, gen: ClassConditionalGenerator, ref: SerCnnTrainer,
+                    selection: LabeledSet, seed: int = 0) -> float:
+    """Higher is better: minus the class-conditional Fréchet distance between ``gen``'s samples and
+    patches of the ``selection`` utterances in ``ref``'s embedding (the audit's), -inf while
+    GAN-test is below 0.5. Never scored against members: that would reward copying.
+
+    The generator is scored in eval mode (spectral norm's power iteration frozen) and torch's
+    random state is restored, so selecting never changes the training run it selects from."""
+    classes, n = len(cfg.data.classes), cfg.audit.samples_per_class
+    size = gen.spec.patch  # type: ignore[attr-defined]
+    net = cast(torch.nn.Module, gen)
+    training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            fake, fake_y = generated(gen, n, classes, seed)
+    finally:
+        net.train(training)
+    if _gan_test(ref, fake, fake_y) < SELECTION_MIN_GAN_TEST:
+        return float("-inf")
+    real, real_y = real_patches(selection, n, size, classes, seed + 3)
+    return -class_frechet(_embed(ref, real), real_y, _embed(ref, fake), fake_y)
+
+
+def selector(cfg: StudyConfig, split: GeneratorSplit, reference: SerCnnTrainer | None = None,
+             seed: int = 0) -> Callable[[ClassConditionalGenerator], float] | None:
+    """The score :func:`common.pipeline.finetune` selects with, or None when selection is off or
+    no utterance was held back for it (a logged skip). ``reference``: the audit's classifier on
+    ``split.members`` when already trained (trained here otherwise)."""
+    if not cfg.training.finetune_select_every:
+        return None
+    if not len(split.selection):
+        log.warning("generator selection skipped: none of %d utterances was held back for it "
+                    "(raise audit.holdout); the last iterate is kept", len(split.members))
+        return None
+    if reference is None:
+        with torch.random.fork_rng(devices=[]):  # the fine-tuning's random stream stays its own
+            reference = reference_classifier(cfg, split.members, seed)
+    ref = reference
+    return lambda gen: selection_score(cfg, gen, ref, split.selection, seed)
 
 
 def members_of(data: LabeledSet, fraction: float, seed: int) -> tuple[LabeledSet, LabeledSet]:

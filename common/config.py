@@ -169,6 +169,14 @@ class TrainingConfig(Section):
     gan_iterations: int = Field(200_000, ge=1)
     # Stage 3 (conditional fine-tuning): same learning rates (§4.4); the paper gives no length.
     finetune_iterations: int = Field(20_000, ge=1)
+    # Stage-3 switches against mode collapse on small data; all off in the paper (common/trainers/gan.py):
+    # ramp the class part of the N_c + 1 cross-entropy from 0 to 1 over this many steps (0 = off);
+    finetune_class_ramp: int = Field(0, ge=0)
+    # differentiable augmentations of every discriminator input (common/trainers/augment.py);
+    finetune_augment: tuple[Literal["shift", "time_mask", "freq_mask", "gain"], ...] = ()
+    # keep the generator that scores best every this many steps against held-out utterances
+    # of its own node (common/audit.py: selection_score; 0 = keep the last).
+    finetune_select_every: int = Field(0, ge=0)
     # SER network (§4.4): lr 1e-5 decayed x0.1 every 10K iterations; length not given in the paper.
     ser_lr: float = Field(1e-5, gt=0)
     ser_lr_decay_every: int = Field(10_000, ge=1)

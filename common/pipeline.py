@@ -10,7 +10,7 @@ import hashlib
 import os
 import subprocess
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,6 +23,7 @@ from common.corpora import Utterance
 from common.data import StreamedPatches, prepared_labeled, prepared_unlabeled
 from common.features import MinMax, resolve_device
 from common.models.sngan import Discriminator, GanSpec, Generator
+from common.trainers.base import KeepBest
 from common.trainers.gan import train_stage
 from common.views import LabeledSet, PatchSampler
 
@@ -215,10 +216,17 @@ def _check_sizes(cfg: StudyConfig, spec: GanSpec) -> None:
 
 
 def finetune(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: LabeledSet,
-             progress: bool = False) -> Generator:
-    """Stage 3 on ``train``: N_c + 1 discriminator head, one-hot conditions (§3.2 Fine-Tuning)."""
+             progress: bool = False, select: Callable[[Generator], float] | None = None) -> Generator:
+    """Stage 3 on ``train``: N_c + 1 discriminator head, one-hot conditions (§3.2 Fine-Tuning).
+
+    ``select`` (common.audit.selector): with ``training.finetune_select_every`` = E, the generator
+    is scored every E steps and the best-scoring iterate kept; otherwise the last one (the paper).
+    """
     disc.replace_head(gen.spec.n_c + 1)
     sample = PatchSampler(train, gen.spec.patch, seed=cfg.training.seed)
+    every = cfg.training.finetune_select_every if select is not None else 0
+    keep = [KeepBest(gen)] if every else []
     train_stage("conditional", gen, disc, sample, cfg.training, cfg.training.finetune_iterations,
-                resolve_device(cfg.training.device), progress)
+                resolve_device(cfg.training.device), progress,
+                evaluate=(lambda: select(gen)) if select is not None else None, eval_every=every, hooks=keep)
     return gen.cpu().eval()

@@ -437,7 +437,7 @@ def _quiet_downloads() -> Iterator[None]:
 def _audit(run_id: str, config: Path | None, tracking_uri: str | None) -> list[dict[str, Any]]:
     import mlflow
 
-    from common.audit import audit_generator, members_of
+    from common.audit import audit_generator, generator_split
     from common.config import validate
     from common.data import load_corpus
     from common.models.sngan import GanSpec
@@ -487,7 +487,8 @@ def _audit(run_id: str, config: Path | None, tracking_uri: str | None) -> list[d
                              f"config (folds: {sorted(folds) or '-'})")
         if not utts:
             raise ValueError(f"generator {name} of run {run_id}: the corpus has none of the utterances it was trained on")
-        members, held_out = members_of(corpus.labeled_set(utts, stats), cfg.audit.holdout, cfg.training.seed)
+        members, _, held_out = generator_split(corpus.labeled_set(utts, stats), cfg.model_copy(
+            update={"audit": cfg.audit.model_copy(update={"enabled": True})}))
         start = time.perf_counter()
         figures = audit_generator(cfg, generators[name], members, held_out, seed=cfg.training.seed)
         log_audit(owners[name], figures, None if found[1] == "fold" else name)

@@ -6,12 +6,16 @@
    still the zero condition;
 3. conditional fine-tuning: one-hot condition, N_c + 1 discriminator trained with sparse
    categorical cross-entropy (the last class is "fake").
+
+Stage 3 has two switches against the mode collapse small data brings (both off in the ``paper``
+preset, where the step is exactly §3.2's): ``training.finetune_class_ramp`` and
+``training.finetune_augment`` (see :func:`conditional_step`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -20,7 +24,8 @@ from torch import nn
 
 from common.config import TrainingConfig
 from common.models.sngan import Discriminator, GanSpec, Generator
-from common.trainers.base import LoopResult, Step, run
+from common.trainers.augment import augmenter
+from common.trainers.base import Hook, LoopResult, Step, run
 from common.views import Batch, Sampler, SerBatch
 
 
@@ -126,29 +131,60 @@ def wgan_gp_step(gen: Generator, critic: Discriminator, sample: Sampler, cfg: Tr
     return step
 
 
+def split_cross_entropy(logits: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """The N_c + 1 cross-entropy of a real-class ``target`` as its two parts, the class part weighted.
+
+    -log p_c(x) = -log(1 - p_fake(x)) - log p(c | x, real): an adversarial part (real, not fake)
+    and an auxiliary-classifier part (this class among the real ones), the term TAC-GAN (Gong et
+    al. 2019) shows shrinks intra-class diversity. ``beta`` = 1 is the plain cross-entropy;
+    ``logits`` (B, N_c + 1), ``target`` (B,) in [0, N_c).
+    """
+    real_lse = torch.logsumexp(logits[:, :-1], dim=1)  # (B,): log sum over the N_c real classes
+    adversarial = torch.logsumexp(logits, dim=1) - real_lse  # -log(1 - p_fake)
+    classwise = real_lse - logits.gather(1, target[:, None])[:, 0]  # -log p(c | x, real)
+    return (adversarial + beta * classwise).mean()
+
+
 def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler, cfg: TrainingConfig,
-                     device: torch.device) -> Step:
+                     device: torch.device, first_step: int = 0) -> Step:
     """Stage 3: D classifies real into its N_c classes and fakes into class N_c; G wants its condition.
 
     Fake conditions are drawn uniformly over the classes, so minority emotions get as many
     generator updates as majority ones (§3.1).
+
+    Two switches, off (0 and ()) in the paper preset, for fine-tuning on a few dozen utterances:
+
+    - ``cfg.finetune_class_ramp`` = R > 0: the real-class cross-entropies of D and G are split
+      (:func:`split_cross_entropy`) and the class part weighted by beta = min(1, t / R), t the
+      stage-3 step (``first_step`` + this run's step: FedGAN's rounds continue the ramp): the
+      networks first learn real vs fake, then the classes (Shahbazi et al. 2022, "Collapse by
+      Conditioning": class-conditional GANs collapse on small data where unconditional ones do not);
+    - ``cfg.finetune_augment``: differentiable augmentations (Zhao et al. 2020, DiffAugment) of
+      every discriminator input, real and fake, in the D and the G step (common/trainers/augment.py).
     """
     n_c = gen.spec.n_c
     opt_g, opt_d = adam(gen.parameters(), cfg.g_lr, cfg), adam(disc.parameters(), cfg.d_lr, cfg)
+    aug = augmenter(cfg.finetune_augment)
+    ramp = cfg.finetune_class_ramp
 
-    def step(_: int) -> dict[str, float]:
+    def real_class_loss(logits: torch.Tensor, target: torch.Tensor, step: int) -> torch.Tensor:
+        if not ramp:
+            return F.cross_entropy(logits, target)
+        return split_cross_entropy(logits, target, min(1.0, (first_step + step) / ramp))
+
+    def step(i: int) -> dict[str, float]:
         real, labels = labeled_batch(sample(cfg.batch_size))
         real, labels = real.to(device), labels.to(device)
         b = real.shape[0]
         wanted = torch.randint(0, n_c, (b,), device=device)
         fake = gen(_noise(gen, b, device), F.one_hot(wanted, n_c).float())  # one pass for both updates
         fake_class = torch.full((b,), n_c, device=device)  # the last output is "fake"
-        d_loss = F.cross_entropy(disc(real), labels) + F.cross_entropy(disc(fake.detach()), fake_class)
+        d_loss = real_class_loss(disc(aug(real)), labels, i) + F.cross_entropy(disc(aug(fake.detach())), fake_class)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         with frozen(disc):
-            g_loss = F.cross_entropy(disc(fake), wanted)
+            g_loss = real_class_loss(disc(aug(fake)), wanted, i)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
         opt_g.step()
@@ -159,9 +195,11 @@ def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler
 
 def train_stage(
     stage: str, gen: Generator, disc: Discriminator, sample: Sampler, cfg: TrainingConfig,
-    iterations: int, device: torch.device, progress: bool = False,
+    iterations: int, device: torch.device, progress: bool = False, *,
+    evaluate: Callable[[], float] | None = None, eval_every: int = 0, hooks: Sequence[Hook] = (),
 ) -> LoopResult:
-    """Run one stage (``autoencoder``, ``wgan-gp`` or ``conditional``) for ``iterations`` steps.
+    """Run one stage (``autoencoder``, ``wgan-gp`` or ``conditional``) for ``iterations`` steps;
+    ``evaluate``/``eval_every``/``hooks`` as in :func:`common.trainers.base.run` (generator selection).
 
     ``disc`` must already carry the stage's head: N_z, 1 or N_c + 1 outputs.
     """
@@ -170,4 +208,5 @@ def train_stage(
         raise ValueError(f"unknown GAN stage {stage!r}; choose from {sorted(builders)}")
     gen.to(device).train()
     disc.to(device).train()
-    return run(builders[stage](gen, disc, sample, cfg, device), iterations, desc=stage, progress=progress)
+    return run(builders[stage](gen, disc, sample, cfg, device), iterations, desc=stage, progress=progress,
+               evaluate=evaluate, eval_every=eval_every, hooks=hooks)

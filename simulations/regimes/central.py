@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from common import threads
-from common.audit import audit_generator, members_of
+from common.audit import GeneratorSplit, audit_generator, generator_split, selector
 from common.config import GAN_REGIMES, StudyConfig
 from common.data import Corpus
 from common.features import MinMax, resolve_device
@@ -33,7 +33,7 @@ from common.splits import Fold
 from common.synthesis import ClassConditionalGenerator, SyntheticPool
 from common.trainers.bagan import train_bagan
 from common.trainers.registry import SerTrainer, build_trainer
-from common.views import LabeledSet, Sampler
+from common.views import Sampler
 from simulations.processes import die_with_parent
 from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog, stored_generator
 
@@ -64,33 +64,34 @@ class FoldData:
         return stored_generator(self.stored, f"fold{fold.index}", self.cfg, regime)
 
 
-def _real(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+def _real(data: FoldData, trainer: SerTrainer, split: GeneratorSplit, fold: Fold,
           progress: bool) -> tuple[Sampler, list[Generator]]:
-    return trainer.sampler(train, seed=data.cfg.training.seed), []
+    return trainer.sampler(split.members, seed=data.cfg.training.seed), []  # all of train: nothing held back
 
 
-def _gan_central(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+def _gan_central(data: FoldData, trainer: SerTrainer, split: GeneratorSplit, fold: Fold,
                  progress: bool) -> tuple[Sampler, list[Generator]]:
     if data.gan is None:
         raise ValueError("gan-central needs the pre-trained GAN; run `fedser pretrain` first")
     cfg = data.cfg
-    gen = data.generator("gan-central", fold) if cfg.synthesis.from_run else finetune(cfg, *data.gan.networks(), train, progress)
+    gen = (data.generator("gan-central", fold) if cfg.synthesis.from_run else
+           finetune(cfg, *data.gan.networks(), split.members, progress, select=selector(cfg, split, seed=cfg.training.seed)))
     gen = gen.to(resolve_device(cfg.training.device))
     return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
 
 
-def _baseline(data: FoldData, trainer: SerTrainer, train: LabeledSet, fold: Fold,
+def _baseline(data: FoldData, trainer: SerTrainer, split: GeneratorSplit, fold: Fold,
               progress: bool) -> tuple[Sampler, list[Generator]]:
     cfg = data.cfg
     device = resolve_device(cfg.training.device)
     gen = (data.generator("baseline-gan", fold).to(device) if cfg.synthesis.from_run
-           else train_bagan(GanSpec.of(cfg), cfg.training, train, device, progress=progress))
+           else train_bagan(GanSpec.of(cfg), cfg.training, split.members, device, progress=progress))
     return synthetic_sampler(cfg, [gen], cfg.synthesis.per_class_central, fold.index), [gen]
 
 
 # Each regime makes the batches the SER trainer fits on: real windows cut as the trainer's paper
 # cuts them, or samples of generators (which every trainer takes: (B, 1, P, P) log-mel).
-SOURCES: dict[str, Callable[[FoldData, SerTrainer, LabeledSet, Fold, bool], tuple[Sampler, list[Any]]]] = {
+SOURCES: dict[str, Callable[[FoldData, SerTrainer, GeneratorSplit, Fold, bool], tuple[Sampler, list[Any]]]] = {
     "real-central": _real,
     "gan-central": _gan_central,
     "baseline-gan": _baseline,
@@ -108,14 +109,16 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
     train = corpus.labeled_set(fold.train, stats, training_speakers(fold.train))
     validation = corpus.labeled_set(fold.validation, stats)
     trainer = build_trainer(cfg, resolve_device(cfg.training.device))
-    audited = cfg.audit.enabled and regime in GAN_REGIMES and not cfg.synthesis.from_run
-    # The audit holds back some of every speaker's utterances from the generator (its non-members).
-    members, held_out = members_of(train, cfg.audit.holdout, cfg.training.seed) if audited else (train, train)
-    sample, generators = SOURCES[regime](data, trainer, members if regime in GAN_REGIMES else train, fold, progress)
+    trains_gan = regime in GAN_REGIMES and not cfg.synthesis.from_run
+    audited = cfg.audit.enabled and trains_gan
+    # The audit (and generator selection) hold back some of every speaker's utterances from the
+    # generator (its non-members).
+    split = generator_split(train, cfg, hold_back=trains_gan)
+    sample, generators = SOURCES[regime](data, trainer, split, fold, progress)
     result = trainer.fit(sample, validation, progress=progress)
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
     val = result.best_score if result.best_step is not None else None
-    audit = audit_generator(cfg, generators[0], members, held_out, seed=cfg.training.seed) if audited else {}
+    audit = audit_generator(cfg, generators[0], split.members, split.held_out, seed=cfg.training.seed) if audited else {}
     return FoldOutcome(regime, fold.index, fold.test_session, metrics, val, time.perf_counter() - start,
                        generators, train, trainer.selection, history=result.evals,
                        model_digest=state_digest(trainer.state_dict()), audit=audit)
