@@ -248,7 +248,8 @@ def fold_interval(rows: Sequence[dict[str, Any]], metric: str = METRIC) -> tuple
 def regime_stats(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = SCORES) -> list[dict[str, Any]]:
     """Per (regime, trainer), in the rows' order: ``cells`` (seed x fold rows), ``folds``, ``seeds``,
     and for each metric all rows have its mean and population std over the cells (``summary()``,
-    ``<m>``, ``<m>_std``) and its 95 % interval over the folds (``<m>_ci``: (lo, hi) or None)."""
+    ``<m>``, ``<m>_std``) and its 95 % interval over the folds (``<m>_ci``: (lo, hi) or None);
+    ``f1_macro_seed_spread``: :func:`seed_spread` (None with one seed)."""
     out = []
     for s in summary(rows, metrics):
         mine = [r for r in rows if (r["regime"], r["trainer"]) == (s["regime"], s["trainer"])]
@@ -257,6 +258,7 @@ def regime_stats(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = SCORES
         for m in metrics:
             if m in s:
                 entry |= {m: s[m], f"{m}_std": s[f"{m}_std"], f"{m}_ci": fold_interval(mine, m)}
+        entry[f"{METRIC}_seed_spread"] = seed_spread(mine)
         out.append(entry)
     return out
 
@@ -284,10 +286,44 @@ def paired_note() -> str:
             "independent and p is optimistic.")
 
 
+BOOTSTRAP = 10_000  # resamples of the paired ratio's interval
+RATIO_INTERVAL = ("ratio A/B: mean of A over mean of B on the common cells; its 95 % interval is a paired "
+                  f"percentile bootstrap ({BOOTSTRAP:,} resamples) over folds, each resampled fold carrying all "
+                  "its seeds (cells of one fold are not independent)")
+
+
+def ratio_interval(a: Mapping[tuple[int, int], float], b: Mapping[tuple[int, int], float],
+                   cells: Sequence[tuple[int, int]], seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """mean(a) / mean(b) over ``cells`` ((seed, fold) keys both have) and its 95 % paired bootstrap
+    interval: folds are drawn with replacement, each bringing its cells of both regimes."""
+    folds = sorted({f for _, f in cells})
+    by_fold = np.array([[sum(a[c] for c in cells if c[1] == f), sum(b[c] for c in cells if c[1] == f),
+                         sum(c[1] == f for c in cells)] for f in folds])  # (k, 3): sum a, sum b, cells
+    ratio = float(by_fold[:, 0].sum() / by_fold[:, 1].sum())
+    draws = np.random.default_rng(seed).integers(0, len(folds), size=(BOOTSTRAP, len(folds)))
+    sums = by_fold[draws].sum(axis=1)  # (BOOTSTRAP, 3); the cell counts cancel in the ratio of means
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = sums[:, 0] / sums[:, 1]
+    lo, hi = np.nanpercentile(ratios, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
+    return ratio, (float(lo), float(hi))
+
+
+def seed_spread(rows: Sequence[dict[str, Any]], metric: str = METRIC) -> float | None:
+    """How much a fold's result moves with the seed: the population std of ``metric`` over seeds
+    within each fold, averaged over folds; None with fewer than two seeds in every fold. Another
+    CPU's float kernels move a GAN regime like another seed does, so this is its robustness."""
+    by_fold: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        by_fold[r["fold"]].append(float(r[metric]))
+    spreads = [float(np.std(v)) for v in by_fold.values() if len(v) > 1]
+    return float(np.mean(spreads)) if spreads else None
+
+
 def paired_tests(rows: Sequence[dict[str, Any]], metric: str = METRIC) -> list[dict[str, Any]]:
     """Every pair of regimes with the same trainer (in the rows' order), compared on the (seed, fold)
-    cells both have: ``n`` pairs, ``mean_difference`` (a - b), the Wilcoxon ``p`` and whether
-    ``p <= 0.05`` (``distinguishable``). Pairs without a common cell are left out."""
+    cells both have: ``n`` pairs, ``mean_difference`` (a - b), ``ratio`` (mean a / mean b) with its
+    bootstrap ``ratio_ci`` (:func:`ratio_interval`), the Wilcoxon ``p`` and whether ``p <= 0.05``
+    (``distinguishable``). Pairs without a common cell are left out."""
     cells: dict[tuple[str, str], dict[tuple[int, int], float]] = defaultdict(dict)
     for r in rows:
         cells[r["regime"], r["trainer"]][r["seed"], r["fold"]] = float(r[metric])
@@ -300,9 +336,10 @@ def paired_tests(rows: Sequence[dict[str, Any]], metric: str = METRIC) -> list[d
                 continue
             diffs = [cells[a, trainer][c] - cells[b, trainer][c] for c in common]
             p = wilcoxon_p(diffs)
+            ratio, ratio_ci = ratio_interval(cells[a, trainer], cells[b, trainer], common)
             out.append({"a": a, "b": b, "trainer": trainer, "metric": metric, "n": len(common),
-                        "mean_difference": float(np.mean(diffs)), "test": TEST, "p": p,
-                        "distinguishable": p <= ALPHA})
+                        "mean_difference": float(np.mean(diffs)), "ratio": ratio, "ratio_ci": ratio_ci,
+                        "test": TEST, "p": p, "distinguishable": p <= ALPHA})
     return out
 
 
@@ -367,20 +404,23 @@ def markdown(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison] = (),
     lines = ["| regime | trainer | seed | fold | macro-F1 | UA | WA |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['regime']} | {r['trainer']} | {r['seed']} | {r['fold']} | {r['f1_macro']:.3f} | {r['ua']:.3f} | "
               f"{r['wa']:.3f} |" for r in rows]
-    lines += ["", "| regime | trainer | cells | folds | seeds | macro-F1 mean ± std | macro-F1 95 % CI | UA | WA |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| regime | trainer | cells | folds | seeds | macro-F1 mean ± std | macro-F1 95 % CI | UA | WA "
+              "| seed spread |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {s['regime']} | {s['trainer']} | {s['cells']} | {s['folds']} | {s['seeds']} | "
               f"{s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f} | {_ci(s['f1_macro_ci'])} | "
-              f"{s['ua']:.3f} ± {s['ua_std']:.3f} | {s['wa']:.3f} ± {s['wa_std']:.3f} |" for s in regime_stats(rows)]
-    lines += ["", f"Mean ± std: over all seed x fold cells (population std). {INTERVAL}."]
+              f"{s['ua']:.3f} ± {s['ua_std']:.3f} | {s['wa']:.3f} ± {s['wa_std']:.3f} | "
+              f"{_figure(s['f1_macro_seed_spread'])} |" for s in regime_stats(rows)]
+    lines += ["", f"Mean ± std: over all seed x fold cells (population std). {INTERVAL}. Seed spread: macro-F1's "
+              "std over seeds within a fold, averaged over folds (- with one seed)."]
     pairs = paired_tests(rows)
     if pairs:
         lines += ["", "Paired macro-F1 differences on the (seed, fold) cells both regimes have:", "",
-                  "| regime A | regime B | trainer | n pairs | mean difference (A − B) | Wilcoxon p | verdict |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['a']} | {p['b']} | {p['trainer']} | {p['n']} | {p['mean_difference']:+.3f} | {_p(p['p'])} | "
+                  "| regime A | regime B | trainer | n pairs | mean difference (A − B) | ratio A/B (95 % CI) "
+                  "| Wilcoxon p | verdict |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['a']} | {p['b']} | {p['trainer']} | {p['n']} | {p['mean_difference']:+.3f} | "
+                  f"{p['ratio']:.3f} {_ci(p['ratio_ci'])} | {_p(p['p'])} | "
                   f"{'distinguishable' if p['distinguishable'] else 'not distinguishable'} |" for p in pairs]
-        lines += ["", f"{TEST}. {paired_note()}"]
+        lines += ["", f"{TEST}. {paired_note()} {RATIO_INTERVAL}."]
     extra = [s for s in summary(rows, (*SCORES, *EXTRA)) if all(m in s for m in EXTRA)]
     if extra:  # seed 000's valence measures (§5)
         lines += ["", "| regime | trainer | 5-class UA (split labels) | 3-class UA | Pearson r |", "|---|---|---|---|---|"]

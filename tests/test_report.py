@@ -39,6 +39,7 @@ from simulations.report import (
     regime_stats,
     report_json,
     report_png,
+    seed_spread,
     smallest_p,
 )
 
@@ -189,10 +190,13 @@ def test_markdown_tables() -> None:
     assert "Table 2: macro-F1 (%), mean ± std of 5-fold leave-one-session-out: protocol matches: yes." in markdown(
         rows, compare({"ser-cnn": [paper]}))
     assert "95 % CI: t over the k per-fold means (seeds averaged within a fold)" in text
-    assert "| regime A | regime B | trainer | n pairs | mean difference (A − B) | Wilcoxon p | verdict |" in text
+    assert ("| regime A | regime B | trainer | n pairs | mean difference (A − B) | ratio A/B (95 % CI) | Wilcoxon p "
+            "| verdict |") in text
     diff = stats["real-central"]["f1_macro"] - stats["gan-central"]["f1_macro"]
     [pair] = paired_tests(rows)
-    assert f"| real-central | gan-central | ser-cnn | 15 | {diff:+.3f} | {pair['p']:.4f} | distinguishable |" in text
+    lo, hi = pair["ratio_ci"]
+    assert (f"| real-central | gan-central | ser-cnn | 15 | {diff:+.3f} | {pair['ratio']:.3f} [{lo:.3f}, {hi:.3f}] | "
+            f"{pair['p']:.4f} | distinguishable |") in text
     assert "Pearson r" not in text
 
 
@@ -237,7 +241,8 @@ def test_json_carries_the_same_statistics_and_serializes() -> None:
                                 "ours": pytest.approx(stats[0]["f1_macro"]), "ours_std": pytest.approx(stats[0]["f1_macro_std"]),
                                 "cells": 15}
     [pair] = data["pairs"]
-    assert set(pair) == {"a", "b", "trainer", "metric", "n", "mean_difference", "test", "p", "distinguishable"}
+    assert set(pair) == {"a", "b", "trainer", "metric", "n", "mean_difference", "ratio", "ratio_ci", "test", "p",
+                         "distinguishable"}
     assert pair["n"] == 15 and pair["distinguishable"] is True and pair["metric"] == "f1_macro"
 
 
@@ -536,3 +541,36 @@ def test_fedser_report_prints_and_logs_the_generators(audit_store: str) -> None:
     assert result.exit_code == 0, result.output
     assert "| gan-federated | 0 | Session2 | 0.200 | 0.210 |" in result.output
     assert "and generators.png to MLflow run" in result.output
+
+
+def test_the_paired_ratio_and_its_fold_bootstrap() -> None:
+    a = grid("gan-federated", base=0.45)
+    b = grid("real-central", base=0.5)
+    [pair] = paired_tests(b + a)
+    means = [statistics.fmean(r["f1_macro"] for r in rows) for rows in (b, a)]
+    assert pair["ratio"] == pytest.approx(means[0] / means[1])
+    lo, hi = pair["ratio_ci"]
+    assert lo < pair["ratio"] < hi
+    # Folds, not cells, are resampled: every resample's ratio lies between the per-fold ratios'
+    # extremes, which a cell-level bootstrap would not respect here.
+    folds = [statistics.fmean(r["f1_macro"] for r in b if r["fold"] == f)
+             / statistics.fmean(r["f1_macro"] for r in a if r["fold"] == f) for f in range(1, 6)]
+    assert min(folds) - 1e-12 <= lo and hi <= max(folds) + 1e-12
+    # An exact multiple on every cell: the ratio and both bounds are that multiple.
+    scaled = [{**r, "regime": "gan-central", "f1_macro": 0.9 * r["f1_macro"]} for r in b]
+    [exact] = paired_tests(b + scaled)
+    assert exact["ratio"] == pytest.approx(1 / 0.9)
+    assert exact["ratio_ci"] == pytest.approx((1 / 0.9, 1 / 0.9))
+    assert "ratio A/B (95 % CI)" in markdown(b + scaled)
+    assert f"| {1 / 0.9:.3f} [{1 / 0.9:.3f}, {1 / 0.9:.3f}] |" in markdown(b + scaled)
+
+
+def test_seed_spread_is_the_within_fold_std_over_seeds_averaged() -> None:
+    rows = grid("gan-central")
+    want = statistics.fmean(statistics.pstdev(r["f1_macro"] for r in rows if r["fold"] == f) for f in range(1, 6))
+    assert seed_spread(rows) == pytest.approx(want)
+    [stats] = regime_stats(rows)
+    assert stats["f1_macro_seed_spread"] == pytest.approx(want)
+    assert f"| {want:.3f} |" in markdown(rows)
+    one_seed = [r for r in rows if r["seed"] == 0]
+    assert seed_spread(one_seed) is None and regime_stats(one_seed)[0]["f1_macro_seed_spread"] is None
