@@ -100,9 +100,9 @@ class Node:
         generator_split): it trains on the members only when the audit or selection is on."""
         key = (name, stats, speakers)
         if key not in self.splits:
-            if name in GeneratorSplit._fields:
+            if name in GeneratorSplit._fields:  # the three parts cut once, together
                 split = generator_split(self.split("train", stats, speakers), self.cfg)
-                self.splits[key] = getattr(split, name)
+                self.splits |= {(part, stats, speakers): getattr(split, part) for part in GeneratorSplit._fields}
                 return self.splits[key]
             utts = self.corpus.utterances
             if name != "train":
