@@ -177,6 +177,11 @@ class TrainingConfig(Section):
     # keep the generator that scores best every this many steps against held-out utterances
     # of its own node (common/audit.py: selection_score; 0 = keep the last).
     finetune_select_every: int = Field(0, ge=0)
+    # the mode-seeking regulariser's weight (Mao et al. 2019, MSGAN; 0 = off);
+    finetune_mode_seeking: float = Field(0.0, ge=0)
+    # FreezeD (Mo et al. 2020): this many of the discriminator's lowest convolutions keep their
+    # pre-trained weights in stage 3 (0 = off; Table 1 has 8).
+    finetune_freeze_d: int = Field(0, ge=0, le=8)
     # SER network (§4.4): lr 1e-5 decayed x0.1 every 10K iterations; length not given in the paper.
     ser_lr: float = Field(1e-5, gt=0)
     ser_lr_decay_every: int = Field(10_000, ge=1)

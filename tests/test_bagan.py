@@ -133,3 +133,13 @@ def test_synthetic_pool_draws_from_the_baseline(trained: BaganGenerator) -> None
     x, y = pool.generate(range(len(pool)))
     assert x.shape == (20, 1, SPEC.patch, SPEC.patch) and x.abs().max() <= 1
     assert y.tolist() == [c for c in range(SPEC.n_c) for _ in range(5)]
+
+
+def test_the_proposed_models_stage3_switches_do_not_reach_the_baseline() -> None:
+    # A study that turns the switches on for its SN-cGAN trains the same BAGAN as one that does not.
+    switches = {"finetune_class_ramp": 5, "finetune_augment": ("shift", "gain"), "finetune_mode_seeking": 1.0,
+                "finetune_freeze_d": 2}
+    on = train_bagan(SPEC, CFG.model_copy(update=switches), banded_set(), CPU)
+    off = train_bagan(SPEC, CFG, banded_set(), CPU)
+    assert all(torch.equal(a, b) for a, b in zip(on.state_dict().values(), off.state_dict().values(), strict=True))
+

@@ -1,5 +1,5 @@
-"""Stage 3's switches against mode collapse: class-loss ramp, DiffAugment, node-local generator
-selection; each off in the paper preset, where the step is §3.2's bit for bit."""
+"""Stage 3's switches against mode collapse: class-loss ramp, DiffAugment, mode seeking, FreezeD,
+node-local generator selection; each off in the paper preset, where the step is §3.2's bit for bit."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ from common.models.sngan import Discriminator, GanSpec, Generator
 from common.pipeline import finetune, state_digest
 from common.schema import load_config
 from common.trainers.augment import AUGMENTS, augmenter, freq_mask, gain, shift, time_mask
-from common.trainers.gan import adam, conditional_step, frozen, split_cross_entropy
+from common.trainers.gan import (
+    STAGE3_SWITCHES_OFF,
+    adam,
+    conditional_step,
+    frozen,
+    mode_seeking,
+    split_cross_entropy,
+    trainable_discriminator,
+)
 from common.views import LabeledSet, PatchSampler
 from tests.test_gan_training import spectrograms
 
@@ -74,6 +82,12 @@ def stage3_digest(builder, cfg: TrainingConfig, steps: int = 4, **kwargs: object
 def test_the_paper_preset_has_every_switch_off() -> None:
     t = load_config(overrides={"preset": "paper"}).training
     assert (t.finetune_class_ramp, t.finetune_augment, t.finetune_select_every) == (0, (), 0)
+    assert (t.finetune_mode_seeking, t.finetune_freeze_d) == (0.0, 0)
+    # Every stage-3 step switch has its "off" value where BAGAN's adversarial phase resets them.
+    step_switches = {k for k in TrainingConfig.model_fields if k.startswith("finetune_")} - {
+        "finetune_iterations", "finetune_select_every"}  # (selection is the node's, not the step's)
+    assert set(STAGE3_SWITCHES_OFF) == step_switches
+    assert all(getattr(t, k) == v for k, v in STAGE3_SWITCHES_OFF.items())
 
 
 def test_switches_off_is_section_3_2_bit_for_bit() -> None:
@@ -81,7 +95,8 @@ def test_switches_off_is_section_3_2_bit_for_bit() -> None:
     plain, _ = stage3_digest(section_3_2_step, cfg)
     assert stage3_digest(lambda g, d, s, c: conditional_step(g, d, s, c, CPU), cfg)[0] == plain
     # ... and each switch does change the run (so the equality above is not vacuous).
-    for switch in ({"finetune_class_ramp": 100}, {"finetune_augment": ["gain"]}):
+    for switch in ({"finetune_class_ramp": 100}, {"finetune_augment": ["gain"]}, {"finetune_mode_seeking": 1.0},
+                   {"finetune_freeze_d": 2}):
         assert stage3_digest(lambda g, d, s, c: conditional_step(g, d, s, c, CPU), training(**switch))[0] != plain
 
 
@@ -109,6 +124,65 @@ def test_the_class_ramp_starts_real_vs_fake_and_continues_across_rounds() -> Non
     _, late = stage3_digest(lambda g, d, s, c: conditional_step(g, d, s, c, CPU, first_step=10),
                             training(finetune_class_ramp=10), steps=1)
     assert late[0]["d_loss"] == pytest.approx(plain[0]["d_loss"], rel=1e-5)
+
+
+def test_mode_seeking_is_the_inverse_image_to_noise_distance_ratio_of_pairs() -> None:
+    torch.manual_seed(0)
+    fake, noise = torch.randn(6, 1, 4, 4), torch.randn(6, 3)
+    ratio = (fake[:3] - fake[3:]).abs().mean() / (noise[:3] - noise[3:]).abs().mean()
+    assert mode_seeking(fake, noise).item() == pytest.approx(1 / (ratio.item() + 1e-5), rel=1e-6)
+    # A generator deaf to its noise (both halves equal) pays 1 / eps; an odd batch's last row is unpaired.
+    assert mode_seeking(torch.ones(7, 1, 4, 4), torch.randn(7, 3)).item() == pytest.approx(1e5)
+
+
+def test_mode_seeking_pairs_conditions_and_pushes_samples_apart() -> None:
+    seen: list[torch.Tensor] = []
+
+    class Recording(Generator):
+        def forward(self, noise: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+            seen.append(condition.argmax(1))
+            return super().forward(noise, condition)
+
+    torch.manual_seed(0)
+    gen, disc = Recording(SPEC), Discriminator(SPEC, SPEC.n_c + 1)
+    sample = PatchSampler(spectrograms(per_class=2), SPEC.patch, seed=0)
+    conditional_step(gen, disc, sample, training(finetune_mode_seeking=1.0), CPU)(1)
+    assert torch.equal(seen[0][:4], seen[0][4:])  # batch 8: row i and row i + 4 share a condition
+
+    def spread(seeking: float) -> float:
+        """Distance between paired samples after 5 steps (fixed noise pairs, shared condition)."""
+        torch.manual_seed(0)
+        gen, disc = Generator(SPEC), Discriminator(SPEC, SPEC.n_c + 1)
+        step = conditional_step(gen, disc, PatchSampler(spectrograms(per_class=2), SPEC.patch, seed=0),
+                                training(finetune_mode_seeking=seeking, g_lr=5e-3), CPU)
+        for i in range(1, 6):
+            step(i)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            out = gen(torch.randn(16, SPEC.n_z), F.one_hot(torch.arange(16) % 4, 4).float())
+        return (out[:8] - out[8:]).abs().mean().item()
+
+    assert spread(10.0) > spread(0.0)
+
+
+def test_freeze_d_keeps_the_lowest_convolutions_and_trains_the_rest() -> None:
+    torch.manual_seed(0)
+    gen, disc = Generator(SPEC), Discriminator(SPEC, SPEC.n_c + 1)
+    before = {k: v.clone() for k, v in disc.state_dict().items()}
+    step = conditional_step(gen, disc, PatchSampler(spectrograms(per_class=2), SPEC.patch, seed=0),
+                            training(finetune_freeze_d=2), CPU)
+    for i in range(1, 4):
+        step(i)
+    after = disc.state_dict()
+    # convs.0 and convs.2 are the two lowest convolutions (LeakyReLUs between); spectral norm's
+    # power-iteration vectors (_u, _v) move in every forward pass, trained or not.
+    weights = [k for k in after if not k.endswith(("_u", "_v"))]
+    frozen_keys = [k for k in weights if k.startswith(("convs.0.", "convs.2."))]
+    assert len(frozen_keys) == 4  # weight (spectral norm's original) and bias of each
+    assert all(torch.equal(before[k], after[k]) for k in frozen_keys)
+    assert all(not torch.equal(before[k], after[k]) for k in weights if k not in frozen_keys)
+    with pytest.raises(ValueError, match="finetune_freeze_d = 9.*at most 8"):
+        trainable_discriminator(disc, 9)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -23,7 +23,7 @@ from common.config import TrainingConfig
 from common.models.bagan import BaganGenerator, Decoder, Encoder, discriminator_from
 from common.models.sngan import GanSpec
 from common.trainers.base import Step, run
-from common.trainers.gan import adam, conditional_step, labeled_batch
+from common.trainers.gan import STAGE3_SWITCHES_OFF, adam, conditional_step, labeled_batch
 from common.views import LabeledSet, PatchSampler, Sampler, subset
 
 LATENT_SAMPLES = 256  # patches encoded per class to fit its Gaussian
@@ -91,7 +91,9 @@ def train_bagan(spec: GanSpec, cfg: TrainingConfig, train: LabeledSet, device: t
     gen.set_class_latents(*class_gaussians(codes, labels, spec.n_c))
     disc = discriminator_from(encoder).to(device).train()
     # IBM/BAGAN trains G and D with one Adam learning rate; the conditional step reads g_lr/d_lr.
-    adversarial = cfg.model_copy(update={"g_lr": cfg.bagan_lr, "d_lr": cfg.bagan_lr})
+    # The proposed model's stage-3 switches are not BAGAN's: the baseline stays as published.
+    adversarial = cfg.model_copy(update={
+        "g_lr": cfg.bagan_lr, "d_lr": cfg.bagan_lr, **STAGE3_SWITCHES_OFF})
     # gen is a ConditionalGenerator (gen(noise, one-hot), gen.spec); disc(x) -> (B, N_c + 1) logits.
     run(conditional_step(gen, disc, sample, adversarial, device), cfg.bagan_gan_iterations,
         desc="bagan-adversarial", progress=progress)

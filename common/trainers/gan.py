@@ -7,9 +7,10 @@
 3. conditional fine-tuning: one-hot condition, N_c + 1 discriminator trained with sparse
    categorical cross-entropy (the last class is "fake").
 
-Stage 3 has two switches against the mode collapse small data brings (both off in the ``paper``
-preset, where the step is exactly §3.2's): ``training.finetune_class_ramp`` and
-``training.finetune_augment`` (see :func:`conditional_step`).
+Stage 3 has four switches against the mode collapse small data brings (all off in the ``paper``
+preset, where the step is exactly §3.2's): ``training.finetune_class_ramp``,
+``training.finetune_augment``, ``training.finetune_mode_seeking`` and ``training.finetune_freeze_d``
+(see :func:`conditional_step`).
 """
 
 from __future__ import annotations
@@ -145,6 +146,38 @@ def split_cross_entropy(logits: torch.Tensor, target: torch.Tensor, beta: float)
     return (adversarial + beta * classwise).mean()
 
 
+# The stage-3 step's switches (TrainingConfig), each at its "off" default: what a caller that is
+# not the proposed model's stage 3 (BAGAN's adversarial phase) sets so that it stays as published.
+STAGE3_SWITCHES_OFF = {name: TrainingConfig.model_fields[name].default for name in (
+    "finetune_class_ramp", "finetune_augment", "finetune_mode_seeking", "finetune_freeze_d")}
+
+
+def mode_seeking(fake: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Mao et al. 2019 (MSGAN, eq. 3), as a loss to minimise: 1 / (d(G(z1), G(z2)) / d(z1, z2)).
+
+    ``fake`` (B, ...) and ``noise`` (B, N_z) hold pairs: row i of the first half and row i of the
+    second share a condition, so the ratio rewards a generator whose samples move with the noise.
+    Distances are mean absolute differences, as in the authors' code; eps 1e-5 as there.
+    """
+    half = fake.shape[0] // 2
+    ratio = ((fake[:half] - fake[half:2 * half]).abs().mean()
+             / (noise[:half] - noise[half:2 * half]).abs().mean())
+    return 1 / (ratio + 1e-5)
+
+
+def trainable_discriminator(disc: nn.Module, frozen_convs: int) -> list[nn.Parameter]:
+    """``disc``'s parameters but those of its ``frozen_convs`` lowest convolutions (FreezeD, Mo et
+    al. 2020: the pre-trained low-level filters stay; only the upper layers adapt to few data)."""
+    if not frozen_convs:
+        return list(disc.parameters())
+    convs = [m for m in getattr(disc, "convs", ()) if isinstance(m, nn.Conv2d)]
+    if len(convs) < frozen_convs:
+        raise ValueError(f"training.finetune_freeze_d = {frozen_convs}, but this discriminator has "
+                         f"{len(convs)} convolutions in .convs: set it to at most {len(convs)}")
+    kept = {id(p) for conv in convs[:frozen_convs] for p in conv.parameters()}
+    return [p for p in disc.parameters() if id(p) not in kept]
+
+
 def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler, cfg: TrainingConfig,
                      device: torch.device, first_step: int = 0) -> Step:
     """Stage 3: D classifies real into its N_c classes and fakes into class N_c; G wants its condition.
@@ -160,12 +193,17 @@ def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler
       networks first learn real vs fake, then the classes (Shahbazi et al. 2022, "Collapse by
       Conditioning": class-conditional GANs collapse on small data where unconditional ones do not);
     - ``cfg.finetune_augment``: differentiable augmentations (Zhao et al. 2020, DiffAugment) of
-      every discriminator input, real and fake, in the D and the G step (common/trainers/augment.py).
+      every discriminator input, real and fake, in the D and the G step (common/trainers/augment.py);
+    - ``cfg.finetune_mode_seeking`` = lambda > 0: the fakes come in pairs of one condition and two
+      noises, and G's loss adds lambda x :func:`mode_seeking` (Mao et al. 2019, MSGAN);
+    - ``cfg.finetune_freeze_d`` = K > 0: D's K lowest convolutions keep their weights
+      (:func:`trainable_discriminator`, Mo et al. 2020, FreezeD).
     """
     n_c = gen.spec.n_c
-    opt_g, opt_d = adam(gen.parameters(), cfg.g_lr, cfg), adam(disc.parameters(), cfg.d_lr, cfg)
+    opt_g = adam(gen.parameters(), cfg.g_lr, cfg)
+    opt_d = adam(trainable_discriminator(disc, cfg.finetune_freeze_d), cfg.d_lr, cfg)
     aug = augmenter(cfg.finetune_augment)
-    ramp = cfg.finetune_class_ramp
+    ramp, seeking = cfg.finetune_class_ramp, cfg.finetune_mode_seeking
 
     def real_class_loss(logits: torch.Tensor, target: torch.Tensor, step: int) -> torch.Tensor:
         if not ramp:
@@ -177,7 +215,10 @@ def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler
         real, labels = real.to(device), labels.to(device)
         b = real.shape[0]
         wanted = torch.randint(0, n_c, (b,), device=device)
-        fake = gen(_noise(gen, b, device), F.one_hot(wanted, n_c).float())  # one pass for both updates
+        if seeking:  # pairs: row i and row i + b // 2 share a condition (an odd batch's last row is alone)
+            wanted[b // 2:2 * (b // 2)] = wanted[:b // 2]
+        noise = _noise(gen, b, device)
+        fake = gen(noise, F.one_hot(wanted, n_c).float())  # one pass for both updates
         fake_class = torch.full((b,), n_c, device=device)  # the last output is "fake"
         d_loss = real_class_loss(disc(aug(real)), labels, i) + F.cross_entropy(disc(aug(fake.detach())), fake_class)
         opt_d.zero_grad(set_to_none=True)
@@ -185,6 +226,8 @@ def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler
         opt_d.step()
         with frozen(disc):
             g_loss = real_class_loss(disc(aug(fake)), wanted, i)
+            if seeking:
+                g_loss = g_loss + seeking * mode_seeking(fake, noise)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
         opt_g.step()
