@@ -314,8 +314,11 @@ def train(content: RecordDict, where: Where) -> RecordDict:
     seed = cfg.training.seed + 1000 * rnd + node.key
     torch.manual_seed(seed)
     # The centralized lr schedule continues, counted in local steps done so far (seed 002 §4.4).
+    if "proximal-mu" not in config:  # every strategy regime sends it (FedProx its mu, the others 0)
+        raise ValueError("train: the config has no 'proximal-mu' (the server's StrategyRegime sends it; "
+                         "is the ServerApp from another fedser version?)")
     result = trainer.fit(trainer.sampler(data, seed=seed), None, iterations=local, start_step=(rnd - 1) * local,
-                         proximal_mu=float(config.get("proximal-mu", 0.0)))
+                         proximal_mu=float(config["proximal-mu"]))
     return RecordDict({
         "arrays": ArrayRecord(trainer.state_dict()),
         # train_loss: what QFedAvg weighs nodes by (q-FFL)

@@ -322,6 +322,15 @@ class FederationConfig(Section):
 
     _paths = field_validator("node_data_root")(_absolute_path)
 
+    @model_validator(mode="after")
+    def _slow_needs_shards(self) -> FederationConfig:
+        # Only shard nodes train and nothing else (a session node is also a fold's evaluator), so
+        # the drill slows shards alone: under the session partition it would silently do nothing.
+        if self.slow_fraction and self.partition == "session":
+            raise ValueError("slow_fraction slows shard nodes only, and partition = \"session\" has none: "
+                             "set partition to \"speaker\", \"dirichlet\" or \"iid\", or slow_fraction = 0")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _no_strategy_key(cls, data: Any) -> Any:

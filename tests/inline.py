@@ -40,6 +40,7 @@ class InlineGrid:
         self.slow = set(slow)
         self.replies: dict[str, Message] = {}
         self.asked: list[tuple[int, str]] = []  # (node id, message type), in push order
+        self.configs: list[dict[str, object]] = []  # each message's "config" record, in push order
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
@@ -50,6 +51,7 @@ class InlineGrid:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # what a real grid's push does
             node = msg.metadata.dst_node_id
             self.asked.append((node, msg.metadata.message_type))
+            self.configs.append(dict(msg.content["config"]) if "config" in msg.content else {})
             if node not in self.slow or msg.metadata.message_type != "train":
                 self.replies[msg.metadata.message_id] = self.answer(msg, self.contexts[node])
             ids.append(msg.metadata.message_id)

@@ -33,7 +33,7 @@ from common.data import synthetic_iemocap_root
 from common.pipeline import pretrain
 from common.schema import load_config
 from simulations.flower import APP_DIR, flwr_run, free_port, stop_tree, write_run_config
-from tests.conftest import FAST_STUDY_TABLES
+from tests.conftest import FAST_STUDY_TABLES, unavailable
 from tests.test_deployment import tls_connection, wait_for
 
 # A cold image build alone takes minutes (the CUDA torch wheel): a limit of its own.
@@ -63,7 +63,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         return
     dockerd = shutil.which("dockerd")
     if dockerd is None or shutil.which("docker") is None or os.geteuid() != 0:
-        pytest.skip("no container engine can be started here (needs docker + dockerd, as root: "
+        unavailable("no container engine can be started here (needs docker + dockerd, as root: "
                     "apt-get install docker.io docker-compose)")
     log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
     with log.open("wb") as out:
@@ -74,7 +74,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         time.sleep(1)
     if not engine_up():
         stop_tree(proc, grace=30)
-        pytest.skip(f"no container engine can be started here: dockerd did not come up ({log})")
+        unavailable(f"no container engine can be started here: dockerd did not come up ({log})")
     try:
         yield
     finally:

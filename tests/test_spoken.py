@@ -19,11 +19,13 @@ from common.corpora.check import summarize
 from common.corpora.iemocap import word_spans
 from common.corpora.synthetic import DIALOGS, MANIFEST_NAME, SPOKEN_GENERATOR, spoken, write_spoken_iemocap
 from common.corpora.synthetic.layouts import _plan_session
+from tests.conftest import unavailable
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("sox") is None,
-    reason="the spoken corpus needs the espeak-ng and sox programs (apt-get install espeak-ng sox)",
-)
+
+@pytest.fixture(autouse=True, scope="module")
+def _speech_programs() -> None:
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        unavailable("the spoken corpus needs the espeak-ng and sox programs (apt-get install espeak-ng sox)")
 
 PER_DIALOG = 3  # 90 utterances: every 4-class label in every session, ~5 s on 2 cores
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from client.partitions import nodes_per_session, partition_listing
-from common.config import SESSIONS, STRATEGY_REGIMES, StudyConfig
+from common.config import SESSIONS, STRATEGY_REGIMES, ConfigError, StudyConfig
 from common.schema import load_config
 from simulations.regimes import FoldOutcome
 from simulations.regimes.federated import REGIMES
@@ -65,6 +65,76 @@ def test_every_strategy_runs_a_round_and_reports_under_its_own_name(tmp_path: Pa
     assert names == list(STRATEGY_REGIMES)  # e.g. fedyogi's row is fedyogi's, not fedavg's
 
 
+# Each regime's Flower class and the parameters the config gives it, written out by hand (not
+# from the code's own table), so that mapping a regime to another class or dropping a parameter fails.
+FEDERATION = {"proximal_mu": 0.37, "server_lr": 0.05, "server_momentum": 0.7, "trim_beta": 0.3, "num_malicious": 1,
+              "qffl_q": 0.4, "dp_noise": 0.08, "dp_clip": 2.5}
+STRATEGIES = {
+    "fedavg": ("FedAvg", {}),
+    "fedprox": ("FedProx", {"proximal_mu": 0.37}),
+    "fedadam": ("FedAdam", {"eta": 0.05, "eta_l": 0.002}),
+    "fedadagrad": ("FedAdagrad", {"eta": 0.05, "eta_l": 0.002}),
+    "fedyogi": ("FedYogi", {"eta": 0.05, "eta_l": 0.002}),
+    "fedavgm": ("FedAvgM", {"server_momentum": 0.7}),
+    "fedmedian": ("FedMedian", {}),
+    "fedtrimmedavg": ("FedTrimmedAvg", {"beta": 0.3}),
+    "krum": ("Krum", {"num_malicious_nodes": 1}),
+    "multikrum": ("MultiKrum", {"num_malicious_nodes": 1, "num_nodes_to_select": 3}),  # sampled 4 - 1
+    "bulyan": ("Bulyan", {"num_malicious_nodes": 1}),
+    "qfedavg": ("QFedAvg", {"q": 0.4, "client_learning_rate": 0.002}),
+    "dp-fixed": ("DifferentialPrivacyServerSideFixedClipping",
+                 {"noise_multiplier": 0.08, "clipping_norm": 2.5, "num_sampled_clients": 4}),
+    "dp-adaptive": ("DifferentialPrivacyServerSideAdaptiveClipping", {"clipping_norm": 2.5, "num_sampled_clients": 4}),
+}
+
+
+def test_each_regime_builds_its_flower_strategy_with_the_configured_parameters(tmp_path: Path) -> None:
+    from flwr.serverapp import strategy as flower_strategies
+
+    from simulations.regimes.federated import _strategy
+
+    cfg = study(tmp_path)
+    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update=FEDERATION),
+                                 "training": cfg.training.model_copy(update={"ser_lr": 0.002})})
+    assert set(STRATEGIES) == set(STRATEGY_REGIMES)
+    for name, (cls, params) in STRATEGIES.items():
+        built = _strategy(cfg, name, 4)
+        assert type(built) is getattr(flower_strategies, cls), name
+        assert {k: getattr(built, k) for k in params} == pytest.approx(params), name
+        inner = getattr(built, "strategy", built)  # the DP wrappers average with FedAvg
+        assert type(inner).__name__ == ("FedAvg" if name.startswith("dp-") else cls)
+        assert (inner.fraction_train, inner.fraction_evaluate, inner.min_train_nodes) == (1.0, 0.0, 4), name
+    # dp-adaptive's noise is Flower's own calibration of ours (Andrew et al. 2021), larger than the configured.
+    assert _strategy(cfg, "dp-adaptive", 4).noise_multiplier > 0.08
+
+
+def test_fedprox_sends_its_mu_and_every_other_strategy_zero(tmp_path: Path) -> None:
+    cfg = study(tmp_path)
+    grid = InlineGrid(cfg, len(SESSIONS))
+    for name, mu in (("fedprox", cfg.federation.proximal_mu), ("fedavg", 0.0)):
+        start = len(grid.configs)
+        run_fold(name, cfg, grid)
+        sent = [c["proximal-mu"] for (_, t), c in zip(grid.asked[start:], grid.configs[start:], strict=True)
+                if t == "train"]
+        assert sent == [mu] * 4, name
+    assert cfg.federation.proximal_mu > 0
+
+
+def test_a_train_message_without_proximal_mu_is_refused_by_the_node(tmp_path: Path) -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+    from common.trainers.registry import build_trainer
+
+    cfg = study(tmp_path)
+    grid = InlineGrid(cfg, len(SESSIONS))
+    arrays = ArrayRecord(build_trainer(cfg, torch.device("cpu")).state_dict())
+    config = ConfigRecord({"lo": 0.0, "hi": 1.0, "server-round": 1})
+    msg = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1001, message_type="train")
+    msg.metadata.__dict__["_message_id"] = "m1"
+    reply = grid.answer(msg, grid.contexts[1001])
+    assert reply.has_error() and "no 'proximal-mu'" in reply.error.reason
+
+
 def test_sampling_and_stragglers_use_flowers_arguments_and_are_recorded(tmp_path: Path) -> None:
     cfg = study(tmp_path, "fraction_train = 0.5\nmin_train_nodes = 1\n")
     grid = InlineGrid(cfg, len(SESSIONS))
@@ -85,12 +155,15 @@ def test_sampling_and_stragglers_use_flowers_arguments_and_are_recorded(tmp_path
 def test_the_straggler_drill_slows_a_stable_fraction_of_training_nodes(tmp_path: Path) -> None:
     from client.node import Node
 
-    cfg = study(tmp_path, "slow_fraction = 0.3\nslow_seconds = 1\n")
+    cfg = study(tmp_path, 'partition = "iid"\nnum_clients = 10\nslow_fraction = 0.3\nslow_seconds = 1\n')
     nodes = [Node(cfg, 1, None, f"Session1-n{i}", i) for i in range(200)]  # type: ignore[arg-type]
     slow = [n.name for n in nodes if n.slow]
     assert 40 <= len(slow) <= 80  # ~30 % of 200, chosen by a hash of name and seed
     assert slow == [n.name for n in (Node(cfg, 1, None, f"Session1-n{i}", i) for i in range(200)) if n.slow]  # type: ignore[arg-type]
     assert not Node(cfg, 1, None, "Session1").slow  # type: ignore[arg-type]  # evaluators are never slowed
+    # The session partition has no shard to slow: the drill is refused there, not silently a no-op.
+    with pytest.raises(ConfigError, match=r"federation.*slow_fraction slows shard nodes only.*partition"):
+        study(tmp_path, "slow_fraction = 0.3\n")
 
 
 @pytest.mark.parametrize("partition", ["speaker", "dirichlet", "iid"])

@@ -358,7 +358,10 @@ class StrategyRegime(FederatedRegime):
             result = _strategy(self.cfg, self.name, sampled).start(
                 grid=self.fed.grid.restrict([n.node_id for n in nodes]), initial_arrays=ArrayRecord(trainer.state_dict()),
                 num_rounds=fed.rounds, timeout=fed.timeout,
-                train_config=stats_config(self.scaling, **{"train-sessions": sessions}), evaluate_fn=evaluate_fn,
+                # proximal-mu: 0 unless FedProx's configure_train sets its own; the node reads it
+                # strictly, so a strategy that stops sending it fails instead of training as FedAvg.
+                train_config=stats_config(self.scaling, **{"train-sessions": sessions, "proximal-mu": 0.0}),
+                evaluate_fn=evaluate_fn,
             )
             # Wall seconds of one round (sampling, the nodes' training, aggregation, the held-out
             # node's validation): benchmarks/scale.py's figure.
