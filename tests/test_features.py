@@ -27,7 +27,7 @@ from common.features import (
     random_patch,
     resolve_device,
 )
-from common.features.extractors import Backend, kaldi_mfcc_reference
+from common.features.extractors import Backend, kaldi_deltas, kaldi_deltas_reference, kaldi_mfcc_reference
 
 DEVICES = [
     "cpu",
@@ -175,6 +175,23 @@ def test_kaldi_mfcc_of_a_sine_against_reference_values() -> None:
     # The product path (float32) on C0, which is well-conditioned: the sine holds all the frame's
     # energy, and a float32 sum of 400 squares is within 400 eps32 = 5e-5 (relative) of the exact one.
     np.testing.assert_allclose(extractor(sine)[0], SINE_C0, rtol=0, atol=1e-4)
+
+
+def test_deltas_have_kaldis_edges() -> None:
+    """add-deltas (window 2) on the ramp x_t = t, 5 frames, computed by hand from Kaldi's formula:
+    order i at frame t = sum_k s_i[k] x[clamp(t + k)], s_1 = [-2, -1, 0, 1, 2] / 10 and
+    s_2 = s_1 * s_1 = [4, 4, 1, -4, -10, -4, 1, 4, 4] / 100. At t = 0 the ΔΔ reads x clamped at 0:
+    (-10 * 0 - 4 * 1 + 1 * 2 + 4 * 3 + 4 * 4) / 100 = 0.26 (the Δ filter applied twice to Δ
+    replicated at the edge would give 0.13); at t = 1: (-10 + -8 + 3 + 16 + 16) / 100 = 0.17."""
+    delta = [0.5, 0.8, 1.0, 0.8, 0.5]
+    delta2 = [0.26, 0.17, 0.0, -0.17, -0.26]
+    ramp = torch.arange(5, dtype=torch.float64)[None]  # (1 coefficient, 5 frames)
+    d1, d2 = kaldi_deltas(ramp, 2)
+    np.testing.assert_allclose(d1[0].numpy(), delta, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(d2[0].numpy(), delta2, rtol=0, atol=1e-12)
+    r1, r2 = kaldi_deltas_reference(ramp.numpy(), 2)
+    np.testing.assert_allclose(r1[0], delta, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r2[0], delta2, rtol=0, atol=1e-12)
 
 
 def test_kaldi_mfcc_float32_path_agrees_with_the_reference_on_a_well_conditioned_signal() -> None:

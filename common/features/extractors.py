@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Final, Literal
 import librosa
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import Tensor, nn
@@ -281,10 +282,9 @@ class MfccVad(Extractor):
     Nyquist, natural log, orthonormal DCT-II, cepstral lifter 22, C0 replaced by the log-energy
     (``--use-energy``), on the int16 sample scale Kaldi reads wav files in. One departure: dither off
     (Kaldi's default is 1.0, random noise) for deterministic features, hence the energy floor of 1.0
-    Kaldi's documentation suggests for dither 0. Δ and ΔΔ: ``add-deltas``' window 2, ΔΔ as the Δ filter
-    applied twice with edge frames replicated; inside an utterance that is Kaldi's ΔΔ, but Kaldi
-    replicates the cepstra, not Δ, so the first and last 2 frames differ from Kaldi's (known, not yet
-    fixed). VAD: ``compute-vad`` on the log-energy column (:func:`kaldi_vad`,
+    Kaldi's documentation suggests for dither 0. Δ and ΔΔ: ``add-deltas``' window 2, edges as Kaldi's
+    (:func:`kaldi_deltas`: the cepstra replicated, then the order-2 filter). VAD: ``compute-vad`` on
+    the log-energy column (:func:`kaldi_vad`,
     the VoxCeleb/SRE recipe settings).
 
     torch path: ``torchaudio.compliance.kaldi.mfcc``; reference: an independent NumPy implementation
@@ -324,8 +324,7 @@ class MfccVad(Extractor):
                 energy_floor=self.energy_floor, use_energy=True, raw_energy=True, window_type="povey",
                 snip_edges=True, remove_dc_offset=True, round_to_power_of_two=True,
             ).T  # (frames, 13) -> (13, frames)
-            d1 = torchaudio.functional.compute_deltas(ceps, win_length=self.delta_width, mode="replicate")
-            d2 = torchaudio.functional.compute_deltas(d1, win_length=self.delta_width, mode="replicate")
+            d1, d2 = kaldi_deltas(ceps, self.delta_width // 2)
             voiced = torch.from_numpy(self._vad(ceps[0].double().cpu().numpy())).to(device)
             out.append(torch.cat([ceps, d1, d2])[:, voiced])  # (39, voiced frames)
         return out
@@ -335,9 +334,40 @@ class MfccVad(Extractor):
 
     def _reference(self, wav: np.ndarray) -> np.ndarray:
         ceps = kaldi_mfcc_reference(self, wav)  # (13, frames)
-        d1 = librosa.feature.delta(ceps, width=self.delta_width, mode="nearest")
-        d2 = librosa.feature.delta(d1, width=self.delta_width, mode="nearest")
+        d1, d2 = kaldi_deltas_reference(ceps, self.delta_width // 2)
         return np.concatenate([ceps, d1, d2])[:, self._vad(ceps[0])]
+
+
+def kaldi_deltas(ceps: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """Δ and ΔΔ of ``ceps`` (C, T) as Kaldi's ``add-deltas`` computes them: every order reads the
+    *cepstra* at frames clamped to [0, T - 1]. Padding the cepstra by 2 x ``window`` replicated frames
+    and applying the Δ filter twice gives exactly that (each output frame of the crop reads only
+    padded frames, never a second edge rule), which torchaudio's own padding per call would not."""
+    pad = 2 * window
+    padded = F.pad(ceps[None], (pad, pad), mode="replicate")[0]  # (C, T + 2 pad)
+    d1 = torchaudio.functional.compute_deltas(padded, win_length=2 * window + 1)
+    d2 = torchaudio.functional.compute_deltas(d1, win_length=2 * window + 1)
+    return d1[:, pad:-pad], d2[:, pad:-pad]
+
+
+def kaldi_deltas_reference(ceps: np.ndarray, window: int, order: int = 2) -> list[np.ndarray]:
+    """Kaldi's ``DeltaFeatures`` (feature-functions.cc) in NumPy float64, literally: scales[0] = [1];
+    scales[i] = sum_j j * scales[i - 1] shifted by j, over j in [-window, window], divided by
+    sum_j j^2; output order i at frame t = sum_k scales[i][k] * ceps[clamp(t + k, 0, T - 1)]."""
+    scales = [np.ones(1)]
+    for _ in range(order):
+        prev = scales[-1]
+        cur = np.zeros(len(prev) + 2 * window)
+        for j in range(-window, window + 1):
+            cur[j + window:j + window + len(prev)] += j * prev
+        scales.append(cur / sum(j * j for j in range(-window, window + 1)))
+    frames = ceps.shape[1]
+    out = []
+    for s in scales[1:]:
+        reach = (len(s) - 1) // 2
+        idx = np.clip(np.arange(frames)[:, None] + np.arange(-reach, reach + 1)[None], 0, frames - 1)  # (T, taps)
+        out.append(np.einsum("ctk,k->ct", ceps[:, idx], s))
+    return out
 
 
 def kaldi_mfcc_reference(x: MfccVad, wav: np.ndarray) -> np.ndarray:

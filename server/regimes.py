@@ -1,0 +1,381 @@
+"""The federated regimes, run by the ServerApp over the nodes (names as in DESIGN.md).
+
+The training nodes are the session nodes, or a partition's nodes (``federation.partition``,
+client/partitions.py); a fold's training nodes are those of its training sessions, and the
+held-out session's whole-session node selects and scores its model.
+
+- ``gan-federated`` (eyes-off, seed 002 §3.3): every training node fine-tunes the pre-trained GAN
+  on its own data once and returns the generator; per fold the server trains the SER model on the
+  streamed pool of the fold's training nodes' generators (``per_class_federated`` per emotion each,
+  10K in §4.5) and the held-out session's node scores it (validation speaker for model selection,
+  test speaker for the fold's metrics).
+- ``gan-fedavg`` (FedGAN, Rasouli et al. 2020): per fold, the pre-trained GAN fine-tuned over the
+  training nodes with generator and discriminator averaged every round, then SER as above;
+- the strategy regimes (``fedavg``, ``fedprox``, ``fedyogi``, ``krum``, ... ``_strategy``): the
+  configured SER trainer federated by that ``flwr.serverapp.strategy`` over the fold's training
+  nodes (``federation.fraction_train`` of them per round), selected and scored at the held-out node.
+
+No raw audio, features or per-utterance values ever reach the server: only weights and scalars.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from functools import partial
+from typing import Any, cast
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flower
+
+from common.audit import fake_trained_classifier
+from common.config import STRATEGY_REGIMES
+from common.features import MinMax, resolve_device
+from common.metrics import confusion_from_cells
+from common.models.sngan import Generator
+from common.pipeline import pretrained, state_digest
+from common.regimes import FoldOutcome, GeneratorStore, RegimeLog, stored_generator
+from common.schema import StudyConfig
+from common.splits import validates, validation_session
+from common.synthesis import synthetic_sampler
+from common.trainers.base import KeepBest, LoopResult
+from common.trainers.registry import SerTrainer, build_trainer
+from server.federation import (
+    Federation,
+    NodeFailure,
+    restore_fp32,
+    stats_config,
+    weighted_average,
+)
+
+log = logging.getLogger("fedser.server")
+Score = Callable[[], float]
+Selection = tuple[float | None, list[tuple[int, float]]]  # selected validation score, (round, score) pairs
+
+
+def remote_scores(fed: Federation, session: int, state: dict[str, torch.Tensor], stats: MinMax,
+                  split: str) -> dict:
+    """Scores of SER weights ``state`` on ``session``'s ``split``, computed at the node holding it whole."""
+    reply = fed.ask("evaluate", fed.evaluator(session), RecordDict({
+        "arrays": ArrayRecord(state), "config": stats_config(stats, split=split),
+    }))
+    m = reply["metrics"]
+    scores = {k: float(v) for k, v in m.items() if not k.startswith("cm_") and k != "num-examples"}
+    return {**scores, "confusion": confusion_from_cells(m)}
+
+
+class FederatedRegime:
+    """What both federated regimes share: the nodes, the scaling statistics and the per-fold flow
+    (fit with selection at the held-out node, then score it there)."""
+
+    name = ""
+
+    def __init__(self, fed: Federation, cfg: StudyConfig, stored: Mapping[str, torch.nn.Module] | None = None) -> None:
+        """``stored``: generators of an earlier run (``synthesis.from_run``) used instead of training any."""
+        self.fed, self.cfg, self.stored = fed, cfg, stored
+        self.folds = tuple(cfg.folds.sessions)  # a fold is named by its held-out session
+        self.log = RegimeLog(failures=fed.failures)
+
+    def run(self, todo: Collection[int], store: GeneratorStore) -> Iterator[FoldOutcome]:
+        """Discover the nodes, then one outcome per fold in ``todo`` (skipped folds say why)."""
+        if not todo:
+            return
+        start = time.perf_counter()
+        nodes = self.fed.discover()
+        self.log.metrics.update({"nodes": len(nodes), "training_nodes": len(self.fed.training()),
+                                 "discovery_seconds": time.perf_counter() - start})
+        self.log.nodes = {name: n.summary() for name, n in nodes.items()}
+        if not nodes:
+            raise RuntimeError(f"no node answered within federation.node_wait = {self.cfg.federation.node_wait} s; "
+                               "are the SuperNodes connected?")
+        self.prepare(store)
+        for session in (s for s in self.folds if s in todo):
+            outcome = self.fold(session)
+            if outcome.skipped is None:  # what `flwr run --stream` (and `fedser study`) shows per fold
+                m = outcome.metrics
+                log.info("%s fold %s: macro-F1 %.3f UA %.3f WA %.3f", self.name, session, m["f1_macro"], m["ua"], m["wa"])
+            yield outcome
+
+    def prepare(self, store: GeneratorStore) -> None:
+        """Work done once before the folds (none by default)."""
+
+    def fold(self, test: int) -> FoldOutcome:
+        """The fold that holds out ``test``."""
+        raise NotImplementedError
+
+    def stats(self, pretrain: MinMax) -> MinMax:
+        """The pre-training corpus's and the nodes' min/max combined (seed 002 §4.2)."""
+        return self.fed.combined_stats(pretrain)
+
+    def scored(self, test: int, stats: MinMax, trainer: SerTrainer,
+               fit: Callable[[Score | None], Selection]) -> FoldOutcome:
+        """Fit with model selection at the held-out node (when it has a validation speaker), then
+        score the selected model there on the test speaker(s). ``fit`` returns the selected
+        model's validation score (None without selection) and every (step or round, score)."""
+        start = time.perf_counter()
+        torch.manual_seed(self.cfg.training.seed)
+        score = None
+        if validates(self.cfg.folds) and self.cfg.training.eval_every > 0:
+            def score() -> float:
+                return remote_scores(self.fed, validation_session(self.cfg.folds, test), trainer.state_dict(), stats,
+                                     "validation")[trainer.selection]
+        try:
+            best, history = fit(score)
+            metrics = remote_scores(self.fed, test, trainer.state_dict(), stats, "test")
+        except NodeFailure as exc:
+            log.warning("fold %s of %s cannot be scored: %s", test, self.name, exc)
+            return self.skip(test, f"the held-out node cannot score: {exc}")
+        return FoldOutcome(self.name, test, test, metrics, best, time.perf_counter() - start,
+                           selection=trainer.selection, history=history, model_digest=state_digest(trainer.state_dict()))
+
+    def skip(self, test: int, reason: str) -> FoldOutcome:
+        """A fold without metrics, and why."""
+        return FoldOutcome(self.name, test, test, {}, None, 0.0, skipped=reason)
+
+    def audit(self, generators: Mapping[str, Generator], at: Collection[str] | None = None) -> dict[str, dict[str, float]]:
+        """The generator audit (common/audit.py) run by the nodes that own the data: each node's
+        generator at that node, or one generator at every node of ``at`` (keyed by node name).
+        Scalars come back only; a node that fails is recorded and left out."""
+        if not self.cfg.audit.enabled or self.stored is not None:
+            return {}
+        def content(g: Generator) -> RecordDict:
+            return RecordDict({"generator": ArrayRecord(g.state_dict()), "config": stats_config(self.scaling)})
+        if at is None:
+            asks = {s: content(g) for s, g in generators.items()}
+        else:  # one generator, several nodes: its GAN-train classifier (generated data only) trained here once
+            [g] = generators.values()
+            shared = content(g)
+            shared["classifier"] = ArrayRecord(fake_trained_classifier(self.cfg, g, self.cfg.training.seed).state_dict())
+            asks = dict.fromkeys(at, shared)
+        outcome = self.fed.exchange("query.audit", asks)
+        for name, reason in outcome.failures.items():
+            log.warning("audit at %s failed: %s", name, reason)
+        return {s: {k: float(v) for k, v in reply["audit"].items()} for s, reply in outcome.replies.items()}
+
+    def stored_generator(self, name: str) -> Generator:
+        """Generator ``name`` of the run ``synthesis.from_run`` names (one line when it has none)."""
+        assert self.stored is not None
+        gen = cast(Generator, stored_generator(self.stored, name, self.cfg, self.name))
+        return gen.to(resolve_device(self.cfg.training.device)).eval()
+
+
+class GanFederated(FederatedRegime):
+    """Fine-tune one generator per training node (once), then one SER model per fold on the pool
+    of the fold's training nodes' generators."""
+
+    name = "gan-federated"
+
+    def prepare(self, store: GeneratorStore) -> None:
+        gan = pretrained(self.cfg)
+        gen, disc = gan.networks()
+        self.scaling = self.stats(gan.pretrain_stats)
+        device = resolve_device(self.cfg.training.device)
+        trainers = [n.name for n in self.fed.training()]  # node order: the pool maps indices to generators by order
+        if self.stored is not None:  # synthesis.from_run: SER from an earlier run's generators, no fine-tuning
+            # A node that failed in that run has no generator there: the pool goes on without it.
+            self.generators = {name: self.stored_generator(name) for name in trainers if name in self.stored}
+            if not self.generators:
+                self.stored_generator(trainers[0] if trainers else "Session1")  # the one-line error naming what the run has
+            self.log.metrics["generators_reused"] = len(self.generators)
+            return
+        # A resumed run reuses the generators its killed predecessor received (same resolved config).
+        stored = store.load()
+        self.generators: dict[str, Generator] = {name: stored[name].to(device).eval() for name in trainers if name in stored}
+        if self.generators:
+            log.info("reusing the stored generators of %s", list(self.generators))
+        start = time.perf_counter()
+        content = RecordDict({"generator": ArrayRecord(gen.state_dict()),
+                              "discriminator": ArrayRecord(disc.state_dict()), "config": stats_config(self.scaling)})
+        ask = [name for name in trainers if name not in self.generators]
+        outcome = self.fed.exchange("train.gan", dict.fromkeys(ask, content))
+        fresh: dict[str, Generator] = {}
+        for name, reply in outcome.replies.items():
+            g = Generator(gen.spec)
+            g.load_state_dict(restore_fp32(reply["generator"]))
+            fresh[name] = g.to(device).eval()
+        merged = {**self.generators, **fresh}
+        self.generators = {name: merged[name] for name in trainers if name in merged}
+        sizes = [reply["generator"].count_bytes() for reply in outcome.replies.values()]
+        self.log.metrics.update({"gan_round_seconds": time.perf_counter() - start,
+                                 "generators_received": len(fresh), "generators_reused": len(self.generators) - len(fresh),
+                                 "generator_failures": len(outcome.failures),
+                                 "generator_bytes": sizes[0] if sizes else 0.0})
+        # Stored at once (the server holds no real data: its spectrogram grids show generated columns only).
+        store.keep(fresh)
+        log.info("generators from %d nodes, failures %s", len(self.generators), outcome.failures)
+        self.log.audits.update(self.audit(fresh))
+
+    def fold(self, test: int) -> FoldOutcome:
+        training = {n.name for n in self.fed.training(test)}
+        sources = [g for name, g in self.generators.items() if name in training]
+        if not sources:
+            log.warning("fold %s: no training node's generator arrived; fold skipped", test)
+            return self.skip(test, "no training node's generator arrived (see failure tags)")
+        sample = synthetic_sampler(self.cfg, sources, self.cfg.synthesis.per_class_federated, test)
+        trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
+        def fit(score: Score | None) -> Selection:
+            result = trainer.fit(sample, score)
+            return (result.best_score if result.best_step is not None else None), result.evals
+
+        return self.scored(test, self.scaling, trainer, fit)
+
+
+class GanFedAvg(FederatedRegime):
+    """FedGAN (Rasouli et al. 2020) per fold: the pre-trained GAN fine-tuned over the fold's training
+    nodes, generator and discriminator averaged every round; then SER as in gan-federated, on a pool
+    of that one generator as large as gan-federated's (``per_class_federated`` x training nodes)."""
+
+    name = "gan-fedavg"
+
+    def prepare(self, store: GeneratorStore) -> None:
+        self.gan = pretrained(self.cfg)
+        self.scaling = self.stats(self.gan.pretrain_stats)
+
+    def fedgan(self, test: int, nodes: list[str]) -> Generator:
+        """``federation.gan_rounds`` rounds of local conditional steps and weighted averaging."""
+        cfg = self.cfg
+        gen, disc = self.gan.networks()
+        torch.manual_seed(cfg.training.seed + test)
+        disc.replace_head(gen.spec.n_c + 1)  # stage 3's N_c + 1 discriminator, as in finetune()
+        local = -(-cfg.training.finetune_iterations // cfg.federation.gan_rounds)
+        for rnd in range(1, cfg.federation.gan_rounds + 1):
+            content = RecordDict({"generator": ArrayRecord(gen.state_dict()), "discriminator": ArrayRecord(disc.state_dict()),
+                                  "config": stats_config(self.scaling, **{"server-round": rnd, "local-steps": local})})
+            outcome = self.fed.exchange("train.fedgan", dict.fromkeys(nodes, content))
+            if not outcome.replies:
+                raise NodeFailure(f"fold {test}", f"no training node answered FedGAN round {rnd}: {outcome.failures}")
+            replies = list(outcome.replies.values())
+            weights = [float(r["metrics"]["num-examples"]) for r in replies]
+            gen.load_state_dict(weighted_average([r["generator"].to_torch_state_dict() for r in replies], weights))
+            disc.load_state_dict(weighted_average([r["discriminator"].to_torch_state_dict() for r in replies], weights))
+        return gen.eval()
+
+    def fold(self, test: int) -> FoldOutcome:
+        nodes = [n.name for n in self.fed.training(test)]
+        if not nodes:
+            return self.skip(test, "no training node")
+        start = time.perf_counter()
+        try:
+            gen = self.stored_generator(f"fold{test}") if self.stored is not None else self.fedgan(test, nodes)
+        except NodeFailure as exc:
+            log.warning("fold %s of %s: %s", test, self.name, exc)
+            return self.skip(test, str(exc))
+        gen = gen.to(resolve_device(self.cfg.training.device))
+        seconds = time.perf_counter() - start
+        figures = list(self.audit({f"fold{test}": gen}, at=nodes).values())  # the nodes whose data trained it
+        sample = synthetic_sampler(self.cfg, [gen], self.cfg.synthesis.per_class_federated * len(nodes), test)
+        trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
+
+        def fit(score: Score | None) -> Selection:
+            result = trainer.fit(sample, score)
+            return (result.best_score if result.best_step is not None else None), result.evals
+
+        outcome = self.scored(test, self.scaling, trainer, fit)
+        outcome.seconds += seconds
+        outcome.generators = [gen.cpu()]
+        if figures:  # the mean over the training nodes (each audits its own members and held-out data)
+            outcome.audit = {k: float(np.mean([f[k] for f in figures])) for k in figures[0]}
+        return outcome
+
+
+def _strategy(cfg: StudyConfig, name: str, sampled: int) -> flower.Strategy:
+    """Flower's strategy ``name`` as the config sets it. ``sampled``: nodes asked per round (what
+    the DP wrappers calibrate their noise to). fraction_evaluate 0: the training nodes do not
+    evaluate; the held-out node does (evaluate_fn)."""
+    fed = cfg.federation
+    common: dict[str, Any] = {"fraction_train": fed.fraction_train, "fraction_evaluate": 0.0,
+              "min_train_nodes": sampled, "min_available_nodes": 1}
+    eta = {"eta": fed.server_lr, "eta_l": cfg.training.ser_lr}
+    build: dict[str, Callable[[], flower.Strategy]] = {
+        "fedavg": lambda: flower.FedAvg(**common),
+        "fedprox": lambda: flower.FedProx(**common, proximal_mu=fed.proximal_mu),
+        "fedadam": lambda: flower.FedAdam(**common, **eta),
+        "fedadagrad": lambda: flower.FedAdagrad(**common, **eta),
+        "fedyogi": lambda: flower.FedYogi(**common, **eta),
+        "fedavgm": lambda: flower.FedAvgM(**common, server_momentum=fed.server_momentum),
+        "fedmedian": lambda: flower.FedMedian(**common),
+        "fedtrimmedavg": lambda: flower.FedTrimmedAvg(**common, beta=fed.trim_beta),
+        "krum": lambda: flower.Krum(**common, num_malicious_nodes=fed.num_malicious),
+        "multikrum": lambda: flower.MultiKrum(**common, num_malicious_nodes=fed.num_malicious,
+                                              num_nodes_to_select=max(1, sampled - fed.num_malicious)),
+        "bulyan": lambda: flower.Bulyan(**common, num_malicious_nodes=fed.num_malicious),
+        "qfedavg": lambda: flower.QFedAvg(client_learning_rate=cfg.training.ser_lr, q=fed.qffl_q, **common),
+        "dp-fixed": lambda: flower.DifferentialPrivacyServerSideFixedClipping(
+            flower.FedAvg(**common), noise_multiplier=fed.dp_noise, clipping_norm=fed.dp_clip, num_sampled_clients=sampled),
+        "dp-adaptive": lambda: flower.DifferentialPrivacyServerSideAdaptiveClipping(
+            flower.FedAvg(**common), noise_multiplier=fed.dp_noise, num_sampled_clients=sampled,
+            initial_clipping_norm=fed.dp_clip),
+    }
+    return build[name]()
+
+
+class StrategyRegime(FederatedRegime):
+    """Per fold: one of Flower's strategies over the fold's training nodes, selected (KeepBest
+    over the rounds) and scored at the held-out node; the regime is named after the strategy."""
+
+    def __init__(self, fed: Federation, cfg: StudyConfig, stored: Mapping[str, torch.nn.Module] | None = None,
+                 *, strategy: str = "fedavg") -> None:
+        super().__init__(fed, cfg, stored)
+        self.name = strategy
+
+    def prepare(self, store: GeneratorStore) -> None:
+        # No GAN here; with a checkpoint its pre-training corpus counts as in every regime.
+        has_gan = self.cfg.pretrained_path.is_file()
+        self.scaling = self.stats(pretrained(self.cfg).pretrain_stats if has_gan else MinMax.empty())
+
+    def fold(self, test: int) -> FoldOutcome:
+        nodes = self.fed.training(test)
+        if not nodes:
+            log.warning("fold %s: no training node; fold skipped", test)
+            return self.skip(test, "no training node")
+        trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
+        # The fold's training sessions (public metadata, no data): nodes derive speaker indices.
+        sessions = sorted({n.session for n in nodes})
+        # Flower samples max(int(N * fraction_train), min_train_nodes) and waits, unbounded, until
+        # that many nodes are online: never ask for more than the fold has.
+        fed = self.cfg.federation
+        sampled = min(len(nodes), max(int(len(nodes) * fed.fraction_train), fed.min_train_nodes))
+        self.log.metrics["sampled_per_round"] = sampled
+
+        def fit(score: Score | None) -> Selection:
+            keep = KeepBest(trainer)
+
+            def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+                trainer.load_state_dict(arrays.to_torch_state_dict())
+                if score is None:
+                    return None
+                value = score()
+                keep.on_eval(rnd, value, {})
+                return MetricRecord({f"val_{trainer.selection}": value})
+
+            # Flower's strategies sample nodes with Python's global `random` (strategy_utils.py):
+            # seeded per fold, a resumed fold draws what an uninterrupted study would.
+            random.seed(self.cfg.training.seed + test)
+            start = time.perf_counter()
+            result = _strategy(self.cfg, self.name, sampled).start(
+                grid=self.fed.grid.restrict([n.node_id for n in nodes]), initial_arrays=ArrayRecord(trainer.state_dict()),
+                num_rounds=fed.rounds, timeout=fed.timeout,
+                # proximal-mu: 0 unless FedProx's configure_train sets its own; the node reads it
+                # strictly, so a strategy that stops sending it fails instead of training as FedAvg.
+                train_config=stats_config(self.scaling, **{"train-sessions": sessions, "proximal-mu": 0.0}),
+                evaluate_fn=evaluate_fn,
+            )
+            # Wall seconds of one round (sampling, the nodes' training, aggregation, the held-out
+            # node's validation): benchmarks/scale.py's figure.
+            self.log.metrics["round_seconds"] = (time.perf_counter() - start) / fed.rounds
+            if result.arrays is not None:
+                trainer.load_state_dict(result.arrays.to_torch_state_dict())
+            keep.on_end(LoopResult())  # model selection: the best round, when one was scored
+            return (keep.best if keep.evals else None), keep.evals
+
+        return self.scored(test, self.scaling, trainer, fit)
+
+
+REGIMES: dict[str, Callable[[Federation, StudyConfig, Mapping[str, torch.nn.Module] | None], FederatedRegime]] = {
+    "gan-federated": GanFederated, "gan-fedavg": GanFedAvg,
+    **{name: partial(StrategyRegime, strategy=name) for name in STRATEGY_REGIMES},
+}
