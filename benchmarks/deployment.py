@@ -35,9 +35,9 @@ if str(ROOT) not in sys.path:  # run as a script: make the repository's packages
 
 import mlflow  # noqa: E402
 
-from common.config import SESSIONS, StudyConfig  # noqa: E402
+from common.config import SESSIONS  # noqa: E402
 from common.data import synthetic_iemocap_root  # noqa: E402
-from common.schema import load_config  # noqa: E402
+from common.schema import StudyConfig, load_config  # noqa: E402
 from simulations.flower import LocalSuperLink, flwr_run, free_port, stop_tree, write_run_config  # noqa: E402
 
 BIN = Path(sys.executable).parent

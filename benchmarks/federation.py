@@ -32,11 +32,11 @@ if str(ROOT) not in sys.path:  # run as a script: make the repository's packages
 import mlflow  # noqa: E402
 import torch  # noqa: E402
 
-from common.config import SESSIONS, StudyConfig  # noqa: E402
+from common.config import SESSIONS  # noqa: E402
 from common.data import load_corpus  # noqa: E402
 from common.features import MinMax  # noqa: E402
 from common.pipeline import finetune, pretrain, pretrained  # noqa: E402
-from common.schema import load_config  # noqa: E402
+from common.schema import StudyConfig, load_config  # noqa: E402
 from simulations.flower import LocalSuperLink  # noqa: E402
 from simulations.report import latest_parents  # noqa: E402
 

@@ -42,8 +42,8 @@ from common.features import MinMax, resolve_device  # noqa: E402
 from common.pipeline import finetune, pretrained, training_speakers  # noqa: E402
 from common.schema import load_config  # noqa: E402
 from common.splits import make_folds  # noqa: E402
+from common.synthesis import synthetic_sampler  # noqa: E402
 from common.trainers.registry import build_trainer  # noqa: E402
-from simulations.regimes.central import synthetic_sampler  # noqa: E402
 from simulations.study import scaling_stats  # noqa: E402
 
 # The stage-3 switches one at a time, then together (issue: generators that keep their diversity).

@@ -41,11 +41,10 @@ if str(ROOT) not in sys.path:  # run as a script: make the repository's packages
 
 import mlflow  # noqa: E402
 
-from common.config import StudyConfig  # noqa: E402
 from common.data import prepared_labeled  # noqa: E402
-from common.schema import load_config  # noqa: E402
+from common.schema import StudyConfig, load_config  # noqa: E402
+from server.processes import descendants  # noqa: E402
 from simulations.flower import LocalSuperLink  # noqa: E402
-from simulations.processes import descendants  # noqa: E402
 from simulations.report import latest_parents  # noqa: E402
 
 

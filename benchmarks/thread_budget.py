@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
-from simulations.processes import descendants  # noqa: E402
+from server.processes import descendants  # noqa: E402
 
 CONFIG = """
 name = "threads"

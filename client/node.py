@@ -14,7 +14,7 @@ Handlers (message types, notes/flower-1.41.md §1.1), each ``(content, context) 
 - ``evaluate``: score received SER weights on this session's validation or test speaker(s).
 
 Replies carry weights (``ArrayRecord``) and scalars (``MetricRecord``/``ConfigRecord``) only; the
-server's wire audit (simulations/regimes/federation.py) records what every reply held.
+server's wire audit (server/federation.py) records what every reply held.
 
 What a node holds: deployment nodes say so in their node config (``session``, ``data-root`` for
 where their copy of the corpus is, optionally ``work-dir`` for their feature cache). Simulated
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.partitions import nodes_per_session, partition_listing, session_name, shard, shard_of
+from client.partitions import nodes_per_session, partition_listing, shard, shard_of
 from common import threads
 from common.audit import (
     GeneratorSplit,
@@ -49,15 +49,15 @@ from common.audit import (
     reference_classifier,
     selector,
 )
-from common.config import SESSIONS, StudyConfig
+from common.config import SESSIONS
 from common.corpora.base import Utterance
 from common.data import Corpus, load_corpus
 from common.features import MinMax, resolve_device
 from common.metrics import confusion_cells
 from common.models.sngan import Discriminator, GanSpec, Generator
 from common.pipeline import finetune, iemocap_speakers
-from common.schema import config_from_run
-from common.splits import holdout_split
+from common.schema import StudyConfig, config_from_run
+from common.splits import holdout_split, session_name
 from common.trainers.base import run
 from common.trainers.gan import conditional_step
 from common.trainers.registry import build_trainer

@@ -23,10 +23,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.config import FederationConfig, StudyConfig
+from common.config import FederationConfig
 from common.corpora.base import Utterance
 from common.data import labeled_scan
-from common.splits import SplitError
+from common.schema import StudyConfig
+from common.splits import SplitError, session_name
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,6 @@ class Shard:
     index: int
     name: str
 
-
-def session_name(session: int) -> str:
-    """The name of the node that holds a whole session (and of its generator)."""
-    return f"Session{session}"
 
 
 def partition_listing(cfg: StudyConfig) -> tuple[Utterance, ...]:

@@ -46,7 +46,7 @@ from scipy.stats import mannwhitneyu
 from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from common.config import StudyConfig
+from common.config import StudySections
 from common.features.windows import patches, random_patch
 from common.models.sngan import Discriminator
 from common.synthesis import ClassConditionalGenerator, SyntheticPool
@@ -66,7 +66,7 @@ def held_back(utterance_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def classifier(cfg: StudyConfig, seed: int) -> SerCnnTrainer:
+def classifier(cfg: StudySections, seed: int) -> SerCnnTrainer:
     """A fresh audit classifier: seed 002's SER network (whatever the study's trainer), trained
     ``audit.iterations`` steps without model selection, on the CPU."""
     training = cfg.training.model_copy(update={"ser_iterations": cfg.audit.iterations, "eval_every": 0, "seed": seed})
@@ -74,14 +74,14 @@ def classifier(cfg: StudyConfig, seed: int) -> SerCnnTrainer:
     return SerCnnTrainer(cfg.model_copy(update={"training": training}), "cpu")
 
 
-def reference_classifier(cfg: StudyConfig, members: LabeledSet, seed: int = 0) -> SerCnnTrainer:
+def reference_classifier(cfg: StudySections, members: LabeledSet, seed: int = 0) -> SerCnnTrainer:
     """The classifier trained on real member data (gan_test, real_train and the Fréchet embedding)."""
     ref = classifier(cfg, seed)
     ref.fit(ref.sampler(members, seed=seed))
     return ref
 
 
-def fake_trained_classifier(cfg: StudyConfig, gen: ClassConditionalGenerator, seed: int = 0) -> SerCnnTrainer:
+def fake_trained_classifier(cfg: StudySections, gen: ClassConditionalGenerator, seed: int = 0) -> SerCnnTrainer:
     """The classifier trained on ``gen``'s samples only (GAN-train). It needs no real data, so
     whoever holds the generator can train it once for every node that audits it."""
     on_fake = classifier(cfg, seed + 1)
@@ -213,7 +213,7 @@ def membership(members: LabeledSet, held_out: LabeledSet, gen: np.ndarray, size:
     return float(roc_auc_score(y, s)), float(tpr[fpr <= 0.01].max())
 
 
-def audit_generator(cfg: StudyConfig, gen: ClassConditionalGenerator, members: LabeledSet, held_out: LabeledSet,
+def audit_generator(cfg: StudySections, gen: ClassConditionalGenerator, members: LabeledSet, held_out: LabeledSet,
                     reference: SerCnnTrainer | None = None, seed: int = 0,
                     on_fake: SerCnnTrainer | None = None) -> dict[str, float]:
     """Every figure of the module docstring for ``gen``, trained on ``members`` (never on ``held_out``).
@@ -273,7 +273,7 @@ class GeneratorSplit(NamedTuple):
 SELECTION_SHARE = 0.5
 
 
-def generator_split(data: LabeledSet, cfg: StudyConfig, hold_back: bool = True) -> GeneratorSplit:
+def generator_split(data: LabeledSet, cfg: StudySections, hold_back: bool = True) -> GeneratorSplit:
     """``data`` for a generator: ``audit.holdout`` of it held back (when ``hold_back`` and the audit
     or generator selection is on), and with selection on, half of that for selection, so that the
     audit's figures stay unbiased by the choice. Without holding back the generator trains on all
@@ -294,7 +294,7 @@ def generator_split(data: LabeledSet, cfg: StudyConfig, hold_back: bool = True) 
 SELECTION_MIN_GAN_TEST = 0.5
 
 
-def selection_score(cfg: StudyConfig, gen: ClassConditionalGenerator, ref: SerCnnTrainer,
+def selection_score(cfg: StudySections, gen: ClassConditionalGenerator, ref: SerCnnTrainer,
                     selection: LabeledSet, seed: int = 0) -> float:
     """Higher is better: minus the class-conditional Fréchet distance between ``gen``'s samples and
     patches of the ``selection`` utterances in ``ref``'s embedding (the audit's), -inf while
@@ -318,7 +318,7 @@ def selection_score(cfg: StudyConfig, gen: ClassConditionalGenerator, ref: SerCn
     return -class_frechet(_embed(ref, real), real_y, _embed(ref, fake), fake_y)
 
 
-def selector(cfg: StudyConfig, split: GeneratorSplit, reference: SerCnnTrainer | None = None,
+def selector(cfg: StudySections, split: GeneratorSplit, reference: SerCnnTrainer | None = None,
              seed: int = 0) -> Callable[[ClassConditionalGenerator], float] | None:
     """The score :func:`common.pipeline.finetune` selects with, or None when selection is off or
     no utterance was held back for it (a logged skip). ``reference``: the audit's classifier on

@@ -1,7 +1,8 @@
 """The study's configuration: frozen pydantic models, presets, and TOML loading.
 
-Validation happens once, here, at the edge: everything below receives a typed
-:class:`StudyConfig`. An experiment file holds only its differences from the defaults;
+Validation happens once, at the edge: everything below receives a typed
+:class:`common.schema.StudyConfig`, the one study config, which adds the registered trainer
+families and extractors to the sections defined here (:class:`StudySections`). An experiment file holds only its differences from the defaults;
 its ``preset`` (``tiny`` or ``paper``) picks the sizes it starts from.
 """
 
@@ -12,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, overload
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -26,7 +27,7 @@ from pydantic import (
 
 Preset = Literal["paper", "tiny"]
 S = TypeVar("S", bound="Section")
-Study = TypeVar("Study", bound="StudyConfig")  # a schema: StudyConfig or a subclass (common/schema.py)
+Study = TypeVar("Study", bound="StudySections")  # a schema: common.schema.StudyConfig
 
 # Seed 002 §4.1: neutral, happy (excited merged into it), angry, sad; IEMOCAP's reader maps with these
 # (notes §0.2: every peer toolkit drops fru, sur, fea, dis, oth, xxx).
@@ -37,7 +38,7 @@ DEFAULT_LABEL_MAP: dict[str, str] = {"neu": "neu", "hap": "hap", "exc": "hap", "
 def _absolute_path(value: Path | None) -> Path | None:
     """``value`` made absolute against the current directory (``~`` expanded; symlinks kept).
 
-    Relative paths from a config file were already anchored at its folder by :func:`load_config`;
+    Relative paths from a config file were already anchored at its folder by :func:`read_config`;
     what is still relative here came from overrides or code, and Flower apps run with the
     SuperLink's cwd (notes/flower-1.41.md §2.5): pin it now.
     """
@@ -62,10 +63,17 @@ class SyntheticConfig(Section):
     pretrain_speakers: int = Field(10, ge=1, le=500)
 
 
+# The corpus kinds, the one list: common/corpora reads each, the config and the CLI take these names.
+LabeledCorpus = Literal["iemocap", "ravdess", "cremad", "msppodcast"]
+CorpusKind = Literal[LabeledCorpus, "librispeech", "folder"]
+LABELED_CORPORA: tuple[str, ...] = get_args(LabeledCorpus)
+CORPUS_KINDS: tuple[str, ...] = get_args(CorpusKind)
+
+
 class DataConfig(Section):
     """Which labeled corpus, which part of it, and which classes."""
 
-    corpus: Literal["iemocap", "ravdess", "cremad", "msppodcast"] = "iemocap"
+    corpus: LabeledCorpus = "iemocap"
     # None = the embedded synthetic IEMOCAP-format corpus under work_dir/corpora.
     root: Path | None = None
     subset: Literal["improvised", "scripted", "all"] = "all"
@@ -348,7 +356,7 @@ class TrackingConfig(Section):
 
 
 # The strategy regimes: the configured SER trainer federated by one of Flower's server-side
-# strategies (flwr.serverapp.strategy, simulations/regimes/federated.py), each its own regime row.
+# strategies (flwr.serverapp.strategy, server/regimes.py), each its own regime row.
 # Not here: DifferentialPrivacyClientSide* (they need clipping mods in the ClientApp) and
 # FedXgbBagging/FedXgbCyclic (XGBoost models as bytes, not weight arrays).
 Strategy = Literal["fedavg", "fedprox", "fedadam", "fedadagrad", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg",
@@ -365,8 +373,9 @@ ALL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "gan-federated
 GAN_REGIMES: tuple[Regime, ...] = ("gan-central", "gan-federated", "gan-fedavg", "baseline-gan")
 
 
-class StudyConfig(Section):
-    """Everything one study needs."""
+class StudySections(Section):
+    """Everything one study needs but the registries' parts: the base of :class:`common.schema.StudyConfig`
+    (this module imports nothing from the project, so the trainers it configures can import it)."""
 
     name: str = "demo"
     preset: Preset = "tiny"
@@ -392,13 +401,13 @@ class StudyConfig(Section):
     audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
-    def _federated_by_session(self) -> StudyConfig:
+    def _federated_by_session(self) -> Self:
         if any(r in FEDERATED_REGIMES for r in self.regimes) and self.folds.scheme == "kfold":
             raise ValueError("the federated regimes hold out one session node per fold: folds.scheme = \"kfold\" "
                              "runs centralized regimes only; drop the federated regimes from regimes")
         return self
 
-    def with_trainer(self, name: str) -> StudyConfig:
+    def with_trainer(self, name: str) -> Self:
         """This study with ``training.trainer = name``."""
         return self.model_copy(update={"training": self.training.model_copy(update={"trainer": name})})
 
@@ -407,7 +416,7 @@ class StudyConfig(Section):
         """The trainers the study runs each regime with."""
         return self.trainers or (self.training.trainer,)
 
-    def with_seed(self, seed: int) -> StudyConfig:
+    def with_seed(self, seed: int) -> Self:
         """This study with ``training.seed = seed``."""
         return self.model_copy(update={"training": self.training.model_copy(update={"seed": seed})})
 
@@ -491,7 +500,7 @@ _CORPUS_COPIES: dict[str, str] = {
 }
 
 
-def config_warnings(cfg: StudyConfig) -> list[str]:
+def config_warnings(cfg: StudySections) -> list[str]:
     """One line per configured path that is not there (what ``fedser config`` prints).
 
     ``data.root`` and ``data.pretrain_root`` must be folders, ``model.pretrained`` a file (unless
@@ -526,20 +535,14 @@ class ConfigError(ValueError):
     """A config file with one or more problems; the message lists all of them."""
 
 
-@overload
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig: ...
-@overload
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None, *,
-                schema: type[Study]) -> Study: ...
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None, *,
-                schema: type[StudyConfig] = StudyConfig) -> StudyConfig:
+def read_config(path: Path | None, overrides: Mapping[str, Any] | None, *, schema: type[Study]) -> Study:
     """Load a study config: defaults <- preset <- TOML file at ``path`` <- ``overrides``.
 
     Relative paths written in the file resolve against the file's folder; relative paths in
     ``overrides`` and the defaults (``work_dir = "outputs"``) against the current directory.
 
-    ``schema``: the class to validate with; common/schema.py binds the full one (every registered
-    trainer family's section), which is what callers use.
+    ``schema``: the class to validate with; callers use common.schema.load_config, which binds
+    the full one (every registered trainer family's section).
     """
     source = str(path) if path is not None else "<defaults>"
     data: dict[str, Any] = {}
@@ -643,11 +646,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-@overload
-def config_from_run(run_config: Mapping[str, Any]) -> StudyConfig: ...
-@overload
-def config_from_run(run_config: Mapping[str, Any], *, schema: type[Study]) -> Study: ...
-def config_from_run(run_config: Mapping[str, Any], *, schema: type[StudyConfig] = StudyConfig) -> StudyConfig:
+def read_run_config(run_config: Mapping[str, Any], *, schema: type[Study]) -> Study:
     """The study config a Flower run carries (``[tool.flwr.app.config]`` in pyproject.toml).
 
     ``study-config`` is the resolved config as JSON (what ``fedser study`` sends, so that remote
@@ -663,4 +662,4 @@ def config_from_run(run_config: Mapping[str, Any], *, schema: type[StudyConfig] 
         except json.JSONDecodeError as exc:
             raise ConfigError(f"run config study-config: not valid JSON: {exc}") from None
         return validate(schema, _merge(data, overrides), "run config study-config")
-    return load_config(Path(source) if source else None, overrides, schema=schema)
+    return read_config(Path(source) if source else None, overrides, schema=schema)

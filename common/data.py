@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import DEFAULT_LABEL_MAP, StudyConfig
+from common.config import DEFAULT_LABEL_MAP, StudySections
 from common.corpora import CorpusKind, Scan, Skip, Utterance, count_skips, read_corpus
 from common.corpora import skip_summary as skip_summary  # re-exported: one line per skip count
 from common.corpora.iemocap import Subset, word_spans
@@ -74,7 +74,7 @@ def _ensure(target: Path, write: Callable[[Path], Path]) -> Path:
     return target
 
 
-def synthetic_iemocap_root(cfg: StudyConfig) -> Path:
+def synthetic_iemocap_root(cfg: StudySections) -> Path:
     """The embedded IEMOCAP-format corpus for ``cfg.data.synthetic``, written on first use."""
     syn = cfg.data.synthetic
     folder = cfg.corpus_dir / f"synthetic-seed{syn.seed}-u{syn.utterances_per_dialog}"
@@ -82,7 +82,7 @@ def synthetic_iemocap_root(cfg: StudyConfig) -> Path:
         out, seed=syn.seed, utterances_per_dialog=syn.utterances_per_dialog))
 
 
-def synthetic_librispeech_root(cfg: StudyConfig) -> Path:
+def synthetic_librispeech_root(cfg: StudySections) -> Path:
     """The embedded LibriSpeech-layout corpus for pre-training, written on first use."""
     syn = cfg.data.synthetic
     folder = cfg.corpus_dir / f"synthetic-seed{syn.seed}-s{syn.pretrain_speakers}"
@@ -127,7 +127,7 @@ def _stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def scan_corpus(root: Path, kind: CorpusKind, *, cfg: StudyConfig,
+def scan_corpus(root: Path, kind: CorpusKind, *, cfg: StudySections,
                 label_map: Mapping[str, str] = DEFAULT_LABEL_MAP, subset: Subset = "all") -> Manifest:
     """The manifest of the corpus at ``root``: reused when present and current, else written now."""
     options = {"root": str(root.resolve()), "kind": kind, "label_map": dict(label_map), "subset": subset,
@@ -171,19 +171,19 @@ def _drop_short(scan: Scan, min_duration: float) -> Scan:
     return replace(scan, utterances=keep, skipped=[*scan.skipped, *short])
 
 
-def labeled_manifest(cfg: StudyConfig) -> Manifest:
+def labeled_manifest(cfg: StudySections) -> Manifest:
     """The labeled corpus after label map, subset and the minimum-duration rule."""
     root = cfg.data.root or synthetic_iemocap_root(cfg)
     return scan_corpus(root, cfg.data.corpus, cfg=cfg, label_map=cfg.data.label_map, subset=cfg.data.subset)
 
 
-def unlabeled_manifest(cfg: StudyConfig) -> Manifest:
+def unlabeled_manifest(cfg: StudySections) -> Manifest:
     """The unlabeled pre-training corpus (labels, if any, are ignored by pre-training)."""
     root = cfg.data.pretrain_root or synthetic_librispeech_root(cfg)
     return scan_corpus(root, cfg.data.pretrain_corpus, cfg=cfg)
 
 
-def labeled_scan(cfg: StudyConfig) -> Scan:
+def labeled_scan(cfg: StudySections) -> Scan:
     """The labeled corpus's utterances and skips (from its manifest)."""
     return labeled_manifest(cfg).scan
 
@@ -205,7 +205,7 @@ class Prepared:
     hi: tuple[float, ...]
     skipped: tuple[Skip, ...]
     cache: FeatureCache
-    cfg: StudyConfig
+    cfg: StudySections
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -239,7 +239,7 @@ class Prepared:
         return feats[utt.id]
 
 
-def prepare(cfg: StudyConfig, manifest: Manifest) -> Prepared:
+def prepare(cfg: StudySections, manifest: Manifest) -> Prepared:
     """The feature index of ``manifest`` for ``cfg.features``: reused, or built in one streaming
     pass (compute on a cache miss, keep only frame counts and min/max)."""
     f = cfg.features
@@ -260,7 +260,7 @@ def prepare(cfg: StudyConfig, manifest: Manifest) -> Prepared:
                     (*manifest.scan.skipped, *failed), cache, cfg)
 
 
-def _extract(cfg: StudyConfig, cache: FeatureCache, utterances: Sequence[Utterance],
+def _extract(cfg: StudySections, cache: FeatureCache, utterances: Sequence[Utterance],
              keys: Sequence[str]) -> tuple[dict[str, np.ndarray], list[Skip]]:
     """Features of ``utterances`` (cache keys known) through the cache, batched as extract_corpus batches."""
     f = cfg.features
@@ -268,7 +268,7 @@ def _extract(cfg: StudyConfig, cache: FeatureCache, utterances: Sequence[Utteran
                           keys=keys)
 
 
-def _featurize(cfg: StudyConfig, manifest: Manifest, keys: list[str], cache: FeatureCache,
+def _featurize(cfg: StudySections, manifest: Manifest, keys: list[str], cache: FeatureCache,
                chunk: int = 256) -> dict[str, Any]:
     """The index, ``chunk`` utterances at a time: memory is one chunk's features, whatever the corpus."""
     out: dict[str, Any] = {"keys": keys, "frames": [], "lo": [], "hi": [], "errors": {}}
@@ -292,7 +292,7 @@ def _featurize(cfg: StudyConfig, manifest: Manifest, keys: list[str], cache: Fea
 _PREPARED: dict[tuple[str, str], Prepared] = {}
 
 
-def _prepared(cfg: StudyConfig, which: str) -> Prepared:
+def _prepared(cfg: StudySections, which: str) -> Prepared:
     # Keyed by what decides the corpus and its features (configs hold dicts: not hashable).
     key = (which, cfg.data.model_dump_json() + cfg.features.model_dump_json() + str(cfg.work_dir))
     if key not in _PREPARED:
@@ -301,12 +301,12 @@ def _prepared(cfg: StudyConfig, which: str) -> Prepared:
     return _PREPARED[key]
 
 
-def prepared_labeled(cfg: StudyConfig) -> Prepared:
+def prepared_labeled(cfg: StudySections) -> Prepared:
     """The labeled corpus, prepared (once per process and config)."""
     return _prepared(cfg, "labeled")
 
 
-def prepared_unlabeled(cfg: StudyConfig) -> Prepared:
+def prepared_unlabeled(cfg: StudySections) -> Prepared:
     """The unlabeled pre-training corpus, prepared (once per process and config)."""
     found = _prepared(cfg, "unlabeled")
     if not len(found):
@@ -373,7 +373,7 @@ def _as_matrix(feat: np.ndarray) -> np.ndarray:
     return feat[:, None] if feat.ndim == 1 else feat
 
 
-def load_corpus(cfg: StudyConfig, sessions: Collection[int] | None = None,
+def load_corpus(cfg: StudySections, sessions: Collection[int] | None = None,
                 ids: Collection[str] | None = None) -> Corpus:
     """The labeled corpus of ``cfg`` with features (only ``sessions``, and only the utterances
     ``ids``, when given: what one node holds; only their features are read)."""
@@ -413,7 +413,7 @@ class StreamedPatches:
         return self.stats.scale(feat[:, start:start + self.size])
 
 
-def unlabeled_patches(cfg: StudyConfig, size: int, seed: int) -> StreamedPatches:
+def unlabeled_patches(cfg: StudySections, size: int, seed: int) -> StreamedPatches:
     """Patches of the unlabeled corpus (``data.pretrain_*``) scaled by its own min/max (seed 000's
     DCGAN variants draw their unlabeled speech here)."""
     prepared = prepared_unlabeled(cfg)

@@ -1,6 +1,6 @@
 """From prepared corpora to GAN models: pre-training, the pre-trained checkpoint, fine-tuning.
 
-These are the pure-ML steps the regimes are assembled from (simulations/regimes/); only the
+These are the pure-ML steps the regimes are assembled from (simulations/central.py, server/regimes.py); only the
 regimes and the Flower apps talk to MLflow or Flower.
 """
 
@@ -18,11 +18,11 @@ from typing import Any, BinaryIO
 import torch
 
 from common import threads
-from common.config import StudyConfig
 from common.corpora import Utterance
 from common.data import StreamedPatches, prepared_labeled, prepared_unlabeled
 from common.features import MinMax, resolve_device
 from common.models.sngan import Discriminator, GanSpec, Generator
+from common.schema import StudyConfig
 from common.trainers.base import KeepBest
 from common.trainers.gan import train_stage
 from common.views import LabeledSet, PatchSampler

@@ -13,10 +13,11 @@ regime and writes MLflow runs from what it yields (a wrapper, not a callback thr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -24,10 +25,29 @@ from common.metrics import mean_std
 from common.schema import StudyConfig
 from common.views import LabeledSet
 
+# Generator names, the one encoding (MLflow artefacts, the audit, stored generators): a fold's
+# generator (gan-central, gan-fedavg, baseline-gan) is "fold<N>", a node's (gan-federated) is its
+# session node's name, "Session<N>" (common.splits.session_name).
+_GENERATOR_NAME = re.compile(r"(Session|fold)(\d+)")
+
+
+def fold_generator(fold: int) -> str:
+    """The name of fold ``fold``'s generator."""
+    return f"fold{fold}"
+
+
+def generator_source(name: str) -> tuple[Literal["session", "fold"], int]:
+    """What a generator was trained on: ("session", N) for ``Session<N>``, ("fold", N) for ``fold<N>``."""
+    found = _GENERATOR_NAME.fullmatch(name)
+    if found is None:
+        raise ValueError(f"generator {name!r}: not a generator name (Session<N> or fold<N>)")
+    return ("session" if found[1] == "Session" else "fold"), int(found[2])
+
+
 SCORES = ("f1_macro", "ua", "wa")  # what every fold reports; trainers may add more (seed 000: ua3, pearson_r)
 
 
-@dataclass
+@dataclass(kw_only=True)  # eleven fields, several of one type: named at every call
 class FoldOutcome:
     """What one regime produced on one fold (``skipped``: why there are no metrics)."""
 

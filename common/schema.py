@@ -59,8 +59,8 @@ class Training(TrainingConfig):
         return _trainer(value)
 
 
-class StudyConfig(config.StudyConfig):
-    """Everything one study needs, with the registered families' sections."""
+class StudyConfig(config.StudySections):
+    """The study config: everything one study needs, with the registered families' sections."""
 
     features: Features = Features()
     model: FamilyModels = FamilyModels()
@@ -85,10 +85,10 @@ class StudyConfig(config.StudyConfig):
 
 def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
     """A study config (defaults <- preset <- TOML at ``path`` <- ``overrides``) in the full schema."""
-    return config.load_config(path, overrides, schema=StudyConfig)
+    return config.read_config(path, overrides, schema=StudyConfig)
 
 
 def config_from_run(run_config: Mapping[str, Any]) -> StudyConfig:
-    """The study config a Flower run carries (see :func:`common.config.config_from_run`)."""
-    return config.config_from_run(run_config, schema=StudyConfig)
+    """The study config a Flower run carries (see :func:`common.config.read_run_config`)."""
+    return config.read_run_config(run_config, schema=StudyConfig)
 

@@ -145,3 +145,7 @@ def holdout_split(
         raise SplitError(f"fold {session}: Session{session} needs utterances of both speakers "
                          "for holdout='speaker'; use folds.holdout = \"session\"")
     return validation, test, speaker
+
+def session_name(session: int) -> str:
+    """The name of the node that holds a whole session (and of its generator)."""
+    return f"Session{session}"

@@ -13,6 +13,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from common.config import StudySections
+from common.features import resolve_device
 from common.views import Batch, Sampler
 
 
@@ -91,3 +93,10 @@ class SyntheticPool:
 def _noise_seed(seed: int, index: int) -> int:
     # SeedSequence mixes (seed, index) well, so neighbouring indices get unrelated noise.
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+def synthetic_sampler(cfg: StudySections, generators: list[ClassConditionalGenerator], per_class: int,
+                      fold: int) -> Sampler:
+    """Batches from the streamed pool of ``generators`` (``per_class`` samples per emotion each)."""
+    pool = SyntheticPool(generators, per_class, len(cfg.data.classes), seed=cfg.training.seed + fold,
+                         device=resolve_device(cfg.training.device))
+    return pool.sampler(seed=cfg.training.seed)

@@ -16,13 +16,13 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common import threads
-from common.config import FEDERATED_REGIMES, StudyConfig
+from common.config import FEDERATED_REGIMES
 from common.models.sngan import GanSpec
-from common.schema import config_from_run
-from simulations.regimes import FoldOutcome
-from simulations.regimes.federated import REGIMES
-from simulations.regimes.federation import Federation, WireGrid, mend_ray_pool
-from simulations.tracking import Tracker, stored_generators, tracked
+from common.regimes import FoldOutcome
+from common.schema import StudyConfig, config_from_run
+from server.federation import Federation, WireGrid, mend_ray_pool
+from server.regimes import REGIMES
+from server.tracking import Tracker, stored_generators, tracked
 
 app = ServerApp()
 log = logging.getLogger("fedser.server")

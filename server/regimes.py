@@ -38,7 +38,7 @@ from common.features import MinMax, resolve_device
 from common.metrics import confusion_from_cells
 from common.models.sngan import Generator
 from common.pipeline import pretrained, state_digest
-from common.regimes import FoldOutcome, GeneratorStore, RegimeLog, stored_generator
+from common.regimes import FoldOutcome, GeneratorStore, RegimeLog, fold_generator, stored_generator
 from common.schema import StudyConfig
 from common.splits import validates, validation_session
 from common.synthesis import synthetic_sampler
@@ -129,12 +129,13 @@ class FederatedRegime:
         except NodeFailure as exc:
             log.warning("fold %s of %s cannot be scored: %s", test, self.name, exc)
             return self.skip(test, f"the held-out node cannot score: {exc}")
-        return FoldOutcome(self.name, test, test, metrics, best, time.perf_counter() - start,
-                           selection=trainer.selection, history=history, model_digest=state_digest(trainer.state_dict()))
+        return FoldOutcome(regime=self.name, fold=test, test_session=test, metrics=metrics, validation_score=best,
+                           seconds=time.perf_counter() - start, selection=trainer.selection, history=history, model_digest=state_digest(trainer.state_dict()))
 
     def skip(self, test: int, reason: str) -> FoldOutcome:
         """A fold without metrics, and why."""
-        return FoldOutcome(self.name, test, test, {}, None, 0.0, skipped=reason)
+        return FoldOutcome(regime=self.name, fold=test, test_session=test, metrics={}, validation_score=None,
+                           seconds=0.0, skipped=reason)
 
     def audit(self, generators: Mapping[str, Generator], at: Collection[str] | None = None) -> dict[str, dict[str, float]]:
         """The generator audit (common/audit.py) run by the nodes that own the data: each node's
@@ -260,13 +261,13 @@ class GanFedAvg(FederatedRegime):
             return self.skip(test, "no training node")
         start = time.perf_counter()
         try:
-            gen = self.stored_generator(f"fold{test}") if self.stored is not None else self.fedgan(test, nodes)
+            gen = self.stored_generator(fold_generator(test)) if self.stored is not None else self.fedgan(test, nodes)
         except NodeFailure as exc:
             log.warning("fold %s of %s: %s", test, self.name, exc)
             return self.skip(test, str(exc))
         gen = gen.to(resolve_device(self.cfg.training.device))
         seconds = time.perf_counter() - start
-        figures = list(self.audit({f"fold{test}": gen}, at=nodes).values())  # the nodes whose data trained it
+        figures = list(self.audit({fold_generator(test): gen}, at=nodes).values())  # the nodes whose data trained it
         sample = synthetic_sampler(self.cfg, [gen], self.cfg.synthesis.per_class_federated * len(nodes), test)
         trainer = build_trainer(self.cfg, resolve_device(self.cfg.training.device))
 

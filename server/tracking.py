@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
@@ -37,7 +38,7 @@ from common.features import random_patch
 from common.metrics import confusion_cells
 from common.models.sngan import GanSpec, Generator
 from common.pipeline import load_checkpoint, save_checkpoint
-from common.regimes import SCORES, FoldOutcome, Regime, RegimeLog, summary
+from common.regimes import SCORES, FoldOutcome, Regime, RegimeLog, fold_generator, summary
 from common.schema import StudyConfig
 from common.views import LabeledSet
 from server.plots import confusion_png, spectrogram_grid_png
@@ -184,6 +185,16 @@ class Progress:
         """Nothing left to run and the parent ended cleanly."""
         return not self.todo and self.parent is not None and self.parent.info.status == "FINISHED"
 
+    def skip_line(self, regime: str, cfg: StudyConfig) -> str:
+        """What the study and the ServerApp say for a complete cell they skip."""
+        return (f"{cell_label(regime, cfg)}: all {len(self.done)} folds finished in an earlier run "
+                f"(config {self.digest}); skipped")
+
+
+def cell_label(regime: str, cfg: StudyConfig) -> str:
+    """A (regime, trainer, seed) cell as the logs name it: ``fedavg [ser-cnn] seed 0``."""
+    return f"{regime} [{cfg.training.trainer}] seed {cfg.training.seed}"
+
 
 def _run_generators(run_id: str, spec: GanSpec, folder: Path) -> dict[str, torch.nn.Module]:
     """The generators logged on run ``run_id`` (``checkpoints/generator_<name>.pt``) of size ``spec``."""
@@ -213,13 +224,13 @@ def stored_generators(run_id: str, spec: GanSpec) -> dict[str, torch.nn.Module]:
         raise ValueError(f"no MLflow run {run_id!r} in this tracking store; copy the run id from `mlflow ui` "
                          "or the study's output") from None
     with tempfile.TemporaryDirectory() as tmp:
-        found = {f"fold{run.data.tags['fold']}" if "fold" in run.data.tags else k: g
+        found = {fold_generator(int(run.data.tags["fold"])) if "fold" in run.data.tags else k: g
                  for k, g in _run_generators(run_id, spec, Path(tmp)).items()}
         children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' "
                                       "and attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
         for child in children:  # a fold finished twice: its newest run wins
             for gen in _run_generators(child.info.run_id, spec, Path(tmp)).values():
-                found[f"fold{child.data.tags['fold']}"] = gen
+                found[fold_generator(int(child.data.tags["fold"]))] = gen
     return found
 
 
@@ -266,9 +277,9 @@ def tracked(regime: Regime, tracker: Tracker, cfg: StudyConfig, resume: bool = T
     with whatever it logged so far."""
     trainer, seed = cfg.training.trainer, cfg.training.seed
     state = tracker.progress(regime.name, cfg, regime.folds) if resume else Progress(config_digest(cfg), list(regime.folds))
-    label = f"{regime.name} [{trainer}] seed {seed}"
+    label = cell_label(regime.name, cfg)
     if state.complete:
-        say(f"{label}: all {len(state.done)} folds finished in an earlier run (config {state.digest}); skipped")
+        say(state.skip_line(regime.name, cfg))
         return []
     if state.done:
         say(f"{label}: resuming run {state.parent.info.run_id if state.parent else ''}: folds "
@@ -365,3 +376,11 @@ def log_generators(tracker: Tracker, classes: Sequence[str], generators: Mapping
                          "plots")
         tracker.artifact(save_checkpoint(folder / f"generator_{name}.pt", kind="generator",
                                          spec=gen.spec.to_dict(), generator=gen.state_dict()), "checkpoints")
+
+
+def log_audit(run_id: str, figures: Mapping[str, float], name: str | None = None) -> None:
+    """Log ``figures`` on run ``run_id`` (``audit.<figure>``; ``audit.<name>.<figure>`` with a
+    ``name``) through the client: no run is re-opened, none is left RUNNING, its status is kept."""
+    prefix = "audit." if name is None else f"audit.{name}."
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(prefix + k, float(v), now, 0) for k, v in figures.items()])

@@ -29,7 +29,7 @@ from common.data import Corpus
 from common.features import MinMax, resolve_device
 from common.models.sngan import GanSpec, Generator
 from common.pipeline import PretrainedGan, finetune, state_digest, training_speakers
-from common.regimes import FoldOutcome, GeneratorStore, RegimeLog, stored_generator
+from common.regimes import FoldOutcome, GeneratorStore, RegimeLog, fold_generator, stored_generator
 from common.schema import StudyConfig
 from common.splits import Fold
 from common.synthesis import synthetic_sampler
@@ -54,7 +54,7 @@ class FoldData:
 
     def generator(self, regime: str, fold: Fold) -> Any:
         """The stored generator of ``fold``."""
-        return stored_generator(self.stored, f"fold{fold.index}", self.cfg, regime)
+        return stored_generator(self.stored, fold_generator(fold.index), self.cfg, regime)
 
 
 def _real(data: FoldData, trainer: SerTrainer, split: GeneratorSplit, fold: Fold,
@@ -112,8 +112,9 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
     val = result.best_score if result.best_step is not None else None
     audit = audit_generator(cfg, generators[0], split.members, split.held_out, seed=cfg.training.seed) if audited else {}
-    return FoldOutcome(regime, fold.index, fold.test_session, metrics, val, time.perf_counter() - start,
-                       generators, train, trainer.selection, history=result.evals,
+    return FoldOutcome(regime=regime, fold=fold.index, test_session=fold.test_session, metrics=metrics,
+                       validation_score=val, seconds=time.perf_counter() - start, generators=generators, train=train,
+                       selection=trainer.selection, history=result.evals,
                        model_digest=state_digest(trainer.state_dict()), audit=audit)
 
 

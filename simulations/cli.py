@@ -6,7 +6,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -20,9 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from common.config import ConfigError, StudyConfig, config_warnings
+from common.config import CORPUS_KINDS, ConfigError, config_warnings
 from common.corpora import read_corpus
-from common.schema import load_config
+from common.schema import StudyConfig, load_config
 from simulations.flower import FlowerRunError
 
 app = typer.Typer(
@@ -74,7 +73,7 @@ def _interrupt(signum: int, frame: object) -> None:
 @friendly
 def corpus_check(
     path: Annotated[Path, typer.Argument(help="Corpus root, e.g. /data/IEMOCAP_full_release.")],
-    kind: Annotated[str, typer.Option(help="iemocap, ravdess, cremad, msppodcast, librispeech, folder or auto.")] = "auto",
+    kind: Annotated[str, typer.Option(help=f"{', '.join(CORPUS_KINDS)} or auto.")] = "auto",
     subset: Annotated[str, typer.Option(help="improvised, scripted or all (IEMOCAP).")] = "all",
     config: Annotated[Optional[Path], typer.Option(help="Take classes and label map from this config.")] = None,  # noqa: UP045
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -319,7 +318,7 @@ def _folds(cfg: StudyConfig, as_json: bool = False) -> list[dict[str, Any]]:
 def pretrain(config: ConfigArg = None) -> None:
     """Pre-train the GAN (autoencoder, then WGAN-GP) on the unlabeled corpus; write the checkpoint."""
     from common.pipeline import pretrain as run_pretrain
-    from simulations.processes import work_dir_lock
+    from server.processes import work_dir_lock
 
     cfg = load_config(config)
     start = time.perf_counter()
@@ -417,7 +416,9 @@ def audit(
     table and logged back on the run they belong to (audit.<name>.<figure> on a parent run,
     audit.<figure> on a fold run)."""
     with _quiet_downloads():
-        _audit(run_id, config, tracking_uri)
+        from simulations.stored import audit_run
+
+        print(audit_run(run_id, config, tracking_uri, _say))  # plain: markdown, as `fedser report` prints it
 
 
 @contextlib.contextmanager
@@ -434,71 +435,6 @@ def _quiet_downloads() -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-def _audit(run_id: str, config: Path | None, tracking_uri: str | None) -> list[dict[str, Any]]:
-    import mlflow
-
-    from common.audit import audit_generator, generator_split
-    from common.config import validate
-    from common.data import load_corpus
-    from common.models.sngan import GanSpec
-    from common.pipeline import pretrained
-    from common.schema import StudyConfig as FullStudyConfig
-    from common.splits import make_folds
-    from simulations.report import (
-        DEFAULT_TRAINER,
-        find_run,
-        generator_order,
-        generator_runs,
-        generators_markdown,
-        log_audit,
-    )
-    from simulations.study import scaling_stats
-    from simulations.tracking import quiet_mlflow, run_config, stored_generators
-
-    given = load_config(config) if config is not None else None
-    uri = tracking_uri or (given or load_config(None)).tracking_uri
-    quiet_mlflow()
-    mlflow.set_tracking_uri(uri)
-    run = find_run(run_id)
-    cfg = given or validate(FullStudyConfig, run_config(run_id), f"run {run_id}: config/study.json")
-    if "seed" in run.data.tags:  # the run's seed decides which utterances its generators never saw
-        cfg = cfg.with_seed(int(run.data.tags["seed"]))
-    spec = GanSpec.of(cfg)
-    generators = stored_generators(run_id, spec)
-    if not generators:
-        raise ValueError(f"run {run_id} has no stored generator of {spec} (checkpoints/generator_*.pt on it or "
-                         "on its finished fold runs); audit the run of a GAN regime")
-    owners = generator_runs(run_id)
-    corpus = load_corpus(cfg)
-    stats = scaling_stats(corpus, pretrained(cfg))
-    folds = {f.index: f for f in make_folds(corpus.utterances, cfg.folds)} if any(
-        n.startswith("fold") for n in generators) else {}
-    regime, trainer = run.data.tags.get("regime", "?"), run.data.tags.get("trainer", DEFAULT_TRAINER)
-    rows = []
-    for name in sorted(generators, key=generator_order):
-        # Session<N>: gan-federated's node generator, trained on session N; fold<N>: trained on fold N's training set.
-        found = re.fullmatch(r"(Session|fold)(\d+)", name)
-        if found and found[1] == "Session":
-            utts = [u for u in corpus.utterances if u.session == int(found[2])]
-        elif found and int(found[2]) in folds:
-            utts = list(folds[int(found[2])].train)
-        else:
-            raise ValueError(f"generator {name} of run {run_id}: no such session or fold in the corpus of its "
-                             f"config (folds: {sorted(folds) or '-'})")
-        if not utts:
-            raise ValueError(f"generator {name} of run {run_id}: the corpus has none of the utterances it was trained on")
-        members, _, held_out = generator_split(corpus.labeled_set(utts, stats), cfg.model_copy(
-            update={"audit": cfg.audit.model_copy(update={"enabled": True})}))
-        start = time.perf_counter()
-        figures = audit_generator(cfg, generators[name], members, held_out, seed=cfg.training.seed)
-        log_audit(owners[name], figures, None if found[1] == "fold" else name)
-        _say(f"{name}: audited on {len(members)} member and {len(held_out)} held-out utterances in "
-             f"{time.perf_counter() - start:.0f} s; logged to MLflow run {owners[name]}")
-        rows.append({"regime": regime, "trainer": trainer, "seed": cfg.training.seed, "generator": name, **figures})
-    print(generators_markdown(rows))  # plain: markdown, as `fedser report` prints it
-    return rows
-
-
 # ----------------------------------------------------------------------------------------- demo
 
 
@@ -507,7 +443,7 @@ def _audit(run_id: str, config: Path | None, tracking_uri: str | None) -> list[d
 def demo(config: ConfigArg = None) -> None:
     """The embedded default end to end: synthetic corpus -> check -> pretrain -> study (every regime,
     every fold) -> report, then where the MLflow store is and how to open it."""
-    from simulations.processes import work_dir_lock
+    from server.processes import work_dir_lock
 
     cfg = load_config(config)
     with work_dir_lock(cfg.work_dir, "demo"):

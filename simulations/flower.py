@@ -24,8 +24,9 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.config import SESSIONS, StudyConfig
-from simulations.processes import Watchdog, descendants, stop_tree
+from common.config import SESSIONS
+from common.schema import StudyConfig
+from server.processes import Watchdog, descendants, stop_tree
 
 __all__ = ["APP_DIR", "LocalSuperLink", "descendants", "flwr_run", "free_port", "stop_tree", "write_run_config"]
 
@@ -83,7 +84,7 @@ class LocalSuperLink:
             cwd=self.home, start_new_session=True,
         )
         log.close()
-        # Stops the SuperLink's tree even if this process is SIGKILLed (simulations/processes.py).
+        # Stops the SuperLink's tree even if this process is SIGKILLed (server/processes.py).
         self.watchdog = Watchdog(self.proc.pid, self.home / "watchdog.log").__enter__()
         deadline = time.monotonic() + self.startup
         while not self._healthy():

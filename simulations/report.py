@@ -11,7 +11,7 @@ Generators: the audit figures (common/audit.py) of every generator of the newest
 row each (:func:`generator_rows`): gan-federated's per session node on the parent run
 (``audit.Session<N>.<figure>``), the other GAN regimes' per fold on the fold runs (``audit.<figure>``).
 ``fedser audit RUN_ID`` computes them afterwards for runs that lack them (:func:`generator_runs`,
-:func:`log_audit`).
+:func:`server.tracking.log_audit`, simulations/stored.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import math
 import re
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,21 +28,21 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from scipy import stats
 
 from common.audit import AUDIT_KEYS
-from common.config import ALL_REGIMES
+from common.config import ALL_REGIMES, CENTRAL_REGIMES
 from common.metrics import mean_std
+from common.regimes import SCORES, summary
+from server.plots import Panel, cells_interval_png, dot_panels_png
+from server.tracking import quiet_mlflow
 from simulations.papers import Comparison, compare
-from simulations.plots import Panel, cells_interval_png, dot_panels_png
-from simulations.regimes import SCORES, summary
-from simulations.tracking import quiet_mlflow
 
 EXTRA = ("ua3", "pearson_r")  # seed 000's 3-class pooled UA and Pearson r of the expected valence
 
 DEFAULT_TRAINER = "ser-cnn"  # runs logged before trainers were tagged used it
+PARTITION = "federation.partition"  # the parent run's param (runs logged before partitions: "session")
 METRIC = "f1_macro"  # what intervals in the text and the paired tests are about
 LEVEL = 0.95
 ALPHA = 0.05  # p above this: "not distinguishable"
@@ -75,12 +74,24 @@ def latest_parents(experiment: str) -> dict[tuple[str, str], Any]:
     return latest
 
 
-def latest_seed_parents(experiment: str) -> dict[tuple[str, str, int], Any]:
+def latest_seed_parents(experiment: str, regimes: Sequence[str] | None = None) -> dict[tuple[str, str, int], Any]:
     """The newest parent run of each (regime, trainer, seed) in ``experiment`` (a re-run supersedes;
-    a resumed study re-opens the same parent)."""
+    a resumed study re-opens the same parent).
+
+    A federated regime's rows depend on ``federation.partition``, which the key does not hold: an
+    experiment whose runs of one federated (regime, trainer) used different partitions is refused
+    rather than one partition silently replacing the other (of ``regimes``; None: all)."""
     latest: dict[tuple[str, str, int], Any] = {}
+    partitions: dict[tuple[str, str], set[str]] = defaultdict(set)
     for run in _parents(experiment):
         latest.setdefault((*_key(run), run_seed(run)), run)
+        if _key(run)[0] not in CENTRAL_REGIMES and (regimes is None or _key(run)[0] in regimes):
+            partitions[_key(run)].add(run.data.params.get(PARTITION, "session"))
+    for (regime, trainer), used in partitions.items():
+        if len(used) > 1:
+            raise ValueError(f"experiment {experiment!r} holds {regime} [{trainer}] runs of partitions "
+                             f"{', '.join(sorted(used))}: their folds are not the same rows; give each partition "
+                             "its own tracking.experiment (or delete the other runs) and report them apart")
     return latest
 
 
@@ -116,7 +127,7 @@ def _selected_parents(tracking_uri: str, experiment: str, regimes: Sequence[str]
     if mlflow.get_experiment_by_name(experiment) is None:
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run `fedser study` first "
                          "or pass --tracking-uri")
-    return {key: run for key, run in latest_seed_parents(experiment).items()
+    return {key: run for key, run in latest_seed_parents(experiment, regimes).items()
             if (regimes is None or key[0] in regimes) and (trainers is None or key[1] in trainers)}
 
 
@@ -189,7 +200,7 @@ def generator_rows(tracking_uri: str, experiment: str, regimes: Sequence[str] | 
 
 
 def generator_runs(run_id: str) -> dict[str, str]:
-    """Which run each generator :func:`simulations.tracking.stored_generators` finds for ``run_id``
+    """Which run each generator :func:`server.tracking.stored_generators` finds for ``run_id``
     belongs to, by the same names: the run's own (``Session<N>``; ``fold<N>`` when ``run_id`` is a
     fold run), and ``fold<N>`` -> the newest FINISHED fold run with a stored generator. Uses the
     current tracking URI; an unknown run is one clear error."""
@@ -217,13 +228,6 @@ def find_run(run_id: str) -> Any:
         raise ValueError(f"no MLflow run {run_id!r} at {mlflow.get_tracking_uri()}; copy the run id from "
                          "`mlflow ui` or the study's output, or pass --tracking-uri") from None
 
-
-def log_audit(run_id: str, figures: Mapping[str, float], name: str | None = None) -> None:
-    """Log ``figures`` on run ``run_id`` (``audit.<figure>``; ``audit.<name>.<figure>`` with a
-    ``name``) through the client: no run is re-opened, none is left RUNNING, its status is kept."""
-    prefix = "audit." if name is None else f"audit.{name}."
-    now = int(time.time() * 1000)
-    mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(prefix + k, float(v), now, 0) for k, v in figures.items()])
 
 
 # ------------------------------------------------------------------------------------- statistics

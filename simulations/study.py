@@ -18,18 +18,19 @@ from collections.abc import Callable
 from typing import Any
 
 from common import threads
-from common.config import CENTRAL_REGIMES, GAN_REGIMES, StudyConfig
+from common.config import CENTRAL_REGIMES, GAN_REGIMES
 from common.corpora import skip_summary
 from common.data import Corpus, load_corpus
 from common.features import MinMax
 from common.models.sngan import GanSpec
 from common.pipeline import PretrainedGan, pretrained
+from common.schema import StudyConfig
 from common.splits import make_folds
+from server.processes import work_dir_lock
+from server.tracking import Tracker, stored_generators, tracked
+from simulations.central import FOLD_COST, CentralRegime, FoldData, FoldPool
 from simulations.flower import LocalSuperLink, simulation_nodes
-from simulations.processes import work_dir_lock
-from simulations.regimes.central import FOLD_COST, CentralRegime, FoldData, FoldPool
 from simulations.report import fold_rows
-from simulations.tracking import Tracker, stored_generators, tracked
 
 Row = dict[str, Any]
 
@@ -92,8 +93,7 @@ def _run(cfg: StudyConfig, tracker: Tracker, progress: bool, say: Callable[[str]
         for regime in cfg.regimes:
             state = tracker.progress(regime, scfg, scfg.folds.sessions) if resume else None
             if state is not None and state.complete:
-                say(f"{regime} [{scfg.training.trainer}] seed {scfg.training.seed}: all {len(state.done)} folds "
-                    f"finished in an earlier run (config {state.digest}); skipped")
+                say(state.skip_line(regime, scfg))
             else:
                 todo[regime, scfg.training.trainer, scfg.training.seed] = state.todo if state else list(scfg.folds.sessions)
     with contextlib.ExitStack() as stack:

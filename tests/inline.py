@@ -19,9 +19,9 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 
 from client.app import app as client_app
-from common.config import StudyConfig
+from common.regimes import FoldOutcome
+from common.schema import StudyConfig
 from server.app import run_regime
-from simulations.regimes import FoldOutcome
 
 RUN_ID = 7
 

@@ -1,4 +1,6 @@
-"""The dependency rule: common/ is pure ML and imports neither flwr, flwr_datasets, datasets nor mlflow."""
+"""The dependency rules: common/ is pure ML and imports neither flwr, flwr_datasets, datasets nor
+mlflow; the packages stack common/ < client/, server/ < simulations/ (client and server are peers
+that share only common/'s vocabulary); one StudyConfig."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ LAYERS = (
     ("common.data",),
     ("common.trainers",),
     ("common.trainers.registry", "common.audit"),
-    ("common.schema", "common.pipeline"),
+    ("common.schema", "common.pipeline", "common.regimes"),
 )
 
 
@@ -107,3 +109,29 @@ def test_common_import_graph_has_no_cycle() -> None:
 
 def test_config_is_a_leaf() -> None:
     assert _common_graph()["common.config"] == set()
+
+
+# The repository's packages, lowest first, and what each may import of the others (lazy imports
+# inside functions count too). benchmarks/ and tests/ sit on top and may import anything.
+PACKAGES = {"common": set(), "client": {"common"}, "server": {"common"}, "simulations": {"common", "client", "server"}}
+
+
+def test_packages_import_only_the_layers_below() -> None:
+    offenders = []
+    for package, allowed in PACKAGES.items():
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                         else [])
+                offenders += [f"{path.relative_to(ROOT)} imports {name}" for name in names
+                              if name.split(".")[0] in PACKAGES and name.split(".")[0] not in allowed | {package}]
+    assert offenders == []
+
+
+def test_there_is_one_study_config() -> None:
+    defined = [f"{p.relative_to(ROOT)}" for package in (*PACKAGES, "tests", "benchmarks")
+               for p in (ROOT / package).rglob("*.py")
+               for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+               if isinstance(node, ast.ClassDef) and node.name == "StudyConfig"]
+    assert defined == ["common/schema.py"]

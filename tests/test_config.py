@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from common.config import PRESETS, ConfigError, StudyConfig
-from common.schema import load_config
+from common.config import PRESETS, ConfigError
+from common.schema import StudyConfig, load_config
 
 EXPERIMENTS = sorted((Path(__file__).parents[1] / "simulations" / "experiments").rglob("*.toml"))
 
@@ -227,3 +227,20 @@ def test_config_warnings_name_each_missing_path_and_the_fix(tmp_path: Path) -> N
                                      "data": {"corpus": "ravdess", "root": str(tmp_path / "RAVDESS")}})
     assert config_warnings(ravdess) == [f"data.root = {tmp_path}/RAVDESS does not exist "
                                         "(set it to your copy of RAVDESS (Actor_01 ...))"]
+
+
+def test_every_corpus_kind_is_read_and_advised_from_the_one_list(tmp_path: Path) -> None:
+    from common.config import _CORPUS_COPIES, CORPUS_KINDS, LABELED_CORPORA, DataConfig
+    from common.corpora import read_corpus
+
+    assert set(_CORPUS_COPIES) == set(CORPUS_KINDS) and set(LABELED_CORPORA) < set(CORPUS_KINDS)
+    assert DataConfig(corpus="cremad", root=tmp_path).corpus == "cremad"  # a labeled kind is a valid data.corpus
+    with pytest.raises(ValueError):
+        DataConfig(corpus="librispeech", root=tmp_path)  # an unlabeled one is not
+    for kind in CORPUS_KINDS:  # every kind has a reader: an empty folder is read (or refused) by it, not by name
+        try:
+            read_corpus(tmp_path, kind)
+        except ValueError as exc:
+            assert "unknown corpus kind" not in str(exc), kind
+        except FileNotFoundError:
+            pass

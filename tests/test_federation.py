@@ -32,9 +32,9 @@ from common.audit import AUDIT_KEYS
 from common.data import synthetic_iemocap_root
 from common.models.sngan import GanSpec, Generator
 from common.schema import config_from_run, load_config
+from server.federation import Federation, WireGrid, reason_line
 from simulations.cli import app
 from simulations.flower import descendants, stop_tree
-from simulations.regimes.federation import Federation, WireGrid, reason_line
 from tests.conftest import FAST_STUDY_TABLES, study_file
 from tests.inline import run_inline
 
@@ -487,7 +487,7 @@ def test_a_dead_ray_actor_is_replaced_not_handed_the_next_message(monkeypatch: p
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
     from ray.exceptions import ActorDiedError
 
-    from simulations.regimes.federation import mend_ray_pool
+    from server.federation import mend_ray_pool
 
     monkeypatch.setattr(RayBackend, "process_message", RayBackend.process_message)  # undone after the test
     mend_ray_pool()

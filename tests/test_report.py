@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from common.audit import AUDIT_KEYS
 from common.schema import load_config
+from server.plots import Panel, cells_interval_png, dot_panels_png
 from simulations.cli import app
 from simulations.papers import EXPERIMENTS, compare
-from simulations.plots import Panel, cells_interval_png, dot_panels_png
 from simulations.report import (
     GENERATOR_COLUMNS,
     INTERVAL,
@@ -340,6 +340,26 @@ def test_fold_rows_reads_each_seeds_newest_parent_and_its_finished_folds(store: 
     assert [r["regime"] for r in fold_rows(store, "study", trainers=["tu-dat"])] == ["fedavg"]
     with pytest.raises(ValueError, match="no MLflow experiment 'missing'"):
         fold_rows(store, "missing")
+
+
+def test_a_federated_regime_of_two_partitions_in_one_experiment_is_refused(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mixed", artifact_location=(tmp_path / "artifacts").as_uri())
+    for start, regime, partition in ((1, "fedavg", "session"), (2, "fedavg", "speaker"),
+                                     (3, "real-central", "session"), (4, "real-central", "speaker")):
+        run_id = client.create_run(exp, start_time=T0 + start, tags={"kind": "regime", "regime": regime}).info.run_id
+        client.log_param(run_id, "federation.partition", partition)
+        fold_id = client.create_run(exp, start_time=T0 + start, tags={
+            "regime": regime, "fold": "1", "session": "1", "mlflow.parentRunId": run_id}).info.run_id
+        for k, v in scores(0.5).items():
+            client.log_metric(fold_id, k, v)
+        for r in (fold_id, run_id):
+            client.set_terminated(r, status="FINISHED")
+    with pytest.raises(ValueError, match=r"fedavg \[ser-cnn\] runs of partitions session, speaker"):
+        fold_rows(uri, "mixed")
+    # A centralized regime does not depend on the partition: its newest run counts, as before.
+    assert [r["regime"] for r in fold_rows(uri, "mixed", regimes=["real-central"])] == ["real-central"]
 
 
 def test_log_report_logs_markdown_json_and_plot(store: str) -> None:

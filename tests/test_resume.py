@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from common.models.sngan import GanSpec, Generator
 from common.pipeline import state_digest
+from common.regimes import FoldOutcome, GeneratorStore, RegimeLog
 from common.schema import load_config
+from server.processes import WorkDirBusy, owner, owner_alive, work_dir_lock
+from server.tracking import Tracker, config_digest, tracked
 from simulations.cli import app
-from simulations.processes import WorkDirBusy, owner, owner_alive, work_dir_lock
-from simulations.regimes import FoldOutcome, GeneratorStore, RegimeLog
-from simulations.tracking import Tracker, config_digest, tracked
 from tests.conftest import FAST_STUDY_TABLES, study_file
 from tests.inline import run_inline
 from tests.test_federation import flower_processes
@@ -57,8 +57,8 @@ class Scripted:
                 raise self.error("killed")
             self.ran.append(fold)
             score = fold / 10
-            yield FoldOutcome(self.name, fold, fold, {"f1_macro": score, "ua": score, "wa": score,
-                                                      "confusion": [[1, 0], [0, 1]]}, None, 0.1)
+            yield FoldOutcome(regime=self.name, fold=fold, test_session=fold, validation_score=None, seconds=0.1,
+                              metrics={"f1_macro": score, "ua": score, "wa": score, "confusion": [[1, 0], [0, 1]]})
 
 
 def _runs(cfg) -> list:
@@ -165,7 +165,7 @@ def test_generators_kept_on_the_parent_run_load_back(tmp_path: Path, store: str)
 
 def test_runs_of_a_dead_owner_are_reaped_and_live_ones_kept(tmp_path: Path, store: str) -> None:
     cfg = _cfg(tmp_path, store)
-    dead = subprocess.run([sys.executable, "-c", "from simulations.processes import owner; print(owner())"],
+    dead = subprocess.run([sys.executable, "-c", "from server.processes import owner; print(owner())"],
                           capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent).stdout.strip()
     assert owner_alive(dead) is False and owner_alive(owner()) is True
     assert owner_alive("elsewhere:1:1") is None
@@ -184,7 +184,7 @@ def test_runs_of_a_dead_owner_are_reaped_and_live_ones_kept(tmp_path: Path, stor
 
 def test_one_process_per_work_dir(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom simulations.processes import work_dir_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom server.processes import work_dir_lock\n"
          f"with work_dir_lock(Path({str(tmp_path)!r}), 'study'):\n    print('held', flush=True)\n    time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
     try:

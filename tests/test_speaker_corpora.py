@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from common.config import DEFAULT_LABEL_MAP, config_warnings, load_config
+from common.config import DEFAULT_LABEL_MAP, config_warnings
 from common.corpora import LABELED, detect_corpus, read_corpus
 from common.corpora.speakers import (
     CREMAD_EMOTIONS,
@@ -28,6 +28,7 @@ from common.corpora.speakers import (
 from common.corpora.synthetic import MANIFEST_NAME
 from common.corpora.synthetic.speakers import CREMAD_SENTENCES, cremad_names, write_cremad, write_msppodcast
 from common.data import labeled_manifest
+from common.schema import load_config
 from simulations.cli import app
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "simulations" / "experiments"

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from client.partitions import nodes_per_session, partition_listing
-from common.config import SESSIONS, STRATEGY_REGIMES, ConfigError, StudyConfig
-from common.schema import load_config
-from simulations.regimes import FoldOutcome
-from simulations.regimes.federated import REGIMES
-from simulations.regimes.federation import Federation, WireGrid
+from common.config import SESSIONS, STRATEGY_REGIMES, ConfigError
+from common.regimes import FoldOutcome
+from common.schema import StudyConfig, load_config
+from server.federation import Federation, WireGrid
+from server.regimes import REGIMES
 from tests.conftest import FAST_STUDY_TABLES, study_file
 from tests.inline import InlineGrid
 
@@ -91,7 +91,7 @@ STRATEGIES = {
 def test_each_regime_builds_its_flower_strategy_with_the_configured_parameters(tmp_path: Path) -> None:
     from flwr.serverapp import strategy as flower_strategies
 
-    from simulations.regimes.federated import _strategy
+    from server.regimes import _strategy
 
     cfg = study(tmp_path)
     cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update=FEDERATION),

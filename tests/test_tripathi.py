@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.config import StudyConfig
 from common.models.tripathi import CenterLoss, TripathiNet
-from common.schema import load_config
+from common.schema import StudyConfig, load_config
 from common.trainers.registry import build_trainer
 from common.trainers.tripathi import (
     TripathiTrainer,

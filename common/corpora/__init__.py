@@ -6,13 +6,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
+from common.config import LABELED_CORPORA, CorpusKind
 from common.corpora.base import SKIP_KINDS, Scan, Skip, Utterance, count_skips, skip_kind, skip_summary
 from common.corpora.iemocap import DEFAULT_LABEL_MAP, Subset, read_iemocap
 from common.corpora.others import read_folder, read_librispeech, read_ravdess
 from common.corpora.speakers import MSP_LABELS, is_cremad_name, read_cremad, read_msppodcast
 
-CorpusKind = Literal["iemocap", "ravdess", "cremad", "msppodcast", "librispeech", "folder"]
-LABELED: frozenset[str] = frozenset({"iemocap", "ravdess", "cremad", "msppodcast"})
+LABELED: frozenset[str] = frozenset(LABELED_CORPORA)
 
 __all__ = [
     "CorpusKind", "Scan", "Skip", "Utterance", "detect_corpus", "read_corpus", "DEFAULT_LABEL_MAP",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from common.config import StudyConfig
+from common.config import StudySections
 
 # Table 1: output channels of the generator's eight hidden convolutions and the
 # discriminator's eight convolutions (filter size 3 everywhere).
@@ -59,7 +59,7 @@ class GanSpec:
         return asdict(self)
 
     @classmethod
-    def of(cls, cfg: StudyConfig) -> GanSpec:
+    def of(cls, cfg: StudySections) -> GanSpec:
         """The sizes a study asks for: the preset's width and N_z, square ``features.patch_frames`` patches."""
         n_rows = cfg.features.params.get("n_mels", 128) if cfg.features.kind == "logmel" else None
         if n_rows is not None and n_rows != cfg.features.patch_frames:

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from common.audio import SAMPLE_RATE
-from common.config import Section, StudyConfig
+from common.config import Section, StudySections
 from common.data import unlabeled_patches
 from common.features import extractor_for
 from common.metrics import LIKERT, fuzzy_label, fuzzy_metrics
@@ -130,7 +130,7 @@ class ChangTrainer(NetTrainer):
     net: ChangNet
     selection = "ua"  # §5: validation accuracy (unweighted per class) picks the epoch
 
-    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
+    def __init__(self, cfg: StudySections, device: torch.device | str = "cpu", *, name: str = "",
                  multitask: bool = False, adversarial: bool = False) -> None:
         self.multitask, self.adversarial = multitask, adversarial
         self.steps = 0  # classifier updates so far: the multitask variants' target alternates with it

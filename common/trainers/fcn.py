@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from common.config import Section, StudyConfig
+from common.config import Section, StudySections
 from common.models.fcn import Fcn1dAttention, Fcn2dAttention
 from common.trainers.supervised import NetTrainer
 
@@ -64,7 +64,7 @@ class FcnTrainer(NetTrainer):
     hp: FcnConfig
     whole_utterance = True
 
-    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
+    def __init__(self, cfg: StudySections, device: torch.device | str = "cpu", *, name: str = "",
                  dims: Literal[1, 2] = 1) -> None:
         self.dims = dims
         super().__init__(cfg, device, name=name)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from common.config import Section, StudyConfig
+from common.config import Section, StudySections
 from common.trainers.base import LoopResult
 from common.trainers.chang import ChangTrainer
 from common.trainers.fcn import FcnTrainer
@@ -64,7 +64,7 @@ class Entry:
     cls: type[NetTrainer]
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    def build(self, name: str, cfg: StudyConfig, device: torch.device | str = "cpu") -> SerTrainer:
+    def build(self, name: str, cfg: StudySections, device: torch.device | str = "cpu") -> SerTrainer:
         """A fresh, seeded instance."""
         return self.cls(cfg, device, name=name, **self.options)
 
@@ -122,6 +122,6 @@ def registered(name: str) -> Entry:
         raise ValueError(f"training.trainer: unknown {name!r}; registered: {', '.join(sorted(TRAINERS))}") from None
 
 
-def build_trainer(cfg: StudyConfig, device: torch.device | str = "cpu") -> SerTrainer:
+def build_trainer(cfg: StudySections, device: torch.device | str = "cpu") -> SerTrainer:
     """A fresh, seeded instance of ``cfg.training.trainer``."""
     return registered(cfg.training.trainer).build(cfg.training.trainer, cfg, device)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import Section, StudyConfig
+from common.config import Section, StudySections
 from common.features import extractor_for, feature_rows, patches
 from common.metrics import classification_metrics
 from common.trainers.base import Hook, KeepBest, Logs, LoopResult, run
@@ -40,7 +40,7 @@ def proximal_term(net: nn.Module, mu: float) -> Callable[[], torch.Tensor | floa
     return lambda: mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(net.parameters(), start, strict=True))
 
 
-def input_shape(cfg: StudyConfig) -> tuple[int, int]:
+def input_shape(cfg: StudySections) -> tuple[int, int]:
     """(F, T) of one network input: feature rows and window frames (1 for utterance-level vectors)."""
     extractor = extractor_for(cfg.features.kind, cfg.features.params)
     rows = feature_rows(extractor)
@@ -63,7 +63,7 @@ class NetTrainer:
     # Networks with global pooling score a whole file in one pass instead of averaging windows.
     whole_utterance: ClassVar[bool] = False
 
-    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "") -> None:
+    def __init__(self, cfg: StudySections, device: torch.device | str = "cpu", *, name: str = "") -> None:
         self.cfg, self.device, self.name = cfg, torch.device(device), name or type(self).__name__
         self.hp: Any = cfg.model.section(self.Config) if self.Config is not None else None
         self.rows, self.frames = input_shape(cfg)

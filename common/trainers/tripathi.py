@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from common.config import Section, StudyConfig
+from common.config import Section, StudySections
 from common.models.tripathi import TripathiNet
 from common.trainers.base import Hook, Logs, LoopResult
 from common.trainers.supervised import NetTrainer
@@ -65,7 +65,7 @@ class TripathiTrainer(NetTrainer):
     # The last batch's deep features and labels, awaiting the center update (see CenterUpdate).
     _pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
+    def __init__(self, cfg: StudySections, device: torch.device | str = "cpu", *, name: str = "",
                  reconstruct: bool = False, center: bool = False) -> None:
         self.reconstruct, self.center = reconstruct, center
         super().__init__(cfg, device, name=name)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from common.config import Section, StudyConfig
+from common.config import Section, StudySections
 from common.models.tu import TuNet, receptive_field
 from common.trainers.base import Logs
 from common.trainers.supervised import NetTrainer
@@ -85,7 +85,7 @@ class TuTrainer(NetTrainer):
     whole_utterance = True
     selection = "wa"  # §3.2 keeps the epoch of best validation performance; Table 2 is accuracy
 
-    def __init__(self, cfg: StudyConfig, device: torch.device | str = "cpu", *, name: str = "",
+    def __init__(self, cfg: StudySections, device: torch.device | str = "cpu", *, name: str = "",
                  objective: Objective = "mtl") -> None:
         self.objective = objective
         # The speaker classification sub-network (Fig. 1, right) exists for all but SER_only.
