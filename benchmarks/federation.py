@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the repository's packages
 import mlflow  # noqa: E402
 import torch  # noqa: E402
 
+from common.audit import generator_split  # noqa: E402
 from common.config import SESSIONS  # noqa: E402
 from common.data import load_corpus  # noqa: E402
 from common.features import MinMax  # noqa: E402
@@ -56,7 +57,8 @@ def config(work_dir: Path, iterations: int, **federation: object) -> StudyConfig
 def through_flower(link: LocalSuperLink, cfg: StudyConfig) -> dict[str, float]:
     """One gan-federated run; the round's seconds and the generator bytes the server received."""
     start = time.perf_counter()
-    link.run(cfg, "gan-federated", say=lambda line: None)
+    # resume off: a second invocation measures a new run instead of re-reading the first one's figures.
+    link.run(cfg, "gan-federated", say=lambda line: None, resume=False)
     wall = time.perf_counter() - start
     mlflow.set_tracking_uri(cfg.tracking_uri)
     run = latest_parents(cfg.tracking.experiment)[("gan-federated", cfg.training.trainer)]
@@ -65,7 +67,8 @@ def through_flower(link: LocalSuperLink, cfg: StudyConfig) -> dict[str, float]:
 
 
 def in_process(cfg: StudyConfig) -> float:
-    """The five fine-tunings in a plain loop in this process (features already cached)."""
+    """The five fine-tunings in a plain loop in this process (features already cached), each on
+    what its node fine-tunes on: the session's members (common.audit.generator_split)."""
     gan = pretrained(cfg)
     corpora = {s: load_corpus(cfg, {s}) for s in SESSIONS}
     stats = MinMax.combine(gan.pretrain_stats, *(c.session_stats()[s] for s, c in corpora.items()))
@@ -73,7 +76,7 @@ def in_process(cfg: StudyConfig) -> float:
     for session, corpus in corpora.items():
         gen, disc = gan.networks()
         torch.manual_seed(cfg.training.seed + session)
-        finetune(cfg, gen, disc, corpus.labeled_set(corpus.utterances, stats))
+        finetune(cfg, gen, disc, generator_split(corpus.labeled_set(corpus.utterances, stats), cfg).members)
     return time.perf_counter() - start
 
 

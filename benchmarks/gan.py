@@ -2,13 +2,13 @@
 
     python benchmarks/gan.py [--device cpu|cuda|all] [--skip-paper] [--iterations 50] [--threads 1]
 
-(a) Peak RSS of SER training (tiny spec, ``--iterations`` batches of 16) on a streamed synthetic
+(a) Peak RSS of SER training (tiny spec, ``--iterations`` batches of the tiny preset's size) on a streamed synthetic
     pool of 1.6K samples and of 160K samples, each in a fresh subprocess (``ru_maxrss`` and
     VmHWM). The pool generates each batch on demand, so both runs should peak alike (goal: the
     160K run within 1.2x of the 1.6K run); materialized, the 160K pool alone would be ~2.6 GB.
 (b) Forward+backward time per batch of the generator and of the discriminator (critic head) at the
-    ``tiny`` size (width 1/8, 64x64 patches, N_z 32, batch 16) and the ``paper`` size (Table 1:
-    width 1, 128x128, N_z 128, batch 32), plus one whole WGAN-GP step (critic step with gradient
+    ``tiny`` preset's size (width 1/8, 32x32 patches, N_z 32, batch 32) and the ``paper`` size (Table 1:
+    width 1, 128x128, N_z 128, batch 32), both read from the presets, plus one whole WGAN-GP step (critic step with gradient
     penalty, then generator step) where affordable: on CPU only at the tiny size.
 
 Runs on ONE torch thread unless ``--threads`` says otherwise: on the 2-core dev machine a busy
@@ -35,10 +35,9 @@ import torch  # noqa: E402
 from common.models.sngan import Discriminator, GanSpec, Generator  # noqa: E402
 from common.schema import load_config  # noqa: E402
 
-SIZES = {
-    "tiny": (GanSpec(n_z=32, n_c=4, width=0.125, patch=64), 16),
-    "paper": (GanSpec(n_z=128, n_c=4, width=1.0, patch=128), 32),
-}
+# The presets' own sizes and batches, read from them (so "tiny" is what the tiny preset trains).
+SIZES = {preset: (GanSpec.of(cfg), cfg.training.batch_size)
+         for preset, cfg in ((p, load_config(overrides={"preset": p})) for p in ("tiny", "paper"))}
 POOLS = (1_600, 160_000)
 
 

@@ -4,7 +4,7 @@
                                              [--python PY] [--timeout S] [--keep]
 
 Runs, with the code of ``--repo`` (default: this checkout), ``fedser pretrain`` and then ``fedser
-study`` on a fast config (the embedded tiny demo, all five regimes x five folds, but 1-2 iterations
+study`` on a fast config (the embedded tiny demo, its default regimes x five folds, but 1-2 iterations
 per stage: the counts below do not depend on iteration counts), and counts, across EVERY process
 the study starts (the study process, its spawn pool workers, the SuperLink, SuperExec, ServerApp,
 simulation and Ray worker processes):
@@ -398,8 +398,11 @@ def main() -> None:
     kinds = [k for k in ("study process", "pool worker", "superlink", "superexec", "serverapp", "simulation", "ray worker",
                          "flwr cli", "ray (other)", "other") if k in info["kinds"]]
     active = [k for k in kinds if any(per_kind.get(k, {}).values())]
-    print(f"\nfedser study I/O ({repo.name} @ {git_head(repo)}): all five regimes x five folds, "
-          f"iteration counts cut to 1-2")
+    # What ran, from the config it ran (not what the fast config usually holds).
+    regimes = ", ".join(data.get("regimes", ["the default regimes"]))
+    folds = data.get("folds", {}).get("sessions", "all")
+    print(f"\nfedser study I/O ({repo.name} @ {git_head(repo)}): regimes {regimes}; folds (test sessions) {folds}"
+          + (", iteration counts cut to 1-2" if not args.config else ""))
     head = ["", "pretrain", "study (all)", *active]
     rows = [[m, str(pre.get(m, 0)), str(tot.get(m, 0)), *(str(per_kind.get(k, {}).get(m, 0)) for k in active)]
             for m in METRICS]

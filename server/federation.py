@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,7 @@ class WireLedger:
     sent: dict[str, Message] = field(default_factory=dict)  # message id -> the message
     retries: dict[str, str] = field(default_factory=dict)  # message id of a second attempt -> the first's
     failures: dict[str, str] = field(default_factory=dict)  # node name (or "node <id>") -> first failure reason
+    answered: Counter[str] = field(default_factory=Counter)  # message type -> replies without an error
 
 
 class WireGrid:
@@ -149,6 +151,8 @@ class WireGrid:
         replies = list(self.grid.pull_messages(message_ids))
         for reply in replies:
             self._record(reply)
+            if not reply.has_error():
+                self.ledger.answered[reply.metadata.message_type] += 1
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:

@@ -356,6 +356,7 @@ class StrategyRegime(FederatedRegime):
             # Flower's strategies sample nodes with Python's global `random` (strategy_utils.py):
             # seeded per fold, a resumed fold draws what an uninterrupted study would.
             random.seed(self.cfg.training.seed + test)
+            answered = self.fed.grid.ledger.answered["train"]
             start = time.perf_counter()
             result = _strategy(self.cfg, self.name, sampled).start(
                 grid=self.fed.grid.restrict([n.node_id for n in nodes]), initial_arrays=ArrayRecord(trainer.state_dict()),
@@ -368,6 +369,8 @@ class StrategyRegime(FederatedRegime):
             # Wall seconds of one round (sampling, the nodes' training, aggregation, the held-out
             # node's validation): benchmarks/scale.py's figure.
             self.log.metrics["round_seconds"] = (time.perf_counter() - start) / fed.rounds
+            # What the nodes did, not what was asked: train replies that arrived, per round.
+            self.log.metrics["trained_per_round"] = (self.fed.grid.ledger.answered["train"] - answered) / fed.rounds
             if result.arrays is not None:
                 trainer.load_state_dict(result.arrays.to_torch_state_dict())
             keep.on_end(LoopResult())  # model selection: the best round, when one was scored
