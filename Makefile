@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedser-installed
 
-.PHONY: demo test test-fast test-containers lint bench study venv clean
+.PHONY: demo test test-fast test-containers lint docs bench study venv clean
 
 # Fresh machine -> virtual environment -> install (re-run when pyproject.toml changes).
 $(STAMP): pyproject.toml
@@ -25,6 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy common
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -n auto
 
 ## The docker-compose stack for real: engine (dockerd started if needed), image build, up, two
@@ -35,6 +36,10 @@ test-containers: $(STAMP)
 ## Without the slow end-to-end tests.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n auto -m "not slow"
+
+## The documentation site (docs/ -> .site/); --strict: a broken link or anchor is an error.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,7 +2,7 @@
 
 A partition never crosses a session: every training node holds part of one session, so its
 generator serves every fold its session trains in, and the held-out session never trains
-(README "Clients: partitions"). ``federation.partition``:
+(docs/federated.md, "Clients: partitions"). ``federation.partition``:
 
 - ``session``: the session's node holds it whole (seed 002's five nodes);
 - ``speaker``: one node per speaker (speakers in sorted order);

@@ -279,7 +279,7 @@ FailureSpec = Annotated[str, StringConstraints(pattern=r"^(query|train\.gan|trai
 class FederationConfig(Section):
     """How clients are formed and how the federated regimes (Flower apps) run."""
 
-    # Who trains (README "Clients: partitions"): "session" = one node per session (seed 002's five);
+    # Who trains (docs/federated.md, "Clients: partitions"): "session" = one node per session (seed 002's five);
     # "speaker" = one node per speaker; "dirichlet" = num_clients nodes with label skew
     # dirichlet_alpha; "iid" = num_clients nodes with uniform random shards. Shards never cross a
     # session (a node's generator then serves every fold its session trains in, and the held-out

@@ -78,7 +78,7 @@ def run_regime(grid: Grid, cfg: StudyConfig, regime: str, run_id: int = 0, owner
     ``expected``: the nodes discovery waits for (None: the five session nodes, or ``node_wait``)."""
     check_regime(regime)
     _log_to_stderr()
-    mend_ray_pool()  # a simulated node's dead Ray actor is replaced (README "When a node fails")
+    mend_ray_pool()  # a simulated node's dead Ray actor is replaced (docs/federated.md, "When a node fails")
     threads.use(cfg.training.threads)  # the server trains SER models (common/threads.py)
     audit = audit_path(cfg, regime, run_id)
     fed = Federation(WireGrid(grid, audit), cfg, expected)

@@ -9,7 +9,7 @@ reported by name and the regime goes on without it.
 Replies come back in node order (session, then shard), not arrival order, so that FedAvg sums them
 in the same order on every run (float addition is not associative). A node whose reply is an error is asked once
 more before it counts as failed: in a simulation, a Ray actor that dies fails every message it
-takes, including messages of nodes it was not serving (README, "When a node fails").
+takes, including messages of nodes it was not serving (docs/federated.md, "When a node fails").
 """
 
 from __future__ import annotations

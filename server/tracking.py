@@ -357,7 +357,7 @@ def log_regime(tracker: Tracker, log: RegimeLog) -> None:
     for name, reason in log.failures.items():
         tracker.tag(f"failure.{name}", reason[:4000])
     tracker.metrics({"failed_nodes": len(log.failures)})
-    if log.nodes:  # who trained and evaluated, with class counts (counts only: README "Clients: partitions")
+    if log.nodes:  # who trained and evaluated, with class counts (counts only: docs/federated.md, "Clients: partitions")
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "nodes.json").write_text(json.dumps(log.nodes, indent=1))
             tracker.artifact(Path(tmp) / "nodes.json", "federation")

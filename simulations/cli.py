@@ -207,7 +207,7 @@ def config_show(config: ConfigArg = None) -> None:
 @app.command("papers")
 @friendly
 def papers(config: ConfigArg = None) -> None:
-    """Every paper's "paper says / we do / why" table (the README's); with a config, the protocol
+    """Every paper's "paper says / we do / why" table (docs/papers.md); with a config, the protocol
     verdict of a study on it against the papers of its trainers, before anything runs."""
     from simulations.papers import compare, markdown_tables
 

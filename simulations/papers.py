@@ -3,11 +3,11 @@
 One :class:`Paper` per seed (``PAPERS``): its ``rows`` ("paper says / we do / why"), each tied to a
 flat config key whose value in the paper's experiment file *at the paper preset* is the "we do"
 column (tests/test_papers.py loads every file and fails when a value disagrees, and checks that the
-README carries :func:`markdown_table` of each paper verbatim); its ``results`` (the paper's headline
+docs/papers.md carries :func:`markdown_table` of each paper verbatim); its ``results`` (the paper's headline
 table, which ``fedser report`` prints beside ours); and :func:`verdict`, which names every
 protocol-defining field of a study's runs that differs from the paper's.
 
-The README's tables are generated: ``fedser papers`` prints them.
+The tables in docs/papers.md are generated: ``fedser papers`` prints them.
 """
 
 from __future__ import annotations
@@ -375,7 +375,7 @@ def results_for(paper: Paper, runs: Sequence[Mapping[str, str]]) -> list[Result]
     return [r for r in paper.results if all(run.get(k) == v for run in runs for k, v in r.when)]
 
 
-# ------------------------------------------------------------------------------------------- README
+# ------------------------------------------------------------------------------------------- docs
 
 
 def _cell(text: str) -> str:
@@ -383,7 +383,7 @@ def _cell(text: str) -> str:
 
 
 def markdown_table(paper: Paper) -> str:
-    """The README's "paper says / we do / why" table of ``paper`` (we do: the experiment file's
+    """The "paper says / we do / why" table of ``paper`` (we do: the experiment file's
     value at the paper preset, which tests/test_papers.py checks)."""
     lines = [f"**{paper.seed} — {paper.title}** (`{paper.experiment}`; ✱ = not part of the protocol verdict: the "
              "paper is silent, or the choice does not change what a number means)", "", "| | paper says | we do | why |", "|---|---|---|---|"]
@@ -397,7 +397,7 @@ def markdown_table(paper: Paper) -> str:
 
 
 def markdown_tables() -> str:
-    """Every paper's table, as the README holds them."""
+    """Every paper's table, as docs/papers.md holds them."""
     return "\n".join(markdown_table(p) for p in PAPERS)
 
 

@@ -1,5 +1,5 @@
 """The papers' protocol tables (simulations/papers.py) against the code: every "we do" value is the
-experiment file's at the paper preset, the README carries each table verbatim, and the protocol
+experiment file's at the paper preset, docs/papers.md carries each table verbatim, and the protocol
 verdict names exactly the fields that differ (seed 002: eskimez2020.toml is the only way to "matches")."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from simulations.papers import (
     verdict,
 )
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAPERS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "papers.md"
 
 
 def paper_run(paper_file: Path, **changes: str) -> dict[str, str]:
@@ -46,8 +46,8 @@ def test_every_we_do_value_is_the_experiment_files(paper) -> None:
 
 @pytest.mark.parametrize("paper", PAPERS, ids=lambda p: p.seed)
 def test_the_readme_carries_each_papers_table(paper) -> None:
-    assert markdown_table(paper) in README.read_text(encoding="utf-8"), (
-        f"README's table of seed {paper.seed} is stale: paste `fedser papers` output")
+    assert markdown_table(paper) in PAPERS_PAGE.read_text(encoding="utf-8"), (
+        f"docs/papers.md's table of seed {paper.seed} is stale: paste `fedser papers` output")
 
 
 def test_paper_trainers_and_results_are_registered() -> None:

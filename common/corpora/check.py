@@ -30,7 +30,7 @@ def summarize(
     scan: Scan, *, classes: Sequence[str], label_map: Mapping[str, str] = DEFAULT_LABEL_MAP,
     subset: Subset = "all", read_samples: bool = True,
 ) -> dict[str, Any]:
-    """The check report as a JSON-ready dict (keys documented in the README).
+    """The check report as a JSON-ready dict (keys documented in docs/commands.md).
 
     ``read_samples``: first read every kept utterance's audio (:func:`verify_audio`); utterances
     that fail are skips of the report.

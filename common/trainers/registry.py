@@ -5,7 +5,7 @@ arguments that make a variant (a paper's ablations are entries, not subclasses).
 ``[model.<family>]`` section and its ``tiny`` sizes are declared beside its trainer
 (``NetTrainer.family`` / ``NetTrainer.Config``); :data:`FAMILIES` collects them for the study schema
 (common/schema.py). Adding a trainer is one file plus one line here; the contract test in
-tests/test_trainers.py then covers it with no new test code (README: "Adding a trainer").
+tests/test_trainers.py then covers it with no new test code (docs/trainers.md: "Adding a trainer").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's "Adding a trainer" example, followed to the letter in a copy of the repository: its
+"""The docs' "Adding a trainer" example (docs/trainers.md), followed to the letter in a copy of the repository: its
 file plus its registry lines, and nothing else, give a trainer the config accepts (with its own
 ``[model.mlp]`` section and tiny sizes) and the contract test runs."""
 
@@ -16,8 +16,8 @@ ROOT = Path(__file__).parents[1]
 
 
 def readme_blocks() -> dict[str, str]:
-    """The README's fenced python blocks whose first line is a ``# <path>`` comment, by path."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """docs/trainers.md's fenced python blocks whose first line is a ``# <path>`` comment, by path."""
+    text = (ROOT / "docs" / "trainers.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n# (\S+)\n(.*?)```", text, flags=re.S)
     return dict(blocks)
 
@@ -43,7 +43,7 @@ def test_the_readme_trainer_is_one_file_and_one_registry_entry(tmp_path: Path) -
     source = registry.read_text(encoding="utf-8")
     imports = [line for line in lines if line.startswith("from ")]
     entries = [line.strip() for line in lines if line.strip().startswith('"')]
-    assert imports and entries, "the README shows the import and the TRAINERS entry to add"
+    assert imports and entries, "docs/trainers.md shows the import and the TRAINERS entry to add"
     source = source.replace("from common.trainers.tu import TuTrainer\n",
                             "from common.trainers.tu import TuTrainer\n" + "\n".join(imports) + "\n")
     source = source.replace("TRAINERS: dict[str, Entry] = {\n",
