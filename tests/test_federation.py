@@ -30,8 +30,9 @@ from typer.testing import CliRunner
 
 from common.audit import AUDIT_KEYS
 from common.data import synthetic_iemocap_root
-from common.models.sngan import GanSpec, Generator
+from common.models.sngan import Discriminator, GanSpec, Generator
 from common.schema import config_from_run, load_config
+from common.trainers.registry import build_trainer
 from server.federation import Federation, WireGrid, reason_line
 from simulations.cli import app
 from simulations.flower import descendants, stop_tree
@@ -97,8 +98,13 @@ SCALAR_REPLIES = {  # message type -> the metric keys a reply may hold (all scal
 }
 
 
-def assert_eyes_off(lines: list[dict], generator_shapes: dict[str, list]) -> None:
-    """Every reply holds weights of the known models and scalar metrics: nothing shaped like data."""
+def state_shapes(net: Any) -> dict[str, list[int]]:  # a module or a trainer: anything with state_dict()
+    return {k: list(v.shape) for k, v in net.state_dict().items()}
+
+
+def assert_eyes_off(lines: list[dict], shapes: dict[str, dict[str, list]]) -> None:
+    """Every reply holds weights of the known models (``shapes``: generator, discriminator and ser,
+    name -> shape) and scalar metrics: nothing shaped like data."""
     for line in lines:
         if line["error"]:
             continue
@@ -110,12 +116,14 @@ def assert_eyes_off(lines: list[dict], generator_shapes: dict[str, list]) -> Non
         for key, kind in line["metrics"].get("metrics", {}).items():
             assert SCALAR_REPLIES[line["type"]].fullmatch(key), line
             assert kind in ("int", "float"), line  # no lists: per-utterance values cannot travel
+        sent = {name: {k: shape for k, (shape, _dtype) in arrays.items()} for name, arrays in line["arrays"].items()}
         if line["type"] == "train.gan":
-            assert set(line["arrays"]) == {"generator"}
-            assert {k: shape for k, (shape, _dtype) in line["arrays"]["generator"].items()} == generator_shapes
+            assert sent == {"generator": shapes["generator"]} and line["configs"] == {}, line
         elif line["type"] == "train.fedgan":  # FedGAN: both networks travel, the server averages them
-            assert set(line["arrays"]) == {"generator", "discriminator"} and line["configs"] == {}
-            assert {k: shape for k, (shape, _dtype) in line["arrays"]["generator"].items()} == generator_shapes
+            assert sent == {"generator": shapes["generator"], "discriminator": shapes["discriminator"]}, line
+            assert line["configs"] == {}, line
+        elif line["type"] == "train":  # FedAvg and the other strategies: the SER weights, nothing else
+            assert sent == {"arrays": shapes["ser"]} and line["configs"] == {}, line
         elif line["type"] == "query":
             # where the node sits (its name is a session and a speaker id or shard number: no data)
             assert line["arrays"] == {} and line["configs"] == {"node": {"session": "int", "name": "str", "shard": "int"}}
@@ -177,7 +185,9 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path, pretrained_gan: Path
 
     # The eyes-off guarantee, on every reply that reached the server.
     cfg = config_from_run({"study-config": str(config)})
-    shapes = {k: list(v.shape) for k, v in Generator(GanSpec.of(cfg)).state_dict().items()}
+    spec = GanSpec.of(cfg)
+    shapes = {"generator": state_shapes(Generator(spec)), "discriminator": state_shapes(Discriminator(spec, spec.n_c + 1)),
+              "ser": state_shapes(build_trainer(cfg, torch.device("cpu")))}
     lines = audit_lines(gan)
     by_type = {t: [x for x in lines if x["type"] == t] for t in ("query", "train.gan", "query.audit", "evaluate")}
     assert len(by_type["query"]) == 15 and len(by_type["train.gan"]) == 12  # Session3's two were asked twice
@@ -195,10 +205,8 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path, pretrained_gan: Path
     assert_eyes_off(fedgan_lines, shapes)
     fedavg_lines = audit_lines(parents["fedprox"])
     assert {x["type"] for x in fedavg_lines} == {"query", "train", "evaluate"}
-    assert_eyes_off([x for x in fedavg_lines if x["type"] != "train"], shapes)
-    for line in fedavg_lines:  # FedAvg replies carry the SER weights, nothing else
-        if line["type"] == "train":
-            assert set(line["arrays"]) == {"arrays"} and not line["error"]
+    assert not any(x["error"] for x in fedavg_lines if x["type"] == "train")
+    assert_eyes_off(fedavg_lines, shapes)
 
     # The report reads both federated regimes; nothing Flower or Ray started is still running.
     report = runner.invoke(app, ["report", "--config", str(config), "--json"])
