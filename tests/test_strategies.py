@@ -50,6 +50,7 @@ class _NoStore:
 
 def test_every_strategy_runs_a_round_and_reports_under_its_own_name(tmp_path: Path) -> None:
     cfg = study(tmp_path)
+    assert not cfg.pretrained_path.exists()  # no strategy regime needs the pre-trained GAN
     grid = InlineGrid(cfg, len(SESSIONS))
     names = []
     for name in STRATEGY_REGIMES:
