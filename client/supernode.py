@@ -16,6 +16,7 @@ Everything else is ``flower-supernode`` as is (same arguments, ``--help``).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from types import SimpleNamespace
@@ -52,6 +53,12 @@ def main() -> None:
     from flwr.supernode.cli import flower_supernode
 
     poll = poll_seconds()
+    # The SuperExec this SuperNode starts exits, when its parent is gone, by raising SIGINT once
+    # (flwr/supercore/app_utils.py). Started from a shell's background job or nohup, SIGINT is
+    # inherited as ignored, and a SuperExec whose SuperNode died before it installed its own handler
+    # (a refused SuperNode exits within a second) then polls a dead Runtime API forever. A Python
+    # handler is reset to the default on exec, so the SuperExec starts with SIGINT deliverable.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.setdefault(SUPEREXEC_POLL_ENV, str(poll))  # inherited by the SuperExec the SuperNode starts
     shorten_waits(poll)
     sys.argv[0] = "flower-supernode"
