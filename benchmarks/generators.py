@@ -1,12 +1,14 @@
 """Stage-3 variants against the generator audit and SER, paired on identical folds and seeds.
 
-    python benchmarks/generators.py CONFIG [--folds 1,2] [--seeds 0] [--session N] [--ser] [--workers 2] \\
-        [--variant "NAME=section.key=value,section.key=value" ...]
+    python benchmarks/generators.py CONFIG [--folds 1,2] [--seeds 0] [--session N | --fedgan] [--ser] \\
+        [--workers 2] [--variant "NAME=section.key=value,section.key=value" ...]
 
 Each variant (a name, then comma-separated ``section.key=value`` overrides of CONFIG; "as-is" =
 CONFIG itself) fine-tunes the study's pre-trained GAN (``fedser pretrain CONFIG`` first) on the
 members of each fold's training sessions (gan-central), or of one session (``--session``: a
-gan-federated node), for every seed, audits the generator (common/audit.py) on its held-out
+gan-federated node), or with ``--fedgan`` runs FedGAN over the fold's training sessions (gan-fedavg:
+each session's members a node, ``federation.gan_rounds`` rounds as client/node.py runs them, weighted
+averages between), for every seed, audits the generator (common/audit.py) on its held-out
 utterances, and with ``--ser`` trains the study's SER trainer on the generator's pool and scores it
 on the fold's test speaker as gan-central would. Without ``--variant`` it runs the ablation of the
 stage-3 switches (ABLATION). Every variant sees the same folds, seeds and pre-trained GAN, so the
@@ -39,11 +41,14 @@ import torch  # noqa: E402
 from common.audit import AUDIT_KEYS, audit_generator, generator_split, selector  # noqa: E402
 from common.data import Corpus, load_corpus  # noqa: E402
 from common.features import MinMax, resolve_device  # noqa: E402
-from common.pipeline import finetune, pretrained, training_speakers  # noqa: E402
+from common.models.sngan import Generator  # noqa: E402
+from common.pipeline import PretrainedGan, fedgan_round, finetune, pretrained, training_speakers  # noqa: E402
 from common.schema import load_config  # noqa: E402
 from common.splits import make_folds  # noqa: E402
 from common.synthesis import synthetic_sampler  # noqa: E402
 from common.trainers.registry import build_trainer  # noqa: E402
+from common.views import LabeledSet, subset  # noqa: E402
+from server.federation import weighted_average  # noqa: E402
 from simulations.study import scaling_stats  # noqa: E402
 
 # The stage-3 switches one at a time, then together (issue: generators that keep their diversity).
@@ -96,8 +101,35 @@ def _study(config: str) -> tuple[Corpus, MinMax]:
     return corpus, scaling_stats(corpus, pretrained(base))
 
 
+def fedgan(cfg: Any, gan: PretrainedGan, members: LabeledSet, session_of: dict[str, int], test: int) -> Generator:
+    """gan-fedavg's generator for fold ``test``, its nodes in this process: each session's
+    ``members`` a node, seeded as client/node.py seeds them, averaged as server/regimes.py does."""
+    gen, disc = gan.networks()
+    torch.manual_seed(cfg.training.seed + test)
+    disc.replace_head(gen.spec.n_c + 1)
+    nodes = {s: subset(members, [i for i, u in enumerate(members.ids) if session_of[u] == s])
+             for s in sorted(set(session_of.values()))}
+    local = -(-cfg.training.finetune_iterations // cfg.federation.gan_rounds)
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for rnd in range(1, cfg.federation.gan_rounds + 1):
+        states, weights = [], []
+        for s, data in nodes.items():
+            g, d = gan.networks()
+            d.replace_head(gen.spec.n_c + 1)
+            g.load_state_dict(gen.state_dict())
+            d.load_state_dict(disc.state_dict())
+            kept = fedgan_round(cfg, g, d, data, seed=cfg.training.seed + 1000 * rnd + s, round_=rnd, steps=local,
+                                moments=moments.get(s) if cfg.federation.gan_local_state else None)
+            moments[s] = kept
+            states.append((g.cpu().state_dict(), d.cpu().state_dict()))
+            weights.append(len(data))
+        gen.load_state_dict(weighted_average([g for g, _ in states], weights))
+        disc.load_state_dict(weighted_average([d for _, d in states], weights))
+    return gen.eval()
+
+
 def one(config: str, name: str, spec: dict[str, Any], fold_index: int, seed: int, session: int | None,
-        ser: bool) -> dict[str, Any]:
+        ser: bool, federated: bool = False) -> dict[str, Any]:
     """Fine-tune, audit and (``ser``) score one variant on one fold and seed."""
     torch.set_num_threads(1)
     corpus, stats = _study(config)
@@ -109,7 +141,10 @@ def one(config: str, name: str, spec: dict[str, Any], fold_index: int, seed: int
     start = time.perf_counter()
     select = selector(cfg, split, seed=seed)
     torch.manual_seed(seed)
-    gen = finetune(cfg, *gan.networks(), split.members, select=select)
+    if federated:
+        gen = fedgan(cfg, gan, split.members, {u.id: u.session for u in utts}, fold_index)
+    else:
+        gen = finetune(cfg, *gan.networks(), split.members, select=select)
     row: dict[str, Any] = {"variant": name, "fold": fold_index, "seed": seed, "seconds": time.perf_counter() - start}
     row |= audit_generator(cfg, gen, split.members, split.held_out, seed=seed)
     row["fd_ratio"] = row["fd"] / row["fd_real"]
@@ -148,6 +183,7 @@ def main() -> None:
     ap.add_argument("--folds", default="1,2", help="folds (held-out sessions) whose training sets are used")
     ap.add_argument("--seeds", default="0", help="fine-tuning seeds (training.seed), paired across variants")
     ap.add_argument("--session", type=int, default=None, help="fine-tune on this one session instead (a node)")
+    ap.add_argument("--fedgan", action="store_true", help="FedGAN over the fold's training sessions (gan-fedavg)")
     ap.add_argument("--variant", action="append", default=None, help="NAME=overrides; default: the ablation")
     ap.add_argument("--ser", action="store_true", help="also train and score SER on the generator's pool")
     ap.add_argument("--workers", type=int, default=1, help="processes, one torch thread each")
@@ -158,7 +194,9 @@ def main() -> None:
         cfg = load_config(args.config, overrides(spec))  # every variant validated before any runs
         if pretrained(cfg).spec != pretrained(base).spec:
             raise SystemExit(f"variant {name!r} changes the GAN's sizes; pre-train a config with them instead")
-    jobs = [(str(args.config), name, overrides(spec), int(f), int(s), args.session, args.ser)
+    if args.fedgan and args.session:
+        raise SystemExit("--fedgan trains over the fold's sessions; --session names one node: give one of them")
+    jobs = [(str(args.config), name, overrides(spec), int(f), int(s), args.session, args.ser, args.fedgan)
             for name, spec in variants for f in args.folds.split(",") for s in args.seeds.split(",")]
     cols = ["variant", "fold", "seed", "seconds", *AUDIT_KEYS[:-1], *(["ser_f1"] if args.ser else [])]
     print(" | ".join(cols), flush=True)

@@ -20,14 +20,17 @@ app = ClientApp()
 def reply(kind: str, msg: Message, context: Context) -> Message:
     """Handler ``kind``'s reply to ``msg``: computed by the node's worker on a deployed SuperNode
     (its node config names its ``session``), in this process in a simulation."""
-    where = {"run_id": context.run_id, "node_config": dict(context.node_config), "run_config": dict(context.run_config)}
+    where = {"run_id": context.run_id, "node_config": dict(context.node_config), "run_config": dict(context.run_config),
+             "state": context.state}
     content: RecordDict
     if "session" in context.node_config and worker.enabled():
-        content = worker.ask(kind, msg.content, where)
+        content, state = worker.ask(kind, msg.content, where)
+        context.state.clear()  # the worker's copy, as the handler left it
+        context.state.update(state)
     else:
         from client import node  # torch and the platform: imported once per actor
 
-        content = node.HANDLERS[kind](msg.content, node.Where(**where))
+        content = node.HANDLERS[kind](msg.content, node.Where(**where))  # changes context.state in place
     return Message(content, reply_to=msg)
 
 

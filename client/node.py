@@ -55,14 +55,12 @@ from common.data import Corpus, load_corpus
 from common.features import MinMax, resolve_device
 from common.metrics import confusion_cells
 from common.models.sngan import Discriminator, GanSpec, Generator
-from common.pipeline import finetune, iemocap_speakers
+from common.pipeline import fedgan_round, finetune, iemocap_speakers
 from common.schema import StudyConfig, config_from_run
 from common.splits import holdout_split, session_name
-from common.trainers.base import run
-from common.trainers.gan import conditional_step
 from common.trainers.registry import build_trainer
 from common.trainers.ser import SerCnnTrainer
-from common.views import LabeledSet, PatchSampler
+from common.views import LabeledSet
 
 
 @dataclass
@@ -161,6 +159,9 @@ class Where:
     run_id: int
     node_config: Mapping[str, Any]
     run_config: Mapping[str, Any]
+    # Flower's Context.state: this node's records kept between the messages of a run (a handler
+    # may change it; a deployed node's worker sends it back with the reply).
+    state: RecordDict = field(default_factory=RecordDict)
 
 
 def node_of(where: Where) -> Node:
@@ -254,6 +255,10 @@ def _wire(cfg: StudyConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
+# Context.state keys of a FedGAN node: its Adam moments and the fold they belong to.
+MOMENTS, MOMENTS_FOLD = "fedgan.moments", "fedgan.fold"
+
+
 def train_fedgan(content: RecordDict, where: Where) -> RecordDict:
     """One FedGAN round (gan-fedavg): ``local-steps`` conditional steps on this session's members
     from the received generator and discriminator; reply with both (the server averages them)."""
@@ -266,14 +271,15 @@ def train_fedgan(content: RecordDict, where: Where) -> RecordDict:
     gen.load_state_dict(content["generator"].to_torch_state_dict())
     disc.load_state_dict(content["discriminator"].to_torch_state_dict())
     train = node.split("members", _stats(config))
-    seed = cfg.training.seed + 1000 * int(config["server-round"]) + node.key
-    torch.manual_seed(seed)
-    device, local = resolve_device(cfg.training.device), int(config["local-steps"])
-    gen.to(device).train()
-    disc.to(device).train()
-    # The class-loss ramp (training.finetune_class_ramp) runs over the rounds' steps, not each round's.
-    run(conditional_step(gen, disc, PatchSampler(train, spec.patch, seed=seed), cfg.training, device,
-                         first_step=(int(config["server-round"]) - 1) * local), local, desc="conditional")
+    rnd, fold = int(config["server-round"]), int(config["fold"])
+    keep = cfg.federation.gan_local_state
+    # The Adam moments of this node's previous round of this fold (federation.gan_local_state).
+    kept = keep and rnd > 1 and MOMENTS in where.state and where.state[MOMENTS_FOLD]["fold"] == fold
+    moments = fedgan_round(cfg, gen, disc, train, seed=cfg.training.seed + 1000 * rnd + node.key, round_=rnd,
+                           steps=int(config["local-steps"]),
+                           moments=where.state[MOMENTS].to_torch_state_dict() if kept else None)  # type: ignore[union-attr]
+    if keep:
+        where.state[MOMENTS], where.state[MOMENTS_FOLD] = ArrayRecord(moments), ConfigRecord({"fold": fold})
     return RecordDict({
         "generator": ArrayRecord(gen.cpu().state_dict()), "discriminator": ArrayRecord(disc.cpu().state_dict()),
         "metrics": MetricRecord({"num-examples": len(train)}),

@@ -79,8 +79,8 @@ def _receive(sock: socket.socket) -> Any:
 
 
 def ask(kind: str, content: object, where: Mapping[str, Any]) -> Any:
-    """The reply content of handler ``kind`` at the node ``where`` names, computed by its worker
-    (started if it is not running); what the handler raised is raised here."""
+    """(The reply content, the node's state after it) of handler ``kind`` at the node ``where``
+    names, computed by its worker (started if it is not running); what the handler raised is raised here."""
     path = address(where["node_config"])
     with _connected(path) as sock:
         _send(sock, (kind, content, dict(where)))
@@ -169,7 +169,8 @@ def serve(path: Path, watch: int, idle: float) -> None:
                     except ConnectionError:  # a starter's probe: connected, then closed
                         continue
                     try:
-                        reply: tuple[str, object] = ("ok", node.HANDLERS[kind](content, node.Where(**where)))
+                        at = node.Where(**where)
+                        reply: tuple[str, object] = ("ok", (node.HANDLERS[kind](content, at), at.state))
                     except Exception as exc:  # the handler's own exception, raised again in the ClientApp
                         reply = ("error", exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
                     with contextlib.suppress(OSError):  # the ClientApp process was stopped meanwhile

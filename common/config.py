@@ -314,6 +314,11 @@ class FederationConfig(Section):
     # gan-fedavg (FedGAN, Rasouli et al. 2020): generator and discriminator averaged every round; each
     # round runs finetune_iterations / gan_rounds local steps, so a node's steps equal gan-federated's.
     gan_rounds: int = Field(10, ge=1)
+    # gan-fedavg: each node keeps its G and D Adam moments from one round of a fold to the next (in
+    # Flower's node state; they never leave the node). FedGAN (Rasouli et al. 2020) states its local
+    # steps as plain SGD, which has no state; a fresh Adam re-runs its bias-corrected first steps
+    # (each ~lr in size, whatever the gradient) every round. False: fresh Adam each round.
+    gan_local_state: bool = False
     # Simulation only: where the simulated nodes read the corpus (default data.root); a deployment's
     # nodes name their copy in their node config (data-root). With synthesis.from_run, the server
     # then needs no corpus at all.

@@ -23,8 +23,14 @@ from common.data import StreamedPatches, prepared_labeled, prepared_unlabeled
 from common.features import MinMax, resolve_device
 from common.models.sngan import Discriminator, GanSpec, Generator
 from common.schema import StudyConfig
-from common.trainers.base import KeepBest
-from common.trainers.gan import train_stage
+from common.trainers.base import KeepBest, run
+from common.trainers.gan import (
+    conditional_step,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    stage3_optimizers,
+    train_stage,
+)
 from common.views import LabeledSet, PatchSampler
 
 CHECKPOINT_FORMAT = 1
@@ -230,3 +236,27 @@ def finetune(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: Label
                 resolve_device(cfg.training.device), progress,
                 evaluate=(lambda: select(gen)) if select is not None else None, eval_every=every, hooks=keep)
     return gen.cpu().eval()
+
+
+def fedgan_round(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: LabeledSet, *, seed: int,
+                 round_: int, steps: int, moments: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One FedGAN round at a node (gan-fedavg): ``steps`` stage-3 steps on ``train`` from the
+    received networks (``disc`` with its N_c + 1 head), continuing the class-loss ramp over rounds.
+
+    ``moments``: G's and D's Adam state after this node's previous round of the fold, as this
+    function returned it (``federation.gan_local_state``); None or empty: fresh Adam. Returns the
+    state to keep, ``"g.<index>.<name>"`` / ``"d.<index>.<name>"`` tensors on the CPU.
+    """
+    torch.manual_seed(seed)
+    device = resolve_device(cfg.training.device)
+    gen.to(device).train()
+    disc.to(device).train()
+    opts = stage3_optimizers(gen, disc, cfg.training)
+    for prefix, opt in zip("gd", opts, strict=True):
+        mine = {k[2:]: v.to(device) for k, v in (moments or {}).items() if k.startswith(f"{prefix}.")}
+        if mine:
+            load_optimizer_tensors(opt, mine)
+    run(conditional_step(gen, disc, PatchSampler(train, gen.spec.patch, seed=seed), cfg.training, device,
+                         first_step=(round_ - 1) * steps, optimizers=opts), steps, desc="conditional")
+    return {f"{prefix}.{k}": v.cpu() for prefix, opt in zip("gd", opts, strict=True)
+            for k, v in optimizer_tensors(opt).items()}

@@ -245,7 +245,8 @@ class GanFedAvg(FederatedRegime):
         local = -(-cfg.training.finetune_iterations // cfg.federation.gan_rounds)
         for rnd in range(1, cfg.federation.gan_rounds + 1):
             content = RecordDict({"generator": ArrayRecord(gen.state_dict()), "discriminator": ArrayRecord(disc.state_dict()),
-                                  "config": stats_config(self.scaling, **{"server-round": rnd, "local-steps": local})})
+                                  "config": stats_config(self.scaling, **{"server-round": rnd, "local-steps": local,
+                                                                             "fold": test})})
             outcome = self.fed.exchange("train.fedgan", dict.fromkeys(nodes, content))
             if not outcome.replies:
                 raise NodeFailure(f"fold {test}", f"no training node answered FedGAN round {rnd}: {outcome.failures}")

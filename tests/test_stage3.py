@@ -20,7 +20,7 @@ from common.audit import (
 )
 from common.config import TrainingConfig
 from common.models.sngan import Discriminator, GanSpec, Generator
-from common.pipeline import finetune, state_digest
+from common.pipeline import fedgan_round, finetune, state_digest
 from common.schema import load_config
 from common.trainers.augment import AUGMENTS, augmenter, freq_mask, gain, shift, time_mask
 from common.trainers.gan import (
@@ -28,8 +28,11 @@ from common.trainers.gan import (
     adam,
     conditional_step,
     frozen,
+    load_optimizer_tensors,
     mode_seeking,
+    optimizer_tensors,
     split_cross_entropy,
+    stage3_optimizers,
     trainable_discriminator,
 )
 from common.views import LabeledSet, PatchSampler
@@ -124,6 +127,54 @@ def test_the_class_ramp_starts_real_vs_fake_and_continues_across_rounds() -> Non
     _, late = stage3_digest(lambda g, d, s, c: conditional_step(g, d, s, c, CPU, first_step=10),
                             training(finetune_class_ramp=10), steps=1)
     assert late[0]["d_loss"] == pytest.approx(plain[0]["d_loss"], rel=1e-5)
+
+
+def two_rounds(carry: str) -> str:
+    """Two 3-step stage-3 rounds on one G and D; between them G's and D's Adam is kept alive
+    ("alive"), rebuilt from :func:`optimizer_tensors` ("tensors"), or rebuilt fresh ("fresh")."""
+    cfg = training(finetune_freeze_d=1)  # D's optimizer over a subset: indices must still match
+    torch.manual_seed(0)
+    gen, disc = Generator(SPEC), Discriminator(SPEC, SPEC.n_c + 1)
+    sample = PatchSampler(spectrograms(per_class=2), SPEC.patch, seed=0)
+    opts = stage3_optimizers(gen, disc, cfg)
+    for rnd in range(2):
+        if rnd and carry != "alive":
+            kept = [optimizer_tensors(o) for o in opts]
+            opts = stage3_optimizers(gen, disc, cfg)
+            if carry == "tensors":
+                for opt, tensors in zip(opts, kept, strict=True):
+                    load_optimizer_tensors(opt, {k: v.clone() for k, v in tensors.items()})
+        step = conditional_step(gen, disc, sample, cfg, CPU, first_step=3 * rnd, optimizers=opts)
+        for i in range(1, 4):
+            step(i)
+    return state_digest({**{f"g.{k}": v for k, v in gen.state_dict().items()},
+                         **{f"d.{k}": v for k, v in disc.state_dict().items()}})
+
+
+def test_adam_moments_carried_as_tensors_continue_the_optimizer_exactly() -> None:
+    assert two_rounds("tensors") == two_rounds("alive") != two_rounds("fresh")
+
+
+def test_a_fedgan_round_keeps_its_moments_only_when_given_them() -> None:
+    cfg = load_config(overrides={"training": {"batch_size": 8}})
+    torch.manual_seed(0)
+    gen, disc = Generator(SPEC), Discriminator(SPEC, SPEC.n_c + 1)
+    data = spectrograms(per_class=2)
+    start = {k: v.clone() for k, v in gen.state_dict().items()}, {k: v.clone() for k, v in disc.state_dict().items()}
+    moments = fedgan_round(cfg, gen, disc, data, seed=1, round_=1, steps=2)
+    # "g.<index>.<name>": G's and D's Adam state after 2 steps, every parameter's.
+    assert {k.split(".")[0] for k in moments} == {"g", "d"}
+    assert moments["g.0.step"].item() == 2 and len(moments) == 3 * (len(list(gen.parameters())) + len(list(disc.parameters())))
+
+    def round_two(kept: dict[str, torch.Tensor] | None) -> str:
+        g, d = Generator(SPEC), Discriminator(SPEC, SPEC.n_c + 1)
+        g.load_state_dict(start[0])
+        d.load_state_dict(start[1])
+        after = fedgan_round(cfg, g, d, data, seed=2, round_=2, steps=2, moments=kept)
+        assert after["g.0.step"].item() == (4 if kept else 2)
+        return state_digest(g.state_dict())
+
+    assert round_two(moments) != round_two(None) == round_two({})
 
 
 def test_mode_seeking_is_the_inverse_image_to_noise_distance_ratio_of_pairs() -> None:

@@ -38,6 +38,31 @@ for _ in range(2):
 """
 
 
+# Three FedGAN rounds of one node with federation.gan_local_state: fold 1 rounds 1 and 2, then
+# fold 2 round 2 (a node that missed that fold's first round). Prints the Adam step count the node
+# keeps in its Context.state after each: continued within a fold, fresh across folds.
+FEDGAN = """
+import json, sys
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from client.app import reply
+from common.models.sngan import Discriminator, GanSpec, Generator
+from common.schema import config_from_run
+for name, value in {"_run_id": 1, "_node_id": 5, "_task_id": 1}.items():
+    setattr(TaskIdentity, name, value)
+node_config, run_config = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+spec = GanSpec.of(config_from_run(run_config))
+gen, disc = Generator(spec), Discriminator(spec, head=spec.n_c + 1)
+context = Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config=run_config)
+for fold, rnd in ((1, 1), (1, 2), (2, 2)):
+    content = RecordDict({"generator": ArrayRecord(gen.state_dict()), "discriminator": ArrayRecord(disc.state_dict()),
+                          "config": ConfigRecord({"lo": -80.0, "hi": 0.0, "server-round": rnd, "local-steps": 2, "fold": fold})})
+    reply("train.fedgan", Message(content, dst_node_id=5, message_type="train.fedgan"), context)
+    moments = context.state["fedgan.moments"].to_torch_state_dict()
+    print(json.dumps([int(context.state["fedgan.fold"]["fold"]), int(moments["g.0.step"])]), flush=True)
+"""
+
+
 def _workers(socket: Path) -> list[int]:
     """Live processes serving ``socket``."""
     found = []
@@ -52,20 +77,21 @@ def _workers(socket: Path) -> list[int]:
     return found
 
 
-def _ask(tmp_path: Path, failures: str = "") -> tuple[subprocess.Popen, list[str], Path]:
-    cfg = load_config(study_file(tmp_path, FAST_STUDY_TABLES + f"[federation]\nfailures = [{failures}]\n"))
+def _ask(tmp_path: Path, failures: str = "", script: str = ASK, lines: int = 2,
+         federation: str = "") -> tuple[subprocess.Popen, list[str], Path]:
+    cfg = load_config(study_file(tmp_path, FAST_STUDY_TABLES + f"[federation]\nfailures = [{failures}]\n{federation}"))
     root = synthetic_iemocap_root(cfg)
     node_config = {"session": 2, "data-root": str(root), "work-dir": str(tmp_path / "node")}
     run_config = {"study-config": cfg.model_dump_json(), "work-dir": str(cfg.work_dir)}
     # A stand-in for the SuperExec: the ClientApp process is its child, the worker watches it.
     superexec = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys, time\n"
-         f"subprocess.run([sys.executable, '-c', {ASK!r}, sys.argv[1], sys.argv[2]])\ntime.sleep(120)",
+         f"subprocess.run([sys.executable, '-c', {script!r}, sys.argv[1], sys.argv[2]])\ntime.sleep(120)",
          json.dumps(node_config), json.dumps(run_config)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "FEDSER_NODE_IDLE": "120"})
     assert superexec.stdout is not None
-    lines = [superexec.stdout.readline().strip() for _ in range(2)]
-    return superexec, lines, worker.address(node_config)
+    printed = [superexec.stdout.readline().strip() for _ in range(lines)]
+    return superexec, printed, worker.address(node_config)
 
 
 def _stop(superexec: subprocess.Popen, socket: Path) -> None:
@@ -92,5 +118,14 @@ def test_what_the_handler_raises_is_raised_in_the_clientapp_process(tmp_path: Pa
     try:
         assert lines == ["raised RuntimeError injected failure: query on Session2 (federation.failures)"] * 2
         assert len(_workers(socket)) == 1  # the worker outlives its handler's exceptions
+    finally:
+        _stop(superexec, socket)
+
+
+def test_the_node_state_a_handler_changes_in_the_worker_comes_back_to_the_context(tmp_path: Path) -> None:
+    superexec, lines, socket = _ask(tmp_path, script=FEDGAN, lines=3, federation="gan_local_state = true\n")
+    try:
+        # (fold, Adam steps kept): round 2 continues round 1's moments; another fold starts fresh.
+        assert [json.loads(line) for line in lines] == [[1, 2], [1, 4], [2, 2]], lines
     finally:
         _stop(superexec, socket)

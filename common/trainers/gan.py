@@ -16,7 +16,7 @@ preset, where the step is exactly §3.2's): ``training.finetune_class_ramp``,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -178,8 +178,30 @@ def trainable_discriminator(disc: nn.Module, frozen_convs: int) -> list[nn.Param
     return [p for p in disc.parameters() if id(p) not in kept]
 
 
+def stage3_optimizers(gen: ConditionalGenerator, disc: nn.Module, cfg: TrainingConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Stage 3's Adam for G and for D's trainable parameters (FreezeD keeps the others out)."""
+    return adam(gen.parameters(), cfg.g_lr, cfg), adam(trainable_discriminator(disc, cfg.finetune_freeze_d), cfg.d_lr, cfg)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """``opt``'s per-parameter state as flat named tensors ``"<parameter index>.<name>"`` (Adam:
+    ``step`` (), ``exp_avg`` and ``exp_avg_sq`` shaped like the parameter); the hyper-parameters
+    stay with the optimizer that :func:`load_optimizer_tensors` fills."""
+    return {f"{i}.{name}": value for i, state in opt.state_dict()["state"].items() for name, value in state.items()}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Give ``opt`` (built over the same parameters) the state :func:`optimizer_tensors` took."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, _, name = key.partition(".")
+        state.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
 def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler, cfg: TrainingConfig,
-                     device: torch.device, first_step: int = 0) -> Step:
+                     device: torch.device, first_step: int = 0,
+                     optimizers: tuple[torch.optim.Adam, torch.optim.Adam] | None = None) -> Step:
     """Stage 3: D classifies real into its N_c classes and fakes into class N_c; G wants its condition.
 
     Fake conditions are drawn uniformly over the classes, so minority emotions get as many
@@ -200,8 +222,9 @@ def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler
       (:func:`trainable_discriminator`, Mo et al. 2020, FreezeD).
     """
     n_c = gen.spec.n_c
-    opt_g = adam(gen.parameters(), cfg.g_lr, cfg)
-    opt_d = adam(trainable_discriminator(disc, cfg.finetune_freeze_d), cfg.d_lr, cfg)
+    # ``optimizers``: G's and D's Adam (:func:`stage3_optimizers`), given by a FedGAN node that keeps
+    # their moments between rounds (federation.gan_local_state); fresh otherwise.
+    opt_g, opt_d = optimizers or stage3_optimizers(gen, disc, cfg)
     aug = augmenter(cfg.finetune_augment)
     ramp, seeking = cfg.finetune_class_ramp, cfg.finetune_mode_seeking
 
