@@ -359,6 +359,20 @@ class TrackingConfig(Section):
     uri: str | None = None
     experiment: str = "fedser"
 
+    @field_validator("uri")
+    @classmethod
+    def _not_a_file_store(cls, uri: str | None) -> str | None:
+        # MLflow 3 refuses its file store (./mlruns, file://...) unless MLFLOW_ALLOW_FILE_STORE is
+        # true, with a page-long traceback deep in the first run: say it here, in one line.
+        if uri is None or os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
+            return uri
+        scheme = uri.partition("://")[0] if "://" in uri else ""
+        if scheme in ("", "file"):
+            raise ValueError("an MLflow file store, which MLflow 3 keeps read-only: use a database, "
+                             "e.g. 'sqlite:////abs/path/mlflow.db', leave uri unset (work_dir/mlflow.db), or set "
+                             "MLFLOW_ALLOW_FILE_STORE=true")
+        return uri
+
 
 # The strategy regimes: the configured SER trainer federated by one of Flower's server-side
 # strategies (flwr.serverapp.strategy, server/regimes.py), each its own regime row.

@@ -244,3 +244,14 @@ def test_every_corpus_kind_is_read_and_advised_from_the_one_list(tmp_path: Path)
             assert "unknown corpus kind" not in str(exc), kind
         except FileNotFoundError:
             pass
+
+
+def test_a_file_store_tracking_uri_is_refused_in_one_line_unless_mlflow_allows_it(monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for uri in ("file:///tmp/mlruns", "./mlruns", "/tmp/mlruns"):
+        with pytest.raises(ConfigError, match=r"tracking.uri: .*MLflow file store.*sqlite:////abs/path/mlflow.db"):
+            load_config(overrides={"tracking": {"uri": uri}})
+    for uri in ("sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000", "postgresql://u@db/mlflow"):
+        assert load_config(overrides={"tracking": {"uri": uri}}).tracking.uri == uri
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert load_config(overrides={"tracking": {"uri": "file:///tmp/mlruns"}}).tracking.uri == "file:///tmp/mlruns"
