@@ -55,7 +55,8 @@ from common.data import Corpus, load_corpus
 from common.features import MinMax, resolve_device
 from common.metrics import confusion_cells
 from common.models.sngan import Discriminator, GanSpec, Generator
-from common.pipeline import fedgan_round, finetune, iemocap_speakers
+from common.pipeline import fedgan_plan, fedgan_round, finetune, iemocap_speakers
+from common.privacy import stage3_plan
 from common.schema import StudyConfig, config_from_run
 from common.splits import holdout_split, session_name
 from common.trainers.registry import build_trainer
@@ -242,9 +243,11 @@ def train_gan(content: RecordDict, where: Where) -> RecordDict:
                       node.reference(stats) if cfg.training.finetune_select_every else None, cfg.training.seed)
     torch.manual_seed(cfg.training.seed + node.key)
     gen = finetune(cfg, gen, disc, train, select=select)
+    private = stage3_plan(cfg.training, len(train), cfg.training.finetune_iterations)
     return RecordDict({
         "generator": ArrayRecord(_wire(cfg, gen.state_dict())),
-        "metrics": MetricRecord({"num-examples": len(train), "seconds": time.perf_counter() - start}),
+        "metrics": MetricRecord({"num-examples": len(train), "seconds": time.perf_counter() - start,
+                                 **({} if private is None else {"epsilon": private.epsilon()})}),
     })
 
 
@@ -275,14 +278,18 @@ def train_fedgan(content: RecordDict, where: Where) -> RecordDict:
     keep = cfg.federation.gan_local_state
     # The Adam moments of this node's previous round of this fold (federation.gan_local_state).
     kept = keep and rnd > 1 and MOMENTS in where.state and where.state[MOMENTS_FOLD]["fold"] == fold
+    steps = int(config["local-steps"])
     moments = fedgan_round(cfg, gen, disc, train, seed=cfg.training.seed + 1000 * rnd + node.key, round_=rnd,
-                           steps=int(config["local-steps"]),
+                           steps=steps,
                            moments=where.state[MOMENTS].to_torch_state_dict() if kept else None)  # type: ignore[union-attr]
     if keep:
         where.state[MOMENTS], where.state[MOMENTS_FOLD] = ArrayRecord(moments), ConfigRecord({"fold": fold})
+    # training.dp: what this node has spent on the fold so far (its noise covers all the fold's rounds).
+    private = fedgan_plan(cfg, len(train), steps)
     return RecordDict({
         "generator": ArrayRecord(gen.cpu().state_dict()), "discriminator": ArrayRecord(disc.cpu().state_dict()),
-        "metrics": MetricRecord({"num-examples": len(train)}),
+        "metrics": MetricRecord({"num-examples": len(train),
+                                 **({} if private is None else {"epsilon": private.epsilon(rnd * steps)})}),
     })
 
 

@@ -159,6 +159,34 @@ class ModelConfig(Section):
         raise LookupError(f"the model config has no {kind.__name__} section: is its trainer registered?")
 
 
+class DpConfig(Section):
+    """Differentially private stage 3 (``training.dp``; common/privacy.py): the discriminator's
+    gradient on each node's real utterances is clipped per utterance and noised (DP-SGD, Abadi et
+    al. 2016), so the generator (and gan-fedavg's averaged discriminator) is (epsilon, delta)-DP
+    for the node's utterances by post-processing (Xie et al. 2018, DP-GAN)."""
+
+    # The budget: with ``noise_multiplier`` unset, each node picks the noise that spends at most
+    # this over its whole stage 3; the server refuses a generator whose spent epsilon exceeds it.
+    epsilon: float | None = Field(None, gt=0)
+    # sigma, the noise's standard deviation over the clip norm; set it to fix the noise instead.
+    noise_multiplier: float | None = Field(None, gt=0)
+    # C: each utterance's gradient is scaled to at most this L2 norm (over D's trained parameters).
+    clip: float = Field(1.0, gt=0)
+    # delta; unset = 1 / N, N the utterances the discriminator trains on (the paper is silent; the
+    # usual choice is delta < 1/N, and 1/N is the largest that still protects every utterance).
+    delta: float | None = Field(None, gt=0, lt=1)
+    # Opacus's accountants: Renyi DP (Mironov 2017, the moments accountant's successor) or PRV
+    # (Gopi et al. 2021, tighter).
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+    @model_validator(mode="after")
+    def _noise_or_budget(self) -> Self:
+        if self.epsilon is None and self.noise_multiplier is None:
+            raise ValueError("training.dp needs epsilon (a budget the noise is fitted to) or noise_multiplier; "
+                             "set one, or remove training.dp")
+        return self
+
+
 class TrainingConfig(Section):
     """Optimization settings; the ``paper`` preset holds seed 002 §4.4's values."""
 
@@ -190,6 +218,8 @@ class TrainingConfig(Section):
     # FreezeD (Mo et al. 2020): this many of the discriminator's lowest convolutions keep their
     # pre-trained weights in stage 3 (0 = off; Table 1 has 8).
     finetune_freeze_d: int = Field(0, ge=0, le=8)
+    # Differentially private stage 3 (DpConfig; None = off, the paper).
+    dp: DpConfig | None = None
     # SER network (§4.4): lr 1e-5 decayed x0.1 every 10K iterations; length not given in the paper.
     ser_lr: float = Field(1e-5, gt=0)
     ser_lr_decay_every: int = Field(10_000, ge=1)
@@ -211,6 +241,14 @@ class TrainingConfig(Section):
     @classmethod
     def _device(cls, value: str) -> str:
         return FeatureConfig._device(value)
+
+    @model_validator(mode="after")
+    def _private_selection(self) -> Self:
+        if self.dp is not None and self.finetune_select_every:
+            raise ValueError("training.dp: generator selection (training.finetune_select_every) scores against the "
+                             "node's held-out utterances, which the privacy accountant does not cover; "
+                             "set finetune_select_every = 0")
+        return self
 
 
 class SynthesisConfig(Section):

@@ -22,6 +22,7 @@ from common.corpora import Utterance
 from common.data import StreamedPatches, prepared_labeled, prepared_unlabeled
 from common.features import MinMax, resolve_device
 from common.models.sngan import Discriminator, GanSpec, Generator
+from common.privacy import DpPlan, stage3_plan
 from common.schema import StudyConfig
 from common.trainers.base import KeepBest, run
 from common.trainers.gan import (
@@ -31,7 +32,7 @@ from common.trainers.gan import (
     stage3_optimizers,
     train_stage,
 )
-from common.views import LabeledSet, PatchSampler
+from common.views import LabeledSet, PatchSampler, PoissonPatchSampler
 
 CHECKPOINT_FORMAT = 1
 
@@ -229,13 +230,21 @@ def finetune(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: Label
     is scored every E steps and the best-scoring iterate kept; otherwise the last one (the paper).
     """
     disc.replace_head(gen.spec.n_c + 1)
-    sample = PatchSampler(train, gen.spec.patch, seed=cfg.training.seed)
+    private = stage3_plan(cfg.training, len(train), cfg.training.finetune_iterations)
+    sample = (PatchSampler if private is None else PoissonPatchSampler)(train, gen.spec.patch, seed=cfg.training.seed)
     every = cfg.training.finetune_select_every if select is not None else 0
     keep = [KeepBest(gen)] if every else []
     train_stage("conditional", gen, disc, sample, cfg.training, cfg.training.finetune_iterations,
                 resolve_device(cfg.training.device), progress,
-                evaluate=(lambda: select(gen)) if select is not None else None, eval_every=every, hooks=keep)
+                evaluate=(lambda: select(gen)) if select is not None else None, eval_every=every, hooks=keep,
+                private=private)
     return gen.cpu().eval()
+
+
+def fedgan_plan(cfg: StudyConfig, utterances: int, steps: int) -> DpPlan | None:
+    """A FedGAN node's private stage 3 (``training.dp``): the noise fitted to all its rounds of the
+    fold (``federation.gan_rounds`` x ``steps``); after round r it has spent ``epsilon(r * steps)``."""
+    return stage3_plan(cfg.training, utterances, cfg.federation.gan_rounds * steps)
 
 
 def fedgan_round(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: LabeledSet, *, seed: int,
@@ -252,11 +261,13 @@ def fedgan_round(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: L
     gen.to(device).train()
     disc.to(device).train()
     opts = stage3_optimizers(gen, disc, cfg.training)
+    private = fedgan_plan(cfg, len(train), steps)
     for prefix, opt in zip("gd", opts, strict=True):
         mine = {k[2:]: v.to(device) for k, v in (moments or {}).items() if k.startswith(f"{prefix}.")}
         if mine:
             load_optimizer_tensors(opt, mine)
-    run(conditional_step(gen, disc, PatchSampler(train, gen.spec.patch, seed=seed), cfg.training, device,
-                         first_step=(round_ - 1) * steps, optimizers=opts), steps, desc="conditional")
+    sample = (PatchSampler if private is None else PoissonPatchSampler)(train, gen.spec.patch, seed=seed)
+    run(conditional_step(gen, disc, sample, cfg.training, device, first_step=(round_ - 1) * steps, optimizers=opts,
+                         private=private), steps, desc="conditional")
     return {f"{prefix}.{k}": v.cpu() for prefix, opt in zip("gd", opts, strict=True)
             for k, v in optimizer_tensors(opt).items()}

@@ -77,7 +77,11 @@ class PatchSampler:
         """(B, 1, F, size) patches and their labels (and the requested ``aux`` values)."""
         rows = (self.rng.integers(0, len(self.data), size=batch_size) if self.p is None
                 else self.rng.choice(len(self.data), size=batch_size, p=self.p))
-        x = np.stack([self._crop(r) for r in rows])
+        return self._batch(rows)
+
+    def _batch(self, rows: np.ndarray) -> SerBatch:
+        x = (np.stack([self._crop(r) for r in rows]) if len(rows)
+             else np.zeros((0, self.data.feats[0].shape[0], self.size), dtype=self.data.feats[0].dtype))
         y = np.asarray([self.data.labels[r] for r in rows], dtype=np.int64)
         batch = torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)
         if not self.aux:
@@ -93,6 +97,18 @@ class PatchSampler:
         centre = int(self.rng.integers(first, last + 1))
         start = min(max(centre - self.size // 2, 0), feat.shape[1] - self.size)
         return feat[:, start : start + self.size]
+
+
+class PoissonPatchSampler(PatchSampler):
+    """DP-SGD's sampling (common/privacy.py): each call draws every utterance independently with
+    probability q = min(1, ``batch_size`` / N) and one random patch of each drawn one, so a batch
+    holds at most one patch per utterance and its size varies around q N (what the privacy
+    accountants analyse). Per-utterance weights do not apply."""
+
+    def __call__(self, batch_size: int) -> SerBatch:
+        """(B, 1, F, size) patches and labels, B ~ Binomial(N, q) (possibly 0)."""
+        rate = min(1.0, batch_size / len(self.data))
+        return self._batch(np.flatnonzero(self.rng.random(len(self.data)) < rate))
 
 
 class UtteranceSampler:

@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
 
 from common.audit import fake_trained_classifier
-from common.config import STRATEGY_REGIMES
+from common.config import STRATEGY_REGIMES, DpConfig
 from common.features import MinMax, resolve_device
 from common.metrics import confusion_from_cells
 from common.models.sngan import Generator
@@ -68,6 +68,32 @@ def remote_scores(fed: Federation, session: int, state: dict[str, torch.Tensor],
     return {**scores, "confusion": confusion_from_cells(m)}
 
 
+def within_budget(dp: DpConfig | None, replies: Mapping[str, RecordDict], failures: dict[str, str]) -> dict[str, RecordDict]:
+    """The ``replies`` whose node spent at most the study's privacy budget (``training.dp.epsilon``,
+    the ``epsilon`` metric a private stage 3 reports). One over it, or one without the metric, is
+    refused: left out, said in one line and recorded in ``failures`` (the run's failure tags)."""
+    if dp is None:
+        return dict(replies)
+    kept: dict[str, RecordDict] = {}
+    for name, reply in replies.items():
+        spent = reply["metrics"].get("epsilon")
+        if spent is None:
+            why = "refused: it reports no epsilon, but training.dp is set (is the node running this config?)"
+        elif dp.epsilon is not None and float(spent) > dp.epsilon:
+            why = f"refused: it spent epsilon {float(spent):.4g}, over the budget training.dp.epsilon = {dp.epsilon:g}"
+        else:
+            kept[name] = reply
+            continue
+        log.warning("%s: %s", name, why)
+        failures.setdefault(name, why)
+    return kept
+
+
+def spent(replies: Mapping[str, RecordDict]) -> dict[str, float]:
+    """Each reply's ``epsilon`` metric, by node (none when training.dp is off)."""
+    return {name: float(r["metrics"]["epsilon"]) for name, r in replies.items() if "epsilon" in r["metrics"]}
+
+
 class FederatedRegime:
     """What both federated regimes share: the nodes, the scaling statistics and the per-fold flow
     (fit with selection at the held-out node, then score it there)."""
@@ -79,6 +105,7 @@ class FederatedRegime:
         self.fed, self.cfg, self.stored = fed, cfg, stored
         self.folds = tuple(cfg.folds.sessions)  # a fold is named by its held-out session
         self.log = RegimeLog(failures=fed.failures)
+        self.epsilons: dict[str, float] = {}  # training.dp: what each node reported spending, by name
 
     def run(self, todo: Collection[int], store: GeneratorStore) -> Iterator[FoldOutcome]:
         """Discover the nodes, then one outcome per fold in ``todo`` (skipped folds say why)."""
@@ -193,8 +220,10 @@ class GanFederated(FederatedRegime):
                               "discriminator": ArrayRecord(disc.state_dict()), "config": stats_config(self.scaling)})
         ask = [name for name in trainers if name not in self.generators]
         outcome = self.fed.exchange("train.gan", dict.fromkeys(ask, content))
+        replies = within_budget(self.cfg.training.dp, outcome.replies, self.fed.failures)
+        self.epsilons = spent(replies)
         fresh: dict[str, Generator] = {}
-        for name, reply in outcome.replies.items():
+        for name, reply in replies.items():
             g = Generator(gen.spec)
             g.load_state_dict(restore_fp32(reply["generator"]))
             fresh[name] = g.to(device).eval()
@@ -204,6 +233,8 @@ class GanFederated(FederatedRegime):
         self.log.metrics.update({"gan_round_seconds": time.perf_counter() - start,
                                  "generators_received": len(fresh), "generators_reused": len(self.generators) - len(fresh),
                                  "generator_failures": len(outcome.failures),
+                                 "generators_refused": len(outcome.replies) - len(replies),
+                                 **{f"epsilon_{name}": e for name, e in self.epsilons.items()},
                                  "generator_bytes": sizes[0] if sizes else 0.0})
         # Stored at once (the server holds no real data: its spectrogram grids show generated columns only).
         store.keep(fresh)
@@ -222,7 +253,11 @@ class GanFederated(FederatedRegime):
             result = trainer.fit(sample, score)
             return (result.best_score if result.best_step is not None else None), result.evals
 
-        return self.scored(test, self.scaling, trainer, fit)
+        outcome = self.scored(test, self.scaling, trainer, fit)
+        fold_epsilons = [e for name, e in self.epsilons.items() if name in training]
+        if fold_epsilons:  # training.dp: the most any source of the fold's pool spent
+            outcome.metrics["epsilon"] = max(fold_epsilons)
+        return outcome
 
 
 class GanFedAvg(FederatedRegime):
@@ -243,14 +278,18 @@ class GanFedAvg(FederatedRegime):
         torch.manual_seed(cfg.training.seed + test)
         disc.replace_head(gen.spec.n_c + 1)  # stage 3's N_c + 1 discriminator, as in finetune()
         local = -(-cfg.training.finetune_iterations // cfg.federation.gan_rounds)
+        self.epsilons = {}
         for rnd in range(1, cfg.federation.gan_rounds + 1):
             content = RecordDict({"generator": ArrayRecord(gen.state_dict()), "discriminator": ArrayRecord(disc.state_dict()),
                                   "config": stats_config(self.scaling, **{"server-round": rnd, "local-steps": local,
                                                                              "fold": test})})
             outcome = self.fed.exchange("train.fedgan", dict.fromkeys(nodes, content))
-            if not outcome.replies:
-                raise NodeFailure(f"fold {test}", f"no training node answered FedGAN round {rnd}: {outcome.failures}")
-            replies = list(outcome.replies.values())
+            answered = within_budget(cfg.training.dp, outcome.replies, self.fed.failures)
+            if not answered:
+                raise NodeFailure(f"fold {test}", f"no training node answered FedGAN round {rnd} within budget: "
+                                                  f"{outcome.failures or self.fed.failures}")
+            self.epsilons = spent(answered)
+            replies = list(answered.values())
             weights = [float(r["metrics"]["num-examples"]) for r in replies]
             gen.load_state_dict(weighted_average([r["generator"].to_torch_state_dict() for r in replies], weights))
             disc.load_state_dict(weighted_average([r["discriminator"].to_torch_state_dict() for r in replies], weights))
@@ -279,6 +318,8 @@ class GanFedAvg(FederatedRegime):
         outcome = self.scored(test, self.scaling, trainer, fit)
         outcome.seconds += seconds
         outcome.generators = [gen.cpu()]
+        if self.epsilons:  # training.dp: the most a node had spent after the fold's last round
+            outcome.metrics["epsilon"] = max(self.epsilons.values())
         if figures:  # the mean over the training nodes (each audits its own members and held-out data)
             outcome.audit = {k: float(np.mean([f[k] for f in figures])) for k in figures[0]}
         return outcome

@@ -29,6 +29,7 @@ from common.data import Corpus
 from common.features import MinMax, resolve_device
 from common.models.sngan import GanSpec, Generator
 from common.pipeline import PretrainedGan, finetune, state_digest, training_speakers
+from common.privacy import stage3_plan
 from common.regimes import FoldOutcome, GeneratorStore, RegimeLog, fold_generator, stored_generator
 from common.schema import StudyConfig
 from common.splits import Fold
@@ -110,6 +111,9 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
     sample, generators = SOURCES[regime](data, trainer, split, fold, progress)
     result = trainer.fit(sample, validation, progress=progress)
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
+    private = stage3_plan(cfg.training, len(split.members), cfg.training.finetune_iterations)
+    if regime == "gan-central" and trains_gan and private is not None:
+        metrics["epsilon"] = private.epsilon()  # training.dp: the fine-tuned generator's guarantee
     val = result.best_score if result.best_step is not None else None
     audit = audit_generator(cfg, generators[0], split.members, split.held_out, seed=cfg.training.seed) if audited else {}
     return FoldOutcome(regime=regime, fold=fold.index, test_session=fold.test_session, metrics=metrics,

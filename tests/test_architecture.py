@@ -47,7 +47,7 @@ LAYERS = (
     ("common.config", "common.threads"),
     ("common.audio", "common.metrics", "common.corpora"),
     ("common.features",),
-    ("common.views", "common.splits", "common.models", "common.synthesis"),
+    ("common.views", "common.splits", "common.models", "common.synthesis", "common.privacy"),
     ("common.data",),
     ("common.trainers",),
     ("common.trainers.registry", "common.audit"),

@@ -93,8 +93,8 @@ SCALAR_REPLIES = {  # message type -> the metric keys a reply may hold (all scal
     "query": re.compile(r"utterances|count-\w+|feat-min|feat-max"),
     "evaluate": re.compile(r"num-examples|f1_macro|ua|wa|cm_\d+_\d+"),
     "train": re.compile(r"num-examples|loss|train_loss"),
-    "train.gan": re.compile(r"num-examples|seconds"),
-    "train.fedgan": re.compile(r"num-examples"),
+    "train.gan": re.compile(r"num-examples|seconds|epsilon"),
+    "train.fedgan": re.compile(r"num-examples|epsilon"),
 }
 
 

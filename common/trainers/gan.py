@@ -25,6 +25,7 @@ from torch import nn
 
 from common.config import TrainingConfig
 from common.models.sngan import Discriminator, GanSpec, Generator
+from common.privacy import DpPlan, noisy_gradient
 from common.trainers.augment import augmenter
 from common.trainers.base import Hook, LoopResult, Step, run
 from common.views import Batch, Sampler, SerBatch
@@ -201,7 +202,8 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: Mapping[str, tor
 
 def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler, cfg: TrainingConfig,
                      device: torch.device, first_step: int = 0,
-                     optimizers: tuple[torch.optim.Adam, torch.optim.Adam] | None = None) -> Step:
+                     optimizers: tuple[torch.optim.Adam, torch.optim.Adam] | None = None,
+                     private: DpPlan | None = None) -> Step:
     """Stage 3: D classifies real into its N_c classes and fakes into class N_c; G wants its condition.
 
     Fake conditions are drawn uniformly over the classes, so minority emotions get as many
@@ -220,11 +222,16 @@ def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler
       noises, and G's loss adds lambda x :func:`mode_seeking` (Mao et al. 2019, MSGAN);
     - ``cfg.finetune_freeze_d`` = K > 0: D's K lowest convolutions keep their weights
       (:func:`trainable_discriminator`, Mo et al. 2020, FreezeD).
+
+    ``private`` (common/privacy.py, ``training.dp``): D's real-data gradient is DP-SGD's (per-patch
+    clipped, noised) on a Poisson batch from ``sample`` (a :class:`common.views.PoissonPatchSampler`);
+    the fakes keep ``cfg.batch_size`` rows. None: the step above, bit for bit.
     """
     n_c = gen.spec.n_c
     # ``optimizers``: G's and D's Adam (:func:`stage3_optimizers`), given by a FedGAN node that keeps
     # their moments between rounds (federation.gan_local_state); fresh otherwise.
     opt_g, opt_d = optimizers or stage3_optimizers(gen, disc, cfg)
+    trained_d = [p for group in opt_d.param_groups for p in group["params"]]
     aug = augmenter(cfg.finetune_augment)
     ramp, seeking = cfg.finetune_class_ramp, cfg.finetune_mode_seeking
 
@@ -236,16 +243,24 @@ def conditional_step(gen: ConditionalGenerator, disc: nn.Module, sample: Sampler
     def step(i: int) -> dict[str, float]:
         real, labels = labeled_batch(sample(cfg.batch_size))
         real, labels = real.to(device), labels.to(device)
-        b = real.shape[0]
+        b = real.shape[0] if private is None else cfg.batch_size
         wanted = torch.randint(0, n_c, (b,), device=device)
         if seeking:  # pairs: row i and row i + b // 2 share a condition (an odd batch's last row is alone)
             wanted[b // 2:2 * (b // 2)] = wanted[:b // 2]
         noise = _noise(gen, b, device)
         fake = gen(noise, F.one_hot(wanted, n_c).float())  # one pass for both updates
         fake_class = torch.full((b,), n_c, device=device)  # the last output is "fake"
-        d_loss = real_class_loss(disc(aug(real)), labels, i) + F.cross_entropy(disc(aug(fake.detach())), fake_class)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
+        if private is None:
+            d_loss = real_class_loss(disc(aug(real)), labels, i) + F.cross_entropy(disc(aug(fake.detach())), fake_class)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+        else:  # the fakes' gradient is exact (they hold no real data); the real part is DP-SGD's
+            opt_d.zero_grad(set_to_none=True)
+            fake_loss = F.cross_entropy(disc(aug(fake.detach())), fake_class)
+            fake_loss.backward()
+            real_loss = noisy_gradient(disc, trained_d, lambda logits, y: real_class_loss(logits, y, i),
+                                       aug(real) if len(real) else real, labels, private)
+            d_loss = fake_loss.detach() + real_loss
         opt_d.step()
         with frozen(disc):
             g_loss = real_class_loss(disc(aug(fake)), wanted, i)
@@ -263,16 +278,22 @@ def train_stage(
     stage: str, gen: Generator, disc: Discriminator, sample: Sampler, cfg: TrainingConfig,
     iterations: int, device: torch.device, progress: bool = False, *,
     evaluate: Callable[[], float] | None = None, eval_every: int = 0, hooks: Sequence[Hook] = (),
+    private: DpPlan | None = None,
 ) -> LoopResult:
     """Run one stage (``autoencoder``, ``wgan-gp`` or ``conditional``) for ``iterations`` steps;
-    ``evaluate``/``eval_every``/``hooks`` as in :func:`common.trainers.base.run` (generator selection).
+    ``evaluate``/``eval_every``/``hooks`` as in :func:`common.trainers.base.run` (generator selection);
+    ``private``: the conditional stage's DP-SGD (:func:`conditional_step`).
 
     ``disc`` must already carry the stage's head: N_z, 1 or N_c + 1 outputs.
     """
     builders = {"autoencoder": autoencoder_step, "wgan-gp": wgan_gp_step, "conditional": conditional_step}
     if stage not in builders:
         raise ValueError(f"unknown GAN stage {stage!r}; choose from {sorted(builders)}")
+    if private is not None and stage != "conditional":
+        raise ValueError(f"differential privacy covers the conditional stage only, not {stage!r}")
     gen.to(device).train()
     disc.to(device).train()
-    return run(builders[stage](gen, disc, sample, cfg, device), iterations, desc=stage, progress=progress,
+    step = (builders[stage](gen, disc, sample, cfg, device) if private is None
+            else conditional_step(gen, disc, sample, cfg, device, private=private))
+    return run(step, iterations, desc=stage, progress=progress,
                evaluate=evaluate, eval_every=eval_every, hooks=hooks)

@@ -1,0 +1,187 @@
+"""Differentially private stage 3 (``training.dp``, common/privacy.py): the per-utterance clipped,
+noised discriminator gradient, Poisson batches, the accountant, and the server's budget check."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flwr.app import MetricRecord, RecordDict
+
+from common.config import ConfigError, DpConfig
+from common.models.sngan import Discriminator, GanSpec, Generator
+from common.pipeline import finetune, state_digest
+from common.privacy import DpPlan, noisy_gradient, plan, spent_epsilon
+from common.schema import load_config
+from common.views import PoissonPatchSampler
+from server.regimes import within_budget
+from tests.conftest import FAST_STUDY_TABLES, study_file
+from tests.inline import run_inline
+from tests.test_gan_training import spectrograms
+
+SPEC = GanSpec(n_z=8, n_c=4, width=0.0625, patch=32)
+
+
+def discriminator_and_batch(b: int = 6) -> tuple[Discriminator, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    disc = Discriminator(SPEC, SPEC.n_c + 1).train()
+    x, y = torch.randn(b, 1, SPEC.patch, SPEC.patch), torch.randint(0, SPEC.n_c, (b,))
+    with torch.no_grad():
+        disc(x)  # a training-mode pass: the power iteration the step's fake pass does first
+    return disc, x, y
+
+
+def no_noise(n: int, clip: float) -> DpPlan:
+    return DpPlan(utterances=n, sample_rate=1.0, steps=1, noise_multiplier=0.0, clip=clip, delta=1e-5, accountant="rdp")
+
+
+def test_unclipped_noiseless_per_utterance_gradients_sum_to_the_batch_gradient() -> None:
+    disc, x, y = discriminator_and_batch()
+    expected = torch.autograd.grad(F.cross_entropy(disc.eval()(x), y), list(disc.parameters()))
+    disc.train()
+    params = list(disc.parameters())
+    loss = noisy_gradient(disc, params, F.cross_entropy, x, y, no_noise(len(x), clip=1e9))
+    # float32 both ways, summed in another order over ~1e3 terms per coordinate: 1e-4 of the largest
+    # entry bounds it on any CPU kernel (observed 2e-6).
+    for want, p in zip(expected, params, strict=True):
+        assert p.grad is not None
+        assert torch.allclose(p.grad, want, rtol=0, atol=1e-4 * want.abs().max().item() + 1e-12)
+    assert loss == pytest.approx(F.cross_entropy(disc.eval()(x), y).item(), rel=1e-5)
+
+
+def test_each_utterance_moves_the_gradient_by_at_most_the_clip_norm() -> None:
+    disc, x, y = discriminator_and_batch()
+    params = list(disc.parameters())
+    norms = []
+    for i in range(len(x)):
+        for p in params:
+            p.grad = None
+        noisy_gradient(disc, params, F.cross_entropy, x[i:i + 1], y[i:i + 1], no_noise(1, clip=1e9))
+        norms.append(math.sqrt(sum(float(p.grad.pow(2).sum()) for p in params)))  # type: ignore[union-attr]
+    clip = float(np.median(norms))  # half the utterances are clipped, half are not
+    for i, raw in enumerate(norms):
+        for p in params:
+            p.grad = None
+        noisy_gradient(disc, params, F.cross_entropy, x[i:i + 1], y[i:i + 1], no_noise(1, clip=clip))
+        got = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in params))  # type: ignore[union-attr]
+        assert got == pytest.approx(min(raw, clip), rel=1e-4)
+
+
+def test_the_noise_is_sigma_times_clip_over_the_expected_batch() -> None:
+    disc, x, _ = discriminator_and_batch()
+    params = list(disc.parameters())
+    private = DpPlan(utterances=40, sample_rate=0.25, steps=1, noise_multiplier=3.0, clip=0.5, delta=1e-5, accountant="rdp")
+    torch.manual_seed(1)
+    noisy_gradient(disc, params, F.cross_entropy, x[:0], torch.zeros(0, dtype=torch.long), private)  # an empty Poisson batch
+    noise = torch.cat([p.grad.flatten() for p in params])  # type: ignore[union-attr]
+    assert noise.numel() > 5_000
+    assert noise.mean().abs().item() < 4 * 0.15 / math.sqrt(noise.numel())
+    assert noise.std().item() == pytest.approx(3.0 * 0.5 / (0.25 * 40), rel=0.05)
+
+
+def gaussian_epsilon_by_hand(sigma: float, steps: int, delta: float) -> float:
+    """No subsampling: each step is the Gaussian mechanism, RDP alpha / (2 sigma^2) (Mironov 2017,
+    Prop. 7), composed additively over the steps; converted to (epsilon, delta) as Balle et al. 2020
+    (Thm. 21) do, at Opacus's orders."""
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    return min(steps * a / (2 * sigma**2) + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1)
+               for a in orders)
+
+
+def test_epsilon_without_subsampling_is_the_composed_gaussian_mechanism() -> None:
+    assert spent_epsilon(2.0, 1.0, 4, 1e-5) == pytest.approx(gaussian_epsilon_by_hand(2.0, 4, 1e-5), rel=1e-12)
+    assert spent_epsilon(5.0, 1.0, 100, 1e-3) == pytest.approx(gaussian_epsilon_by_hand(5.0, 100, 1e-3), rel=1e-12)
+    # Subsampling and fewer steps only spend less; no step spends nothing.
+    assert spent_epsilon(2.0, 0.3, 4, 1e-5) < spent_epsilon(2.0, 1.0, 4, 1e-5) and spent_epsilon(2.0, 1.0, 0, 1e-5) == 0
+
+
+def test_a_budget_is_met_by_the_noise_the_plan_picks() -> None:
+    dp = DpConfig(epsilon=3.0)
+    private = plan(dp, utterances=46, batch_size=32, steps=600)
+    assert private.delta == pytest.approx(1 / 46) and private.sample_rate == pytest.approx(32 / 46)
+    assert 0.97 * 3.0 < private.epsilon() <= 3.0
+    assert private.epsilon(300) < private.epsilon()
+    fixed = plan(DpConfig(noise_multiplier=private.noise_multiplier / 2), 46, 32, 600)
+    assert fixed.epsilon() > 3.0  # half the noise spends more than the budget
+
+
+def test_poisson_batches_hold_each_utterance_at_most_once_at_rate_b_over_n() -> None:
+    data = spectrograms(per_class=5)  # 20 utterances
+    sample = PoissonPatchSampler(data, 32, seed=0)
+    sizes = []
+    for _ in range(400):
+        x, y = sample(5)
+        assert x.shape[1:] == (1, 32, 32) and len(y) == len(x)
+        sizes.append(len(x))
+    assert np.mean(sizes) == pytest.approx(5, rel=0.05) and min(sizes) < 5 < max(sizes)
+    assert 0 in {len(PoissonPatchSampler(data, 32, seed=s)(1)[0]) for s in range(40)}  # q = 1/20: empty batches happen
+    assert len(sample(100)[0]) == 20  # q is capped at 1: everyone, once
+
+
+def test_a_private_finetune_differs_from_the_plain_one_and_runs_on_noise() -> None:
+    def tuned(**dp: float) -> str:
+        cfg = load_config(overrides={"training": {"batch_size": 8, "finetune_iterations": 3,
+                                                  **({"dp": dp} if dp else {})}})
+        torch.manual_seed(0)
+        return state_digest(finetune(cfg, Generator(SPEC), Discriminator(SPEC, 1), spectrograms(per_class=2)).state_dict())
+
+    plain = tuned()
+    assert plain == tuned()  # dp off: the same generator every time
+    assert tuned(noise_multiplier=1.0) not in {plain, tuned(noise_multiplier=50.0)}
+
+
+def test_dp_needs_a_budget_or_a_noise_and_no_selection() -> None:
+    with pytest.raises(ConfigError, match="training.dp needs epsilon"):
+        load_config(overrides={"training": {"dp": {"clip": 1.0}}})
+    with pytest.raises(ConfigError, match="finetune_select_every"):
+        load_config(overrides={"training": {"dp": {"epsilon": 3}, "finetune_select_every": 50}})
+
+
+def reply(**metrics: float) -> RecordDict:
+    return RecordDict({"metrics": MetricRecord({"num-examples": 10, **metrics})})
+
+
+def test_the_server_refuses_a_generator_over_budget_or_without_its_epsilon(caplog: pytest.LogCaptureFixture) -> None:
+    replies = {"Session1": reply(epsilon=2.9), "Session2": reply(epsilon=3.4), "Session3": reply()}
+    failures: dict[str, str] = {}
+    kept = within_budget(DpConfig(epsilon=3.0), replies, failures)
+    assert list(kept) == ["Session1"]
+    assert failures["Session2"] == "refused: it spent epsilon 3.4, over the budget training.dp.epsilon = 3"
+    assert "reports no epsilon" in failures["Session3"]
+    assert "Session2: refused" in caplog.text
+    assert within_budget(None, replies, {}) == replies  # dp off: nothing to check
+    assert list(within_budget(DpConfig(noise_multiplier=1.0), replies, {})) == ["Session1", "Session2"]  # no budget
+
+
+@pytest.mark.usefixtures("serverapp_identity")
+def test_private_federated_regimes_report_the_epsilon_each_node_spent(tmp_path: Path, pretrained_gan: Path) -> None:
+    """gan-federated and gan-fedavg on the in-process grid with training.dp: every node's batch is
+    its whole session (q = 1, batch 64), so each fold's epsilon is the Gaussian mechanism composed
+    over stage 3's 4 steps (gan-fedavg: 2 rounds of 2), by hand; a budget below it refuses them all."""
+    hand = gaussian_epsilon_by_hand(2.0, 4, 1e-5)
+
+    def study(name: str, budget: float, regimes: tuple[str, ...] = ("gan-federated", "gan-fedavg")) -> dict:
+        (tmp_path / name).mkdir()
+        toml = (f'name = "{name}"\n' + FAST_STUDY_TABLES.replace("[training]\n", "[training]\nbatch_size = 64\n")
+                .replace("[audit]\n", "[audit]\nenabled = false\n")
+                + f'[model]\npretrained = "{pretrained_gan}"\n[training.dp]\nnoise_multiplier = 2.0\ndelta = 1e-5\n'
+                f'epsilon = {budget}\n[federation]\nnode_wait = 60\ngan_rounds = 2\n[tracking]\nexperiment = "{name}"\n')
+        cfg = load_config(study_file(tmp_path / name, toml))
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        return run_inline(cfg, regimes, 5)
+
+    within = study("within", hand * 1.01)
+    for regime, outcomes in within.items():
+        assert [o.skipped for o in outcomes] == [None, None], regime
+        assert [o.metrics["epsilon"] for o in outcomes] == pytest.approx([hand, hand], rel=1e-9), regime
+    # The nodes fine-tune and the server refuses every generator: no SER is trained.
+    [over] = study("over", hand / 2, ("gan-federated",)).values()
+    assert all("no training node's generator arrived" in str(o.skipped) for o in over)
+    [parent] = [r for r in mlflow.search_runs(experiment_names=["over"], output_format="list")
+                if r.data.tags.get("regime") == "gan-federated" and r.data.tags.get("kind") == "regime"]
+    assert parent.data.metrics["generators_refused"] == 5
