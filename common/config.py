@@ -278,6 +278,11 @@ class AuditConfig(Section):
     iterations: int = Field(2000, ge=1)
     # k-means cells of the data-copying statistic C_T (Meehan et al. 2020).
     cells: int = Field(5, ge=1)
+    # The speaker-gender attack on gan-federated's generators (common/attacks.py), run by the
+    # server when every training node holds one speaker (federation.partition = "speaker"),
+    # with this many public utterances per gender from the pre-training corpus.
+    gender_attack: bool = True
+    gender_public_per_gender: int = Field(200, ge=1)
 
 
 # IEMOCAP's five sessions: one node each in the federated regimes (simulated node i holds SESSIONS[i]).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from functools import partial
@@ -32,6 +33,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
 
+from common.attacks import female_score, gender_attack, gender_classifier, public_genders
 from common.audit import fake_trained_classifier
 from common.config import STRATEGY_REGIMES, DpConfig
 from common.features import MinMax, resolve_device
@@ -240,6 +242,27 @@ class GanFederated(FederatedRegime):
         store.keep(fresh)
         log.info("generators from %d nodes, failures %s", len(self.generators), outcome.failures)
         self.log.audits.update(self.audit(fresh))
+        self.log.metrics.update(self.gender_attack(fresh))
+
+    def gender_attack(self, generators: Mapping[str, Generator]) -> dict[str, float]:
+        """The speaker-gender attack (common/attacks.py) on the generators the nodes sent, with public
+        speech only: each node's score (``gender_female_<node>``) and the figures over nodes. Run when
+        every node holds one speaker whose IEMOCAP id ends in its gender (the truth it is scored
+        against; the attacker does not use it)."""
+        cfg = self.cfg
+        genders = {name: m[1] for name in generators if (m := re.search(r"Ses\d\d[a-z]?([FM])$", name))}
+        if not (cfg.audit.enabled and cfg.audit.gender_attack and cfg.federation.partition == "speaker" and genders):
+            return {}
+        try:
+            public = public_genders(cfg, self.scaling, cfg.audit.gender_public_per_gender, cfg.training.seed)
+        except (ValueError, OSError) as exc:  # no public speech of both genders: said once, the study goes on
+            log.warning("gender attack skipped: %s", exc)
+            return {}
+        clf = gender_classifier(cfg, public, cfg.training.seed)
+        scores = {name: female_score(clf, g, cfg, cfg.training.seed) for name, g in generators.items() if name in genders}
+        figures = gender_attack(scores, genders, seed=cfg.training.seed)
+        log.info("gender attack on %d generators: %s", len(scores), {k: round(v, 3) for k, v in figures.items()})
+        return {**{f"gender_female_{name}": v for name, v in scores.items()}, **figures}
 
     def fold(self, test: int) -> FoldOutcome:
         training = {n.name for n in self.fed.training(test)}

@@ -50,7 +50,7 @@ LAYERS = (
     ("common.views", "common.splits", "common.models", "common.synthesis", "common.privacy"),
     ("common.data",),
     ("common.trainers",),
-    ("common.trainers.registry", "common.audit"),
+    ("common.trainers.registry", "common.audit", "common.attacks"),
     ("common.schema", "common.pipeline", "common.regimes"),
 )
 

@@ -45,14 +45,17 @@ def test_librispeech_layout_and_transcripts(tmp_path: Path) -> None:
     for i in range(2):
         sf.write(chapter / f"19-198-{i:04d}.flac", tone(), 16_000)
     (chapter / "19-198.trans.txt").write_text("19-198-0000 NORTHANGER ABBEY\n19-198-0001 CHAPTER ONE\n")
-    (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").write_text(";ID |SEX| SUBSET |MINUTES| NAME\n")
+    (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").write_text(";ID |SEX| SUBSET |MINUTES| NAME\n"
+                                                          "19   | F | train-clean-100  | 25.19 | Kara Shallenberg\n")
     root = tmp_path / "LibriSpeech"
     assert detect_corpus(root) == "librispeech"
     scan = read_corpus(root)
-    assert [(u.id, u.speaker, u.transcript, u.label) for u in scan.utterances] == [
-        ("19-198-0000", "19", "NORTHANGER ABBEY", None), ("19-198-0001", "19", "CHAPTER ONE", None),
+    assert [(u.id, u.speaker, u.gender, u.transcript, u.label) for u in scan.utterances] == [
+        ("19-198-0000", "19", "F", "NORTHANGER ABBEY", None), ("19-198-0001", "19", "F", "CHAPTER ONE", None),
     ]
     assert scan.skipped == []
+    # A subset folder finds SPEAKERS.TXT one level up.
+    assert {u.gender for u in read_corpus(root / "train-clean-100", "librispeech").utterances} == {"F"}
 
 
 def test_any_folder_of_audio_skips_non_audio_and_bad_files(tmp_path: Path) -> None:

@@ -84,14 +84,29 @@ def read_librispeech(root: Path) -> Scan:
         for line in trans.read_text(encoding="utf-8", errors="replace").splitlines():
             key, _, text = line.partition(" ")
             texts[key] = text.strip()
+    genders = librispeech_genders(root)
     # SPEAKERS.TXT, *.trans.txt and our synthetic manifest are metadata, not skips.
     for path in audio_files(root, scan, ignore=lambda p: p.suffix.lower() in {".txt", ".json"}):
         m = _LIBRISPEECH.match(path.stem)
         if m is None:
             scan.skipped.append(Skip(path, "file name is not <speaker>-<chapter>-<utterance>", "bad file name"))
             continue
-        add_utterance(scan, path, speaker=m[1], transcript=texts.get(path.stem))
+        add_utterance(scan, path, speaker=m[1], gender=genders.get(m[1]), transcript=texts.get(path.stem))
     return scan
+
+
+def librispeech_genders(root: Path) -> dict[str, str]:
+    """Speaker id -> "F" or "M" from ``SPEAKERS.TXT`` (``ID | SEX | SUBSET | MINUTES | NAME``, ";"
+    comments), in ``root`` or the LibriSpeech folder above a subset folder; {} when there is none."""
+    found = next((d / "SPEAKERS.TXT" for d in (root, root.parent) if (d / "SPEAKERS.TXT").is_file()), None)
+    if found is None:
+        return {}
+    genders = {}
+    for line in found.read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if not line.startswith(";") and len(fields) >= 2 and fields[1] in {"F", "M"}:
+            genders[fields[0]] = fields[1]
+    return genders
 
 
 def read_folder(root: Path) -> Scan:
