@@ -385,18 +385,27 @@ def report(
 
 
 def _report(uri: str, name: str, as_json: bool = False) -> None:
-    from simulations.report import comparisons, fold_rows, generator_rows, log_report, markdown, report_json
+    from simulations.report import (
+        comparisons,
+        fold_rows,
+        generator_rows,
+        log_report,
+        markdown,
+        privacy_rows,
+        report_json,
+    )
 
     rows = fold_rows(uri, name)
     if not rows:
         raise ValueError(f"experiment {name!r} has no finished fold runs yet")
     comps = comparisons(uri, name)
     generators = generator_rows(uri, name)
+    privacy = privacy_rows(uri, name)
     if as_json:
-        print(json.dumps(report_json(rows, comps, generators), indent=2))
+        print(json.dumps(report_json(rows, comps, generators, privacy), indent=2))
         return
-    text = markdown(rows, comps, generators)
-    run_id = log_report(uri, name, rows, text, comps=comps, generators=generators)
+    text = markdown(rows, comps, generators, privacy)
+    run_id = log_report(uri, name, rows, text, comps=comps, generators=generators, privacy=privacy)
     print(text)  # plain: markdown meant to be copied, never re-wrapped to the terminal width
     files = "report.md, report.json, report.png" + (" and generators.png" if generators else "")
     console.print(f"logged {files} to MLflow run {run_id} ({uri})", markup=False, highlight=False)

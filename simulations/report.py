@@ -199,6 +199,54 @@ def generator_rows(tracking_uri: str, experiment: str, regimes: Sequence[str] | 
                                        generator_order(r["generator"])))
 
 
+# What a regime's parent run may log about privacy: training.dp's epsilon (common/privacy.py) and the
+# speaker-gender attack on its generators (common/attacks.py).
+GENDER_KEYS = ("gender_auc", "gender_auc_low", "gender_auc_high", "gender_accuracy", "gender_chance",
+               "gender_advantage", "gender_nodes")
+
+
+def privacy_rows(tracking_uri: str, experiment: str, regimes: Sequence[str] | None = None,
+                 trainers: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per newest parent run of each (regime, trainer, seed) that logged privacy figures:
+    ``epsilon`` (training.dp: the most any node or fold spent) and the gender attack's figures."""
+    parents = _selected_parents(tracking_uri, experiment, regimes, trainers)
+    spent: dict[str, list[float]] = {}
+    for r in _fold_children(experiment):
+        if "epsilon" in r.data.metrics:
+            spent.setdefault(r.data.tags.get("mlflow.parentRunId", ""), []).append(r.data.metrics["epsilon"])
+    rows = []
+    for (regime, trainer, seed), run in parents.items():
+        m = run.data.metrics
+        eps = [v for k, v in m.items() if k.startswith("epsilon_")] + spent.get(run.info.run_id, [])
+        row = {k: m[k] for k in GENDER_KEYS if k in m} | ({"epsilon": max(eps)} if eps else {})
+        if row:
+            rows.append({"regime": regime, "trainer": trainer, "seed": seed, **row})
+    return sorted(rows, key=lambda r: (*_regime_order(r["regime"]), r["trainer"], r["seed"]))
+
+
+def privacy_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The privacy table: epsilon spent and the gender attack (AUC with its interval, accuracy beside
+    chance, advantage) per regime and seed; empty when nothing was logged."""
+    if not rows:
+        return ""
+    lines = ["Privacy (training.dp's epsilon; the speaker-gender attack on generators, common/attacks.py):", "",
+             "| regime | seed | epsilon | gender AUC (95 % CI) | accuracy (chance) | advantage | nodes |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        auc = (f"{r['gender_auc']:.3f} [{r['gender_auc_low']:.3f}, {r['gender_auc_high']:.3f}]"
+               if "gender_auc" in r else "-")
+        acc = f"{r['gender_accuracy']:.3f} ({r['gender_chance']:.3f})" if "gender_accuracy" in r else "-"
+        nodes = f"{r['gender_nodes']:.0f}" if "gender_nodes" in r else "-"
+        eps = f"{r['epsilon']:.3g}" if "epsilon" in r else "inf"
+        lines.append(f"| {_label(r)} | {r['seed']} | {eps} | {auc} | {acc} | "
+                     f"{_figure(r.get('gender_advantage'))} | {nodes} |")
+    lines += ["", "epsilon inf: no differential privacy. Gender AUC: how well the attack's score (mean P(female) of a "
+              "node's generated samples under a classifier trained on public speech) separates the one-speaker "
+              "nodes by gender, chance 0.5, interval a bootstrap over nodes; accuracy at P = 0.5 beside the larger "
+              "gender's share; advantage: mean 2 P(true gender) - 1, chance 0."]
+    return "\n".join(lines) + "\n"
+
+
 def generator_runs(run_id: str) -> dict[str, str]:
     """Which run each generator :func:`server.tracking.stored_generators` finds for ``run_id``
     belongs to, by the same names: the run's own (``Session<N>``; ``fold<N>`` when ``run_id`` is a
@@ -400,7 +448,7 @@ def _p(p: float) -> str:
 
 
 def markdown(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison] = (),
-             generators: Sequence[dict[str, Any]] | None = None) -> str:
+             generators: Sequence[dict[str, Any]] | None = None, privacy: Sequence[dict[str, Any]] = ()) -> str:
     """The report as markdown: folds; mean ± std and 95 % CI; paired tests; seed 000's valence
     measures where a trainer logged them; each paper's headline table beside ours with its protocol
     verdict (``comps``, :func:`comparisons`); with ``generators`` (:func:`generator_rows`) the
@@ -434,7 +482,8 @@ def markdown(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison] = (),
     if comps:
         lines += ["", papers_markdown(rows, comps).rstrip("\n")]
     text = "\n".join(lines) + "\n"
-    return text if generators is None else f"{text}\n{generators_markdown(generators)}"
+    text = text if generators is None else f"{text}\n{generators_markdown(generators)}"
+    return f"{text}\n{privacy_markdown(privacy)}" if privacy else text
 
 
 # The generators table's columns: (audit figure, header). ``diversity_generated`` (what a server
@@ -517,7 +566,7 @@ def papers_json(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison]) -> 
 
 
 def report_json(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison] = (),
-                generators: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+                generators: Sequence[dict[str, Any]] = (), privacy: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The report as JSON-ready data: ``rows``; per (regime, trainer) cells, folds, seeds and each score's
     mean, std and 95 % CI (``regimes``); the paired tests (``pairs``); the description of the interval
     and of the test; each compared paper with its verdict and headline cells (``papers``,
@@ -526,7 +575,7 @@ def report_json(rows: Sequence[dict[str, Any]], comps: Sequence[Comparison] = ()
     return _plain({"rows": [dict(r) for r in rows], "regimes": regime_stats(rows, (*SCORES, *EXTRA)),
                    "pairs": paired_tests(rows), "interval": INTERVAL, "paired_note": f"{TEST}. {paired_note()}",
                    "papers": papers_json(rows, comps), "generators": [dict(g) for g in generators],
-                   "generator_regimes": generator_summary(generators)})
+                   "generator_regimes": generator_summary(generators), "privacy": [dict(p) for p in privacy]})
 
 
 def report_png(rows: Sequence[dict[str, Any]], path: Path, comps: Sequence[Comparison] = ()) -> Path:
@@ -569,7 +618,8 @@ def generators_png(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def log_report(tracking_uri: str, experiment: str, rows: Sequence[dict[str, Any]], text: str,
-               comps: Sequence[Comparison] | None = None, generators: Sequence[dict[str, Any]] = ()) -> str:
+               comps: Sequence[Comparison] | None = None, generators: Sequence[dict[str, Any]] = (),
+               privacy: Sequence[dict[str, Any]] = ()) -> str:
     """Log the markdown (report.md), the JSON (report.json), the cells-and-intervals plot
     (report.png) and, when there are audited ``generators``, their panels (generators.png) as
     artifacts of a ``report`` run; returns its id. ``comps``: the papers compared, read from the
@@ -583,7 +633,7 @@ def log_report(tracking_uri: str, experiment: str, rows: Sequence[dict[str, Any]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "report.md").write_text(text, encoding="utf-8")
-            (folder / "report.json").write_text(json.dumps(report_json(rows, comps, generators), indent=2,
+            (folder / "report.json").write_text(json.dumps(report_json(rows, comps, generators, privacy), indent=2,
                                                            allow_nan=False), encoding="utf-8")
             report_png(rows, folder / "report.png", comps)
             names = ["report.md", "report.json", "report.png"]

@@ -20,6 +20,7 @@ from common.privacy import DpPlan, noisy_gradient, plan, spent_epsilon
 from common.schema import load_config
 from common.views import PoissonPatchSampler
 from server.regimes import within_budget
+from simulations.report import privacy_markdown, privacy_rows
 from tests.conftest import FAST_STUDY_TABLES, study_file
 from tests.inline import run_inline
 from tests.test_gan_training import spectrograms
@@ -179,6 +180,11 @@ def test_private_federated_regimes_report_the_epsilon_each_node_spent(tmp_path: 
     for regime, outcomes in within.items():
         assert [o.skipped for o in outcomes] == [None, None], regime
         assert [o.metrics["epsilon"] for o in outcomes] == pytest.approx([hand, hand], rel=1e-9), regime
+    # fedser report's privacy table reads it back from MLflow.
+    rows = privacy_rows(mlflow.get_tracking_uri(), "within")
+    assert [(r["regime"], r["epsilon"]) for r in rows] == [("gan-federated", pytest.approx(hand, rel=1e-9)),
+                                                          ("gan-fedavg", pytest.approx(hand, rel=1e-9))]
+    assert f"| gan-federated | 0 | {hand:.3g} | - |" in privacy_markdown(rows)
     # The nodes fine-tune and the server refuses every generator: no SER is trained.
     [over] = study("over", hand / 2, ("gan-federated",)).values()
     assert all("no training node's generator arrived" in str(o.skipped) for o in over)
