@@ -136,6 +136,21 @@ def test_a_private_finetune_differs_from_the_plain_one_and_runs_on_noise() -> No
     assert tuned(noise_multiplier=1.0) not in {plain, tuned(noise_multiplier=50.0)}
 
 
+def test_a_private_finetune_draws_poisson_batches_of_distinct_utterances(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[list[int]] = []
+    batch = PoissonPatchSampler._batch
+
+    def record(self: PoissonPatchSampler, rows: np.ndarray):  # type: ignore[no-untyped-def]
+        drawn.append(list(rows))
+        return batch(self, rows)
+
+    monkeypatch.setattr(PoissonPatchSampler, "_batch", record)
+    cfg = load_config(overrides={"training": {"batch_size": 4, "finetune_iterations": 30, "dp": {"noise_multiplier": 1.0}}})
+    finetune(cfg, Generator(SPEC), Discriminator(SPEC, 1), spectrograms(per_class=2))  # 8 utterances: q = 1/2
+    assert len(drawn) == 30 and all(len(set(rows)) == len(rows) for rows in drawn)
+    assert len({len(rows) for rows in drawn}) > 1  # the batch size varies around q N = 4
+
+
 def test_dp_needs_a_budget_or_a_noise_and_no_selection() -> None:
     with pytest.raises(ConfigError, match="training.dp needs epsilon"):
         load_config(overrides={"training": {"dp": {"clip": 1.0}}})
