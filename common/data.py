@@ -47,7 +47,9 @@ from common.views import LabeledSet, SerBatch
 # 2: skips carry their kind ([path, reason, kind]) and label-map exclusions are counted; the
 # reader now skips a bad EmoEvaluation line, not its file, so a version-1 manifest (which may
 # hide whole dropped dialogs) is rescanned rather than reused.
-MANIFEST_VERSION = 2
+# 3: LibriSpeech utterances carry their speaker's gender (SPEAKERS.TXT), which the gender attack's
+# public speech needs (common/attacks.py).
+MANIFEST_VERSION = 3
 
 
 # --------------------------------------------------------------------------------------------
