@@ -23,6 +23,7 @@ from server.regimes import within_budget
 from simulations.report import privacy_markdown, privacy_rows
 from tests.conftest import FAST_STUDY_TABLES, study_file
 from tests.inline import run_inline
+from tests.test_federation import assert_eyes_off, audit_lines, state_shapes
 from tests.test_gan_training import spectrograms
 
 SPEC = GanSpec(n_z=8, n_c=4, width=0.0625, patch=32)
@@ -195,6 +196,13 @@ def test_private_federated_regimes_report_the_epsilon_each_node_spent(tmp_path: 
     for regime, outcomes in within.items():
         assert [o.skipped for o in outcomes] == [None, None], regime
         assert [o.metrics["epsilon"] for o in outcomes] == pytest.approx([hand, hand], rel=1e-9), regime
+    # What left the nodes: the networks and scalars, now with each node's epsilon among them.
+    spec = GanSpec.of(load_config(overrides={"work_dir": str(tmp_path)}))
+    shapes = {"generator": state_shapes(Generator(spec)), "discriminator": state_shapes(Discriminator(spec, spec.n_c + 1))}
+    for parent in mlflow.search_runs(experiment_names=["within"], filter_string="tags.kind = 'regime'", output_format="list"):
+        lines = audit_lines(parent)
+        assert any("epsilon" in line["metrics"].get("metrics", {}) for line in lines), parent.data.tags["regime"]
+        assert_eyes_off(lines, shapes)
     # fedser report's privacy table reads it back from MLflow.
     rows = privacy_rows(mlflow.get_tracking_uri(), "within")
     assert [(r["regime"], r["epsilon"]) for r in rows] == [("gan-federated", pytest.approx(hand, rel=1e-9)),
