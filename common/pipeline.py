@@ -222,6 +222,11 @@ def _check_sizes(cfg: StudyConfig, spec: GanSpec) -> None:
                          f"{GanSpec.of(cfg)}; re-run `fedser pretrain` with this config")
 
 
+def stage3_sampler(train: LabeledSet, patch: int, seed: int, private: DpPlan | None) -> PatchSampler:
+    """Stage 3's real batches: patches drawn with replacement (§4.2), or DP-SGD's Poisson batches."""
+    return (PatchSampler if private is None else PoissonPatchSampler)(train, patch, seed=seed)
+
+
 def finetune(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: LabeledSet,
              progress: bool = False, select: Callable[[Generator], float] | None = None) -> Generator:
     """Stage 3 on ``train``: N_c + 1 discriminator head, one-hot conditions (§3.2 Fine-Tuning).
@@ -231,7 +236,7 @@ def finetune(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: Label
     """
     disc.replace_head(gen.spec.n_c + 1)
     private = stage3_plan(cfg.training, len(train), cfg.training.finetune_iterations)
-    sample = (PatchSampler if private is None else PoissonPatchSampler)(train, gen.spec.patch, seed=cfg.training.seed)
+    sample = stage3_sampler(train, gen.spec.patch, cfg.training.seed, private)
     every = cfg.training.finetune_select_every if select is not None else 0
     keep = [KeepBest(gen)] if every else []
     train_stage("conditional", gen, disc, sample, cfg.training, cfg.training.finetune_iterations,
@@ -266,7 +271,7 @@ def fedgan_round(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: L
         mine = {k[2:]: v.to(device) for k, v in (moments or {}).items() if k.startswith(f"{prefix}.")}
         if mine:
             load_optimizer_tensors(opt, mine)
-    sample = (PatchSampler if private is None else PoissonPatchSampler)(train, gen.spec.patch, seed=seed)
+    sample = stage3_sampler(train, gen.spec.patch, seed, private)
     run(conditional_step(gen, disc, sample, cfg.training, device, first_step=(round_ - 1) * steps, optimizers=opts,
                          private=private), steps, desc="conditional")
     return {f"{prefix}.{k}": v.cpu() for prefix, opt in zip("gd", opts, strict=True)

@@ -111,8 +111,9 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
     sample, generators = SOURCES[regime](data, trainer, split, fold, progress)
     result = trainer.fit(sample, validation, progress=progress)
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
-    private = stage3_plan(cfg.training, len(split.members), cfg.training.finetune_iterations)
-    if regime == "gan-central" and trains_gan and private is not None:
+    private = (stage3_plan(cfg.training, len(split.members), cfg.training.finetune_iterations)
+               if regime == "gan-central" and trains_gan else None)
+    if private is not None:
         metrics["epsilon"] = private.epsilon()  # training.dp: the fine-tuned generator's guarantee
     val = result.best_score if result.best_step is not None else None
     audit = audit_generator(cfg, generators[0], split.members, split.held_out, seed=cfg.training.seed) if audited else {}
