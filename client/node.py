@@ -56,7 +56,7 @@ from common.features import MinMax, resolve_device
 from common.metrics import confusion_cells
 from common.models.sngan import Discriminator, GanSpec, Generator
 from common.pipeline import fedgan_plan, fedgan_round, finetune, iemocap_speakers
-from common.privacy import stage3_plan
+from common.privacy import private_plan
 from common.schema import StudyConfig, config_from_run
 from common.splits import holdout_split, session_name
 from common.trainers.registry import build_trainer
@@ -243,7 +243,7 @@ def train_gan(content: RecordDict, where: Where) -> RecordDict:
                       node.reference(stats) if cfg.training.finetune_select_every else None, cfg.training.seed)
     torch.manual_seed(cfg.training.seed + node.key)
     gen = finetune(cfg, gen, disc, train, select=select)
-    private = stage3_plan(cfg.training, len(train), cfg.training.finetune_iterations)
+    private = private_plan(cfg.training, len(train), cfg.training.finetune_iterations)
     return RecordDict({
         "generator": ArrayRecord(_wire(cfg, gen.state_dict())),
         "metrics": MetricRecord({"num-examples": len(train), "seconds": time.perf_counter() - start,

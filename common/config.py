@@ -218,6 +218,9 @@ class TrainingConfig(Section):
     # FreezeD (Mo et al. 2020): this many of the discriminator's lowest convolutions keep their
     # pre-trained weights in stage 3 (0 = off; Table 1 has 8).
     finetune_freeze_d: int = Field(0, ge=0, le=8)
+    # keep the exponential moving average of the generator's stage-3 iterates, this decay per step
+    # (common/trainers/base.py: AverageWeights; Yazici et al. 2019; 0 = the last iterate).
+    finetune_ema: float = Field(0.0, ge=0, lt=1)
     # Differentially private stage 3 (DpConfig; None = off, the paper).
     dp: DpConfig | None = None
     # SER network (§4.4): lr 1e-5 decayed x0.1 every 10K iterations; length not given in the paper.
@@ -248,6 +251,9 @@ class TrainingConfig(Section):
             raise ValueError("training.dp: generator selection (training.finetune_select_every) scores against the "
                              "node's held-out utterances, which the privacy accountant does not cover; "
                              "set finetune_select_every = 0")
+        if self.finetune_ema and self.finetune_select_every:
+            raise ValueError("training.finetune_ema and training.finetune_select_every both choose the weights stage 3 "
+                             "keeps (the average of the iterates / the best-scoring one); set one of them to 0")
         return self
 
 

@@ -21,10 +21,10 @@ from common import threads
 from common.corpora import Utterance
 from common.data import StreamedPatches, prepared_labeled, prepared_unlabeled
 from common.features import MinMax, resolve_device
-from common.models.sngan import Discriminator, GanSpec, Generator
-from common.privacy import DpPlan, stage3_plan
+from common.models.sngan import Discriminator, GanSpec, Generator, settle_spectral_norms
+from common.privacy import DpPlan, private_plan
 from common.schema import StudyConfig
-from common.trainers.base import KeepBest, run
+from common.trainers.base import AverageWeights, Hook, KeepBest, run
 from common.trainers.gan import (
     conditional_step,
     load_optimizer_tensors,
@@ -232,24 +232,28 @@ def finetune(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: Label
     """Stage 3 on ``train``: N_c + 1 discriminator head, one-hot conditions (§3.2 Fine-Tuning).
 
     ``select`` (common.audit.selector): with ``training.finetune_select_every`` = E, the generator
-    is scored every E steps and the best-scoring iterate kept; otherwise the last one (the paper).
+    is scored every E steps and the best-scoring iterate kept; with ``training.finetune_ema`` the
+    average of the iterates (:class:`AverageWeights`); otherwise the last one (the paper).
     """
     disc.replace_head(gen.spec.n_c + 1)
-    private = stage3_plan(cfg.training, len(train), cfg.training.finetune_iterations)
+    private = private_plan(cfg.training, len(train), cfg.training.finetune_iterations)
     sample = stage3_sampler(train, gen.spec.patch, cfg.training.seed, private)
     every = cfg.training.finetune_select_every if select is not None else 0
-    keep = [KeepBest(gen)] if every else []
+    ema = cfg.training.finetune_ema
+    keep: list[Hook] = [KeepBest(gen)] if every else [AverageWeights(gen, ema)] if ema else []
     train_stage("conditional", gen, disc, sample, cfg.training, cfg.training.finetune_iterations,
                 resolve_device(cfg.training.device), progress,
                 evaluate=(lambda: select(gen)) if select is not None else None, eval_every=every, hooks=keep,
                 private=private)
+    if ema:
+        settle_spectral_norms(gen)
     return gen.cpu().eval()
 
 
 def fedgan_plan(cfg: StudyConfig, utterances: int, steps: int) -> DpPlan | None:
     """A FedGAN node's private stage 3 (``training.dp``): the noise fitted to all its rounds of the
     fold (``federation.gan_rounds`` x ``steps``); after round r it has spent ``epsilon(r * steps)``."""
-    return stage3_plan(cfg.training, utterances, cfg.federation.gan_rounds * steps)
+    return private_plan(cfg.training, utterances, cfg.federation.gan_rounds * steps)
 
 
 def fedgan_round(cfg: StudyConfig, gen: Generator, disc: Discriminator, train: LabeledSet, *, seed: int,

@@ -94,8 +94,9 @@ def plan(dp: DpConfig, utterances: int, batch_size: int, steps: int) -> DpPlan:
     return DpPlan(utterances, rate, steps, sigma, dp.clip, delta, dp.accountant)
 
 
-def stage3_plan(cfg: TrainingConfig, utterances: int, steps: int) -> DpPlan | None:
-    """``plan`` for a stage 3 of ``steps`` steps, or None when ``training.dp`` is off."""
+def private_plan(cfg: TrainingConfig, utterances: int, steps: int) -> DpPlan | None:
+    """``plan`` for a private training of ``steps`` steps (a stage 3, or all of a node's FedAvg
+    rounds), or None when ``training.dp`` is off."""
     return None if cfg.dp is None else plan(cfg.dp, utterances, cfg.batch_size, steps)
 
 

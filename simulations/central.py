@@ -29,7 +29,7 @@ from common.data import Corpus
 from common.features import MinMax, resolve_device
 from common.models.sngan import GanSpec, Generator
 from common.pipeline import PretrainedGan, finetune, state_digest, training_speakers
-from common.privacy import stage3_plan
+from common.privacy import private_plan
 from common.regimes import FoldOutcome, GeneratorStore, RegimeLog, fold_generator, stored_generator
 from common.schema import StudyConfig
 from common.splits import Fold
@@ -111,7 +111,7 @@ def run_central_fold(regime: str, data: FoldData, fold: Fold, progress: bool = F
     sample, generators = SOURCES[regime](data, trainer, split, fold, progress)
     result = trainer.fit(sample, validation, progress=progress)
     metrics = trainer.evaluate(corpus.labeled_set(fold.test, stats))
-    private = (stage3_plan(cfg.training, len(split.members), cfg.training.finetune_iterations)
+    private = (private_plan(cfg.training, len(split.members), cfg.training.finetune_iterations)
                if regime == "gan-central" and trains_gan else None)
     if private is not None:
         metrics["epsilon"] = private.epsilon()  # training.dp: the fine-tuned generator's guarantee

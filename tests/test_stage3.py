@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from common.audit import (
     SELECTION_SHARE,
@@ -18,11 +19,12 @@ from common.audit import (
     selection_score,
     selector,
 )
-from common.config import TrainingConfig
+from common.config import ConfigError, TrainingConfig
 from common.models.sngan import Discriminator, GanSpec, Generator
 from common.pipeline import fedgan_round, finetune, state_digest
 from common.schema import load_config
 from common.trainers.augment import AUGMENTS, augmenter, freq_mask, gain, shift, time_mask
+from common.trainers.base import AverageWeights, run
 from common.trainers.gan import (
     STAGE3_SWITCHES_OFF,
     adam,
@@ -85,10 +87,10 @@ def stage3_digest(builder, cfg: TrainingConfig, steps: int = 4, **kwargs: object
 def test_the_paper_preset_has_every_switch_off() -> None:
     t = load_config(overrides={"preset": "paper"}).training
     assert (t.finetune_class_ramp, t.finetune_augment, t.finetune_select_every) == (0, (), 0)
-    assert (t.finetune_mode_seeking, t.finetune_freeze_d) == (0.0, 0)
+    assert (t.finetune_mode_seeking, t.finetune_freeze_d, t.finetune_ema) == (0.0, 0, 0.0)
     # Every stage-3 step switch has its "off" value where BAGAN's adversarial phase resets them.
     step_switches = {k for k in TrainingConfig.model_fields if k.startswith("finetune_")} - {
-        "finetune_iterations", "finetune_select_every"}  # (selection is the node's, not the step's)
+        "finetune_iterations", "finetune_select_every", "finetune_ema"}  # (which iterate to keep: not the step's)
     assert set(STAGE3_SWITCHES_OFF) == step_switches
     assert all(getattr(t, k) == v for k, v in STAGE3_SWITCHES_OFF.items())
 
@@ -382,3 +384,47 @@ def test_selector_is_off_without_the_switch_or_selection_data(caplog: pytest.Log
         assert selector(cfg, split) is None
     assert "generator selection skipped" in caplog.text
 
+
+
+def test_average_weights_is_the_moving_average_with_its_warm_up() -> None:
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.fill_(0.0)
+    average = AverageWeights(net, decay=0.9)
+
+    def step(t: int) -> dict[str, float]:
+        with torch.no_grad():
+            net.weight.fill_(float(t + 1))  # the iterate after step t
+        return {}
+
+    run(step, 20, hooks=[average])
+    want = 1.0
+    for t in range(1, 21):
+        d = min(0.9, (1 + t) / (10 + t))
+        want = d * want + (1 - d) * (t + 1)
+    assert net.weight.detach() == pytest.approx(torch.full((1, 2), want), rel=1e-6)  # float32, 20 products
+    assert net.bias.item() == 0.0
+
+
+def test_an_averaged_generator_has_its_spectral_norms_refit() -> None:
+    def tuned(**switches: object) -> Generator:
+        cfg = load_config(overrides={"training": {"batch_size": 8, "finetune_iterations": 12, **switches}})
+        torch.manual_seed(0)
+        return finetune(cfg, Generator(SPEC), Discriminator(SPEC, 1), spectrograms(per_class=2))
+
+    last, averaged = tuned(), tuned(finetune_ema=0.9)
+    assert state_digest(last.state_dict()) != state_digest(averaged.state_dict())
+    for module in averaged.modules():
+        if not parametrize.is_parametrized(module, "weight"):
+            continue
+        weight = module.parametrizations.weight.original.detach().flatten(1)  # (out, in * k * k)
+        u, v = module.parametrizations.weight[0]._u, module.parametrizations.weight[0]._v
+        # eval mode divides by u.W v: after the re-fit it is W's largest singular value (power
+        # iterations from the last iterate's vectors; top two singular values within 0.3 % here: 1e-3 relative).
+        assert torch.dot(u, weight @ v).item() == pytest.approx(torch.linalg.matrix_norm(weight, 2).item(), rel=1e-3)
+
+
+def test_averaging_and_selection_are_refused_together() -> None:
+    with pytest.raises(ConfigError, match="finetune_ema and training.finetune_select_every"):
+        load_config(overrides={"training": {"finetune_ema": 0.99, "finetune_select_every": 50}})

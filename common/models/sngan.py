@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from common.config import StudySections
@@ -71,6 +72,20 @@ class GanSpec:
 
 def _sn(layer: nn.Module) -> nn.Module:
     return spectral_norm(layer)
+
+
+@torch.no_grad()
+def settle_spectral_norms(net: nn.Module, iterations: int = 300) -> None:
+    """Power-iterate each spectral-normalized weight of ``net`` ``iterations`` times. Eval mode
+    divides by the sigma of the stored (u, v) as they are; after weights are *set* (an average of
+    iterates) rather than trained, those vectors belong to other weights until they are re-fit."""
+    mode = net.training
+    net.train()
+    for module in net.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            for _ in range(iterations):
+                module.weight  # noqa: B018  (in training mode each access runs one power iteration)
+    net.train(mode)
 
 
 class Generator(nn.Module):

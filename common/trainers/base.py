@@ -131,6 +131,38 @@ class KeepBest:
             self.model.load_state_dict(self.state)
 
 
+class AverageWeights:
+    """Keep the exponential moving average of ``model``'s parameters over the steps and load it at
+    the end (Yazici et al. 2019, "The unusual effectiveness of averaging in GAN training": the
+    average of a GAN generator's iterates sits nearer the equilibrium than the last iterate, which
+    cycles). Step t's decay is min(``decay``, (1 + t) / (10 + t)), so the first steps are not
+    weighed down by the start (TensorFlow's ``num_updates`` warm-up). Buffers stay the model's own.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"an average's decay must lie in (0, 1), got {decay}")
+        self.model, self.decay = model, decay
+        self.average = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def on_step(self, step: int, logs: Logs) -> None:
+        """average <- d x average + (1 - d) x parameters."""
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        for name, p in self.model.named_parameters():
+            self.average[name].lerp_(p.detach(), weight)
+
+    def on_eval(self, step: int, score: float, logs: Logs) -> bool:
+        """Never stops training."""
+        return False
+
+    @torch.no_grad()
+    def on_end(self, result: LoopResult) -> None:
+        """The model's parameters become the average."""
+        for name, p in self.model.named_parameters():
+            p.copy_(self.average[name])
+
+
 def _fmt(logs: Logs) -> str:
     return " ".join(f"{k}={v:.3g}" for k, v in list(logs.items())[:3])
 
