@@ -330,13 +330,17 @@ def train(content: RecordDict, where: Where) -> RecordDict:
     if "proximal-mu" not in config:  # every strategy regime sends it (FedProx its mu, the others 0)
         raise ValueError("train: the config has no 'proximal-mu' (the server's StrategyRegime sends it; "
                          "is the ServerApp from another fedser version?)")
-    result = trainer.fit(trainer.sampler(data, seed=seed), None, iterations=local, start_step=(rnd - 1) * local,
-                         proximal_mu=float(config["proximal-mu"]))
+    # training.dp: DP-SGD, the noise fitted to all the fold's rounds; after round r the node has spent epsilon(r x local).
+    private = private_plan(cfg.training, len(data), cfg.federation.rounds * local)
+    sample = trainer.sampler(data, seed=seed) if private is None else trainer.private_sampler(data, seed=seed)
+    result = trainer.fit(sample, None, iterations=local, start_step=(rnd - 1) * local,
+                         proximal_mu=float(config["proximal-mu"]), private=private)
     return RecordDict({
         "arrays": ArrayRecord(trainer.state_dict()),
         # train_loss: what QFedAvg weighs nodes by (q-FFL)
         "metrics": MetricRecord({"num-examples": len(data), "loss": result.last.get("loss", 0.0),
-                                 "train_loss": result.last.get("loss", 0.0)}),
+                                 "train_loss": result.last.get("loss", 0.0),
+                                 **({} if private is None else {"epsilon": private.epsilon(rnd * local)})}),
     })
 
 

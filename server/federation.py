@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,14 +122,17 @@ class WireGrid:
     order and ask a node whose reply is an error once more (message types in ``RETRIED``)."""
 
     def __init__(self, grid: Grid, audit: Path | None, nodes: Iterable[int] | None = None,
-                 ledger: WireLedger | None = None) -> None:
+                 ledger: WireLedger | None = None, screen: Callable[[Message], str | None] | None = None) -> None:
         self.grid, self.audit = grid, audit
         self.nodes = None if nodes is None else set(nodes)
         self.ledger = ledger if ledger is not None else WireLedger()
+        # ``screen``: why a reply that arrived is refused (training.dp's budget), None to accept it.
+        self.screen = screen
 
-    def restrict(self, nodes: Iterable[int]) -> WireGrid:
-        """The same grid, audit and ledger, showing only ``nodes``."""
-        return WireGrid(self.grid, self.audit, nodes, self.ledger)
+    def restrict(self, nodes: Iterable[int], screen: Callable[[Message], str | None] | None = None) -> WireGrid:
+        """The same grid, audit and ledger, showing only ``nodes``; ``screen`` refuses replies
+        (a refused reply is handed out as none, and its node's failure recorded)."""
+        return WireGrid(self.grid, self.audit, nodes, self.ledger, screen)
 
     def order(self, node: int) -> tuple[int, int, int]:
         """Sort key of a node: by session and shard once discovery knows it (node ids are random per run)."""
@@ -181,6 +184,9 @@ class WireGrid:
                 self.fail(node, silent(self.ledger.sent[mid].metadata.message_type, timeout))
             elif replies[mid].has_error():
                 self.fail(node, failed(replies[mid]))
+            elif self.screen is not None and (why := self.screen(replies[mid])) is not None:
+                self.fail(node, why)
+                del replies[mid]
         return [replies[mid] for mid in ids if mid in replies]
 
     def _pull(self, ids: list[str], timeout: float | None) -> dict[str, Message]:

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
 
 from common.attacks import female_score, gender_attack, gender_classifier, public_genders
@@ -70,20 +70,26 @@ def remote_scores(fed: Federation, session: int, state: dict[str, torch.Tensor],
     return {**scores, "confusion": confusion_from_cells(m)}
 
 
-def within_budget(dp: DpConfig | None, replies: Mapping[str, RecordDict], failures: dict[str, str]) -> dict[str, RecordDict]:
-    """The ``replies`` whose node spent at most the study's privacy budget (``training.dp.epsilon``,
-    the ``epsilon`` metric a private stage 3 reports). One over it, or one without the metric, is
-    refused: left out, said in one line and recorded in ``failures`` (the run's failure tags)."""
+def refusal(dp: DpConfig | None, metrics: Mapping[str, Any]) -> str | None:
+    """Why a reply with these ``metrics`` is over the study's privacy budget (``training.dp.epsilon``,
+    the ``epsilon`` metric a private node reports) or silent about it; None when it is accepted."""
     if dp is None:
-        return dict(replies)
+        return None
+    spent = metrics.get("epsilon")
+    if spent is None:
+        return "refused: it reports no epsilon, but training.dp is set (is the node running this config?)"
+    if dp.epsilon is not None and float(spent) > dp.epsilon:
+        return f"refused: it spent epsilon {float(spent):.4g}, over the budget training.dp.epsilon = {dp.epsilon:g}"
+    return None
+
+
+def within_budget(dp: DpConfig | None, replies: Mapping[str, RecordDict], failures: dict[str, str]) -> dict[str, RecordDict]:
+    """The ``replies`` whose node spent at most the study's privacy budget (:func:`refusal`). One
+    refused is left out, said in one line and recorded in ``failures`` (the run's failure tags)."""
     kept: dict[str, RecordDict] = {}
     for name, reply in replies.items():
-        spent = reply["metrics"].get("epsilon")
-        if spent is None:
-            why = "refused: it reports no epsilon, but training.dp is set (is the node running this config?)"
-        elif dp.epsilon is not None and float(spent) > dp.epsilon:
-            why = f"refused: it spent epsilon {float(spent):.4g}, over the budget training.dp.epsilon = {dp.epsilon:g}"
-        else:
+        why = refusal(dp, reply["metrics"])
+        if why is None:
             kept[name] = reply
             continue
         log.warning("%s: %s", name, why)
@@ -407,6 +413,20 @@ class StrategyRegime(FederatedRegime):
         sampled = min(len(nodes), max(int(len(nodes) * fed.fraction_train), fed.min_train_nodes))
         self.log.metrics["sampled_per_round"] = sampled
 
+        self.epsilons = {}
+
+        def screen(reply: Message) -> str | None:
+            # training.dp: a node's DP-SGD reply over the budget (or silent about it) is refused
+            # before the strategy aggregates it; what the accepted ones spent is the fold's epsilon.
+            if reply.metadata.message_type != "train":
+                return None
+            metrics = reply.content["metrics"]
+            why = refusal(self.cfg.training.dp, metrics)
+            if why is None and "epsilon" in metrics:
+                name = self.fed.grid.who(reply.metadata.src_node_id)
+                self.epsilons[name] = max(self.epsilons.get(name, 0.0), float(cast(float, metrics["epsilon"])))
+            return why
+
         def fit(score: Score | None) -> Selection:
             keep = KeepBest(trainer)
 
@@ -424,7 +444,7 @@ class StrategyRegime(FederatedRegime):
             answered = self.fed.grid.ledger.answered["train"]
             start = time.perf_counter()
             result = _strategy(self.cfg, self.name, sampled).start(
-                grid=self.fed.grid.restrict([n.node_id for n in nodes]), initial_arrays=ArrayRecord(trainer.state_dict()),
+                grid=self.fed.grid.restrict([n.node_id for n in nodes], screen), initial_arrays=ArrayRecord(trainer.state_dict()),
                 num_rounds=fed.rounds, timeout=fed.timeout,
                 # proximal-mu: 0 unless FedProx's configure_train sets its own; the node reads it
                 # strictly, so a strategy that stops sending it fails instead of training as FedAvg.
@@ -441,7 +461,10 @@ class StrategyRegime(FederatedRegime):
             keep.on_end(LoopResult())  # model selection: the best round, when one was scored
             return (keep.best if keep.evals else None), keep.evals
 
-        return self.scored(test, self.scaling, trainer, fit)
+        outcome = self.scored(test, self.scaling, trainer, fit)
+        if self.epsilons:  # training.dp: the most a node had spent after its last round of the fold
+            outcome.metrics["epsilon"] = max(self.epsilons.values())
+        return outcome
 
 
 REGIMES: dict[str, Callable[[Federation, StudyConfig, Mapping[str, torch.nn.Module] | None], FederatedRegime]] = {

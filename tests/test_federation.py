@@ -92,7 +92,7 @@ def audit_lines(run) -> list[dict]:
 SCALAR_REPLIES = {  # message type -> the metric keys a reply may hold (all scalars)
     "query": re.compile(r"utterances|count-\w+|feat-min|feat-max"),
     "evaluate": re.compile(r"num-examples|f1_macro|ua|wa|cm_\d+_\d+"),
-    "train": re.compile(r"num-examples|loss|train_loss"),
+    "train": re.compile(r"num-examples|loss|train_loss|epsilon"),
     "train.gan": re.compile(r"num-examples|seconds|epsilon"),
     "train.fedgan": re.compile(r"num-examples|epsilon"),
 }

@@ -18,6 +18,7 @@ from common.models.sngan import Discriminator, GanSpec, Generator
 from common.pipeline import finetune, state_digest
 from common.privacy import DpPlan, noisy_gradient, plan, spent_epsilon
 from common.schema import load_config
+from common.trainers.registry import build_trainer
 from common.views import PoissonPatchSampler
 from server.regimes import within_budget
 from simulations.report import privacy_markdown, privacy_rows
@@ -152,6 +153,33 @@ def test_a_private_finetune_draws_poisson_batches_of_distinct_utterances(monkeyp
     assert len({len(rows) for rows in drawn}) > 1  # the batch size varies around q N = 4
 
 
+def test_a_noiseless_unclipped_private_ser_step_is_the_plain_step() -> None:
+    """fedavg's DP-SGD (NetTrainer.fit with ``private``) on a Poisson batch of every utterance (q = 1),
+    without noise or clipping, is the plain cross-entropy step on that batch."""
+    cfg = load_config(overrides={"training": {"batch_size": 8, "ser_lr": 1e-3}})
+    data = spectrograms(per_class=2)  # 8 utterances
+    plain, private = build_trainer(cfg, torch.device("cpu")), build_trainer(cfg, torch.device("cpu"))
+    batch = private.private_sampler(data, seed=0)(8)
+    assert len(batch[1]) == 8 and len(set(batch[0].sum(dim=(1, 2, 3)).tolist())) == 8  # one window of each
+    plain.fit(lambda _: batch, iterations=1)
+    private.fit(lambda _: batch, iterations=1, private=no_noise(8, clip=1e9))
+    # Adam's first step moves each weight by lr g / (|g| + 1e-8), ~lr x sign(g): a term missing or
+    # of the wrong sign moves weights by ~lr; float32 sums in another order only the few weights
+    # whose |g| is near 1e-8 (observed at most 5.5e-3 x lr). (The gradient's scale, which Adam's
+    # first step hides, is test_unclipped_noiseless_per_utterance_gradients_sum_to_the_batch_gradient's.)
+    for (name, want), got in zip(plain.state_dict().items(), private.state_dict().values(), strict=True):
+        assert torch.allclose(got, want, rtol=0, atol=0.1 * cfg.training.ser_lr), name
+    noisy = build_trainer(cfg, torch.device("cpu"))
+    noisy.fit(lambda _: batch, iterations=1, private=DpPlan(8, 1.0, 1, 1.0, 1.0, 1e-5, "rdp"))
+    assert state_digest(noisy.state_dict()) != state_digest(plain.state_dict())
+
+
+def test_only_a_trainer_with_the_plain_step_trains_privately() -> None:
+    cfg = load_config(overrides={"training": {"trainer": "chang-cnn"}})
+    with pytest.raises(ValueError, match="training.dp: the trainer chang-cnn has its own loss"):
+        build_trainer(cfg, torch.device("cpu")).private_sampler(spectrograms(per_class=2))
+
+
 def test_dp_needs_a_budget_or_a_noise_and_no_selection() -> None:
     with pytest.raises(ConfigError, match="training.dp needs epsilon"):
         load_config(overrides={"training": {"dp": {"clip": 1.0}}})
@@ -177,17 +205,18 @@ def test_the_server_refuses_a_generator_over_budget_or_without_its_epsilon(caplo
 
 @pytest.mark.usefixtures("serverapp_identity")
 def test_private_federated_regimes_report_the_epsilon_each_node_spent(tmp_path: Path, pretrained_gan: Path) -> None:
-    """gan-federated and gan-fedavg on the in-process grid with training.dp: every node's batch is
-    its whole session (q = 1, batch 64), so each fold's epsilon is the Gaussian mechanism composed
-    over stage 3's 4 steps (gan-fedavg: 2 rounds of 2), by hand; a budget below it refuses them all."""
+    """gan-federated, gan-fedavg and fedavg on the in-process grid with training.dp: every node's
+    batch is its whole session (q = 1, batch 64), so each fold's epsilon is the Gaussian mechanism
+    composed over 4 private steps (stage 3's 4; gan-fedavg 2 rounds of 2; fedavg's DP-SGD 2 rounds
+    of 2), by hand; a budget below it refuses every generator and fedavg's second round."""
     hand = gaussian_epsilon_by_hand(2.0, 4, 1e-5)
 
-    def study(name: str, budget: float, regimes: tuple[str, ...] = ("gan-federated", "gan-fedavg")) -> dict:
+    def study(name: str, budget: float, regimes: tuple[str, ...] = ("gan-federated", "gan-fedavg", "fedavg")) -> dict:
         (tmp_path / name).mkdir()
         toml = (f'name = "{name}"\n' + FAST_STUDY_TABLES.replace("[training]\n", "[training]\nbatch_size = 64\n")
                 .replace("[audit]\n", "[audit]\nenabled = false\n")
                 + f'[model]\npretrained = "{pretrained_gan}"\n[training.dp]\nnoise_multiplier = 2.0\ndelta = 1e-5\n'
-                f'epsilon = {budget}\n[federation]\nnode_wait = 60\ngan_rounds = 2\n[tracking]\nexperiment = "{name}"\n')
+                f'epsilon = {budget}\n[federation]\nnode_wait = 60\ngan_rounds = 2\nrounds = 2\nlocal_iterations = 2\n[tracking]\nexperiment = "{name}"\n')
         cfg = load_config(study_file(tmp_path / name, toml))
         mlflow.set_tracking_uri(cfg.tracking_uri)
         return run_inline(cfg, regimes, 5)
@@ -197,20 +226,30 @@ def test_private_federated_regimes_report_the_epsilon_each_node_spent(tmp_path: 
         assert [o.skipped for o in outcomes] == [None, None], regime
         assert [o.metrics["epsilon"] for o in outcomes] == pytest.approx([hand, hand], rel=1e-9), regime
     # What left the nodes: the networks and scalars, now with each node's epsilon among them.
-    spec = GanSpec.of(load_config(overrides={"work_dir": str(tmp_path)}))
-    shapes = {"generator": state_shapes(Generator(spec)), "discriminator": state_shapes(Discriminator(spec, spec.n_c + 1))}
+    cfg = load_config(overrides={"work_dir": str(tmp_path)})
+    spec = GanSpec.of(cfg)
+    shapes = {"generator": state_shapes(Generator(spec)), "discriminator": state_shapes(Discriminator(spec, spec.n_c + 1)),
+              "ser": state_shapes(build_trainer(cfg, torch.device("cpu")))}
     for parent in mlflow.search_runs(experiment_names=["within"], filter_string="tags.kind = 'regime'", output_format="list"):
         lines = audit_lines(parent)
         assert any("epsilon" in line["metrics"].get("metrics", {}) for line in lines), parent.data.tags["regime"]
         assert_eyes_off(lines, shapes)
     # fedser report's privacy table reads it back from MLflow.
     rows = privacy_rows(mlflow.get_tracking_uri(), "within")
-    assert [(r["regime"], r["epsilon"]) for r in rows] == [("gan-federated", pytest.approx(hand, rel=1e-9)),
-                                                          ("gan-fedavg", pytest.approx(hand, rel=1e-9))]
+    assert sorted((r["regime"], r["epsilon"]) for r in rows) == [("fedavg", pytest.approx(hand, rel=1e-9)),
+                                                                ("gan-fedavg", pytest.approx(hand, rel=1e-9)),
+                                                                ("gan-federated", pytest.approx(hand, rel=1e-9))]
     assert f"| gan-federated | 0 | {hand:.3g} | - |" in privacy_markdown(rows)
     # The nodes fine-tune and the server refuses every generator: no SER is trained.
-    [over] = study("over", hand / 2, ("gan-federated",)).values()
-    assert all("no training node's generator arrived" in str(o.skipped) for o in over)
-    [parent] = [r for r in mlflow.search_runs(experiment_names=["over"], output_format="list")
-                if r.data.tags.get("regime") == "gan-federated" and r.data.tags.get("kind") == "regime"]
-    assert parent.data.metrics["generators_refused"] == 5
+    two = gaussian_epsilon_by_hand(2.0, 2, 1e-5)  # fedavg's nodes after round 1
+    over = study("over", (two + hand) / 2, ("gan-federated", "fedavg"))
+    assert all("no training node's generator arrived" in str(o.skipped) for o in over["gan-federated"])
+    parents = {r.data.tags["regime"]: r for r in mlflow.search_runs(experiment_names=["over"], output_format="list")
+               if r.data.tags.get("kind") == "regime"}
+    assert parents["gan-federated"].data.metrics["generators_refused"] == 5
+    # fedavg: round 2's replies (epsilon = hand) are refused before FedAvg averages them, each node's
+    # failure tagged; the folds keep round 1's model, whose nodes spent what a 2-step plan allows.
+    assert all(o.skipped is None for o in over["fedavg"])
+    assert all(o.metrics["epsilon"] == pytest.approx(two, rel=1e-9) for o in over["fedavg"])
+    tags = parents["fedavg"].data.tags
+    assert any("over the budget training.dp.epsilon" in v for k, v in tags.items() if k.startswith("failure")), tags

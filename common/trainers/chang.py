@@ -37,6 +37,7 @@ from common.data import unlabeled_patches
 from common.features import extractor_for
 from common.metrics import LIKERT, fuzzy_label, fuzzy_metrics
 from common.models.chang import ChangNet, Discriminator, Generator
+from common.privacy import DpPlan
 from common.trainers.base import KeepBest, Logs, LoopResult
 from common.trainers.supervised import NetTrainer, Validation
 from common.views import LabeledSet, PatchSampler, Sampler, SerBatch
@@ -199,18 +200,21 @@ class ChangTrainer(NetTrainer):
         return loss, {"loss": loss.item(), "task": 0.0, **gan}
 
     def fit(self, sample: Sampler, validation: Validation = None, iterations: int | None = None,
-            progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0) -> LoopResult:
-        """The base loop; the DCGAN variants first update the discriminator and the generator (§3)."""
+            progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0,
+            private: DpPlan | None = None) -> LoopResult:
+        """The base loop; the DCGAN variants first update the discriminator and the generator (§3).
+        (``private`` never comes: :meth:`private_sampler` refuses this family's own loss.)"""
         if not self.adversarial:
             return super().fit(sample, validation, iterations, progress, start_step=start_step,
-                               proximal_mu=proximal_mu)
+                               proximal_mu=proximal_mu, private=private)
         net, lr = self.net, self.hp.lr
         assert net.gen is not None and net.disc.real is not None
         self._d_opt = torch.optim.Adam([*net.disc.convs.parameters(), *net.disc.real.parameters()], lr=lr,
                                        betas=(0.5, 0.999))
         self._g_opt = torch.optim.Adam(net.gen.parameters(), lr=lr, betas=(0.5, 0.999))
         self._unlabeled = self.unlabeled(sample)
-        return super().fit(sample, validation, iterations, progress, start_step=start_step, proximal_mu=proximal_mu)
+        return super().fit(sample, validation, iterations, progress, start_step=start_step, proximal_mu=proximal_mu,
+                           private=private)
 
     def unlabeled(self, sample: Sampler) -> Sampler:
         """The unlabeled speech of ``model.chang.unlabeled``: the pre-training corpus, the training

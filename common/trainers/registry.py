@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common.config import Section, StudySections
+from common.privacy import DpPlan
 from common.trainers.base import LoopResult
 from common.trainers.chang import ChangTrainer
 from common.trainers.fcn import FcnTrainer
@@ -40,9 +41,14 @@ class SerTrainer(Protocol):
     def sampler(self, data: LabeledSet, seed: int = 0) -> Sampler:
         """Training batches from real data, cut as the trainer's paper cuts them."""
 
+    def private_sampler(self, data: LabeledSet, seed: int = 0) -> Sampler:
+        """DP-SGD's Poisson batches of real data (``training.dp``); refused by families that cannot."""
+
     def fit(self, sample: Sampler, validation: Validation = None, iterations: int | None = None,
-            progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0) -> LoopResult:
-        """Train on batches from ``sample``; select on ``validation`` (a set or a scoring function)."""
+            progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0,
+            private: DpPlan | None = None) -> LoopResult:
+        """Train on batches from ``sample``; select on ``validation`` (a set or a scoring function);
+        ``private``: DP-SGD on :meth:`private_sampler`'s batches."""
 
     def predict_proba(self, feats: Sequence[np.ndarray]) -> np.ndarray:
         """Per-file class probabilities (N, N_out)."""

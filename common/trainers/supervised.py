@@ -24,8 +24,10 @@ from torch import nn
 from common.config import Section, StudySections
 from common.features import extractor_for, feature_rows, patches
 from common.metrics import classification_metrics
+from common.models.sngan import settle_spectral_norms
+from common.privacy import DpPlan, noisy_gradient
 from common.trainers.base import Hook, KeepBest, Logs, LoopResult, run
-from common.views import LabeledSet, PatchSampler, Sampler, SerBatch
+from common.views import LabeledSet, PatchSampler, PoissonPatchSampler, Sampler, SerBatch
 
 # Model selection: a held-out set, or a function scoring the current weights (in the federated
 # regimes the held-out session's node scores them, so its data never leaves it).
@@ -102,6 +104,19 @@ class NetTrainer:
         """Training batches from real data: random windows of ``frames`` frames."""
         return PatchSampler(data, self.frames, seed=seed)
 
+    def private_sampler(self, data: LabeledSet, seed: int = 0) -> PoissonPatchSampler:
+        """DP-SGD's batches (``training.dp``): a Poisson draw of utterances, one window of each.
+
+        Only a family whose step is the base one (cross-entropy of ``net`` on random windows) and
+        whose network has no batch norm (its batch statistics mix utterances) trains privately."""
+        custom = [m for m in ("loss", "logits", "sampler") if getattr(type(self), m) is not getattr(NetTrainer, m)]
+        norms = [type(m).__name__ for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if custom or norms:
+            why = f"its own {', '.join(custom)}" if custom else f"batch norm ({norms[0]})"
+            raise ValueError(f"training.dp: the trainer {self.name} has {why}, and DP-SGD needs per-utterance "
+                             "gradients of the cross-entropy on windows; train ser-cnn privately or remove training.dp")
+        return PoissonPatchSampler(data, self.frames, seed=seed)
+
     def eval_every(self, sample: Sampler) -> int:
         """Steps between validations (``training.eval_every``)."""
         return self.cfg.training.eval_every
@@ -132,21 +147,34 @@ class NetTrainer:
     # --- the same for every family --------------------------------------------------------------
 
     def fit(self, sample: Sampler, validation: Validation = None, iterations: int | None = None,
-            progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0) -> LoopResult:
+            progress: bool = False, *, start_step: int = 0, proximal_mu: float = 0.0,
+            private: DpPlan | None = None) -> LoopResult:
         """Train for ``iterations`` (default :meth:`iterations`) batches from ``sample``.
 
         ``start_step``: steps already done elsewhere (FedAvg rounds continue the lr schedule);
-        ``proximal_mu`` > 0 adds FedProx's mu/2 ||w - w_start||^2 (Li et al. 2020, eq. 2).
+        ``proximal_mu`` > 0 adds FedProx's mu/2 ||w - w_start||^2 (Li et al. 2020, eq. 2);
+        ``private`` (``training.dp``, a FedAvg node): DP-SGD (common/privacy.py) on the batches of
+        :meth:`private_sampler`; the proximal term holds no data and keeps its exact gradient.
         """
-        opt = self.optimizer(list(self.net.parameters()))
+        params = list(self.net.parameters())
+        opt = self.optimizer(params)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(start_step + s))
         prox = proximal_term(self.net, proximal_mu)
 
         def step(_: int) -> Logs:
             self.net.train()
-            loss, logs = self.loss(sample(self.cfg.training.batch_size))
             opt.zero_grad(set_to_none=True)
-            (loss + prox()).backward()
+            if private is None:
+                loss, logs = self.loss(sample(self.cfg.training.batch_size))
+                (loss + prox()).backward()
+            else:
+                x, y = sample(self.cfg.training.batch_size)[:2]
+                settle_spectral_norms(self.net, iterations=1)  # the power iteration a training-mode pass does
+                logs = {"loss": noisy_gradient(self.net, params, F.cross_entropy, x.to(self.device), y.to(self.device),
+                                               private)}
+                extra = prox()
+                if isinstance(extra, torch.Tensor):
+                    extra.backward()
             opt.step()
             schedule.step()
             return logs
