@@ -61,6 +61,7 @@ from common.schema import StudyConfig, config_from_run
 from common.splits import holdout_split, session_name
 from common.trainers.registry import build_trainer
 from common.trainers.ser import SerCnnTrainer
+from common.trainers.supervised import fedavg_round
 from common.views import LabeledSet
 
 
@@ -323,18 +324,13 @@ def train(content: RecordDict, where: Where) -> RecordDict:
     # node derives the same vocabulary without seeing another node's data (common.pipeline).
     speakers = iemocap_speakers([int(s) for s in config["train-sessions"]]) if "train-sessions" in config else ()
     data = node.split("train", _stats(config), speakers)
-    rnd, local = int(config["server-round"]), cfg.federation.local_iterations
-    seed = cfg.training.seed + 1000 * rnd + node.key
-    torch.manual_seed(seed)
-    # The centralized lr schedule continues, counted in local steps done so far (seed 002 §4.4).
+    rnd = int(config["server-round"])
     if "proximal-mu" not in config:  # every strategy regime sends it (FedProx its mu, the others 0)
         raise ValueError("train: the config has no 'proximal-mu' (the server's StrategyRegime sends it; "
                          "is the ServerApp from another fedser version?)")
-    # training.dp: DP-SGD, the noise fitted to all the fold's rounds; after round r the node has spent epsilon(r x local).
-    private = private_plan(cfg.training, len(data), cfg.federation.rounds * local)
-    sample = trainer.sampler(data, seed=seed) if private is None else trainer.private_sampler(data, seed=seed)
-    result = trainer.fit(sample, None, iterations=local, start_step=(rnd - 1) * local,
-                         proximal_mu=float(config["proximal-mu"]), private=private)
+    result, private = fedavg_round(trainer, data, round_=rnd, seed=cfg.training.seed + 1000 * rnd + node.key,
+                                   proximal_mu=float(config["proximal-mu"]))
+    local = cfg.federation.local_iterations
     return RecordDict({
         "arrays": ArrayRecord(trainer.state_dict()),
         # train_loss: what QFedAvg weighs nodes by (q-FFL)

@@ -1,4 +1,5 @@
-"""Who is speaking: a speaker-gender attack on the generators nodes send (gan-federated).
+"""Who is speaking: speaker-gender attacks on what nodes send — generators (gan-federated) and
+FedAvg updates (fedavg and the other strategies, :class:`UpdateAttack`).
 
 Eyes-off keeps speech at the node; the generator leaves it. Feng et al. (2021, "Attribute Inference
 Attack of Speech Emotion Recognition in Federated Learning Settings") infer a client's gender from
@@ -21,17 +22,19 @@ by assumption as in seed 002) and nothing of the node's:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from common.audit import classifier, generated
 from common.config import StudySections
-from common.data import prepared_unlabeled
+from common.data import Prepared, prepared_unlabeled
 from common.features import MinMax
 from common.synthesis import ClassConditionalGenerator
 from common.trainers.ser import SerCnnTrainer
+from common.trainers.supervised import NetTrainer
 from common.views import LabeledSet
 
 GENDERS = ("F", "M")  # the classifier's classes: index 0 = female
@@ -40,6 +43,26 @@ GENDERS = ("F", "M")  # the classifier's classes: index 0 = female
 def public_genders(cfg: StudySections, stats: MinMax, per_gender: int, seed: int) -> LabeledSet:
     """Up to ``per_gender`` utterances of each gender of the pre-training corpus, scaled by ``stats``
     (the generator's scaling): label 0 = F, 1 = M."""
+    prepared, chosen = _public(cfg, per_gender, seed)
+    feats = tuple(stats.scale(prepared.feature(r)) for r, _ in chosen)
+    return LabeledSet(feats, tuple(label for _, label in chosen), tuple(prepared.utterances[r].id for r, _ in chosen))
+
+
+def shadow_clients(cfg: StudySections, stats: MinMax, per_gender: int, seed: int) -> list[tuple[str, LabeledSet]]:
+    """The attacker's shadow clients for the attack on updates: each speaker of :func:`public_genders`'
+    utterances as one client, with its gender ("F"/"M"). Labels are placeholders (the public
+    speech has no emotion labels; :class:`UpdateAttack` gives the global model's own)."""
+    prepared, chosen = _public(cfg, per_gender, seed)
+    by_speaker: dict[str, list[int]] = {}
+    for r, _ in chosen:
+        by_speaker.setdefault(prepared.utterances[r].speaker, []).append(r)
+    return [(str(prepared.utterances[rows[0]].gender), LabeledSet(
+        tuple(stats.scale(prepared.feature(r)) for r in rows), (0,) * len(rows), tuple(prepared.utterances[r].id for r in rows)))
+        for _, rows in sorted(by_speaker.items())]
+
+
+def _public(cfg: StudySections, per_gender: int, seed: int) -> tuple[Prepared, list[tuple[int, int]]]:
+    # (row, label 0 = F / 1 = M) of up to per_gender random utterances of each gender.
     prepared = prepared_unlabeled(cfg)
     rows = {g: [r for r, u in enumerate(prepared.utterances) if u.gender == g] for g in GENDERS}
     if not all(rows.values()):
@@ -48,9 +71,7 @@ def public_genders(cfg: StudySections, stats: MinMax, per_gender: int, seed: int
                          f"({cfg.data.pretrain_root or 'the embedded synthetic LibriSpeech'}) has {counts} "
                          "(LibriSpeech: SPEAKERS.TXT; IEMOCAP: the speaker ids); set audit.gender_attack = false")
     rng = np.random.default_rng(seed)
-    chosen = [(int(r), label) for label, g in enumerate(GENDERS) for r in rng.permutation(rows[g])[:per_gender]]
-    feats = tuple(stats.scale(prepared.feature(r)) for r, _ in chosen)
-    return LabeledSet(feats, tuple(label for _, label in chosen), tuple(prepared.utterances[r].id for r, _ in chosen))
+    return prepared, [(int(r), label) for label, g in enumerate(GENDERS) for r in rng.permutation(rows[g])[:per_gender]]
 
 
 def gender_classifier(cfg: StudySections, public: LabeledSet, seed: int) -> SerCnnTrainer:
@@ -101,3 +122,62 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float:
     half); a few nodes, so all pairs."""
     pos, neg = score[positive][:, None], score[~positive][None, :]
     return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+
+
+def first_layer(net: nn.Module) -> tuple[str, ...]:
+    """The state-dict names of ``net``'s first convolution or linear layer's parameters: the
+    update features of the attack on updates (Feng et al. 2021 find most of the gender leakage in
+    the first layer)."""
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            return tuple(f"{name}.{p}" for p, _ in module.named_parameters())
+    raise ValueError(f"{type(net).__name__} has no convolution or linear layer to read updates from")
+
+
+class UpdateAttack:
+    """Feng et al. (2021)'s shadow-model attribute inference on FedAvg updates, by the server in one
+    fold: each round it sees the global weights it sent and each node's reply. The attacker
+
+    1. trains shadow clients (:func:`shadow_clients`, public speakers of known gender) one round
+       each from the same global weights, as the nodes train (``local_round``: the protocol is
+       public, DP-SGD included), on the labels the global model gives their speech;
+    2. fits a logistic regression from the shadow updates of the first layer (after - before,
+       standardized) to gender;
+    3. scores each node by its mean P(female) over the rounds it answered.
+    """
+
+    def __init__(self, build: Callable[[], NetTrainer], shadows: Sequence[tuple[str, LabeledSet]],
+                 local_round: Callable[[NetTrainer, LabeledSet, int, int], object], seed: int) -> None:
+        self.build, self.shadows, self.local_round, self.seed = build, list(shadows), local_round, seed
+        self.names = first_layer(build().net)
+        self.sent: dict[int, dict[str, torch.Tensor]] = {}  # round -> the global weights
+        self.updates: dict[str, list[np.ndarray]] = {}  # node -> first-layer update per round
+
+    def observe(self, round_: int, sent: Mapping[str, torch.Tensor], reply: Mapping[str, torch.Tensor], node: str) -> None:
+        """One node's reply to round ``round_``'s weights ``sent``."""
+        self.sent.setdefault(round_, dict(sent))
+        self.updates.setdefault(node, []).append(self.features(sent, reply))
+
+    def features(self, before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """The first layer's update, flattened (D,)."""
+        return torch.cat([(after[n] - before[n]).flatten() for n in self.names]).double().numpy()
+
+    def scores(self) -> dict[str, float]:
+        """Each observed node's mean P(female) under the classifier fitted on the shadow updates."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        x, female = [], []
+        for round_, sent in sorted(self.sent.items()):
+            for i, (gender, data) in enumerate(self.shadows):
+                shadow = self.build()
+                shadow.load_state_dict(sent)
+                labels = tuple(int(c) for c in shadow.predict_proba(data.feats).argmax(axis=1))
+                self.local_round(shadow, LabeledSet(data.feats, labels, data.ids), round_, self.seed + 7919 * round_ + i)
+                x.append(self.features(sent, shadow.state_dict()))
+                female.append(gender == "F")
+        if len(set(female)) < 2:
+            return {}
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(np.stack(x), female)
+        return {node: float(clf.predict_proba(np.stack(rows))[:, 1].mean()) for node, rows in self.updates.items()}

@@ -33,7 +33,14 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
 
-from common.attacks import female_score, gender_attack, gender_classifier, public_genders
+from common.attacks import (
+    UpdateAttack,
+    female_score,
+    gender_attack,
+    gender_classifier,
+    public_genders,
+    shadow_clients,
+)
 from common.audit import fake_trained_classifier
 from common.config import STRATEGY_REGIMES, DpConfig
 from common.features import MinMax, resolve_device
@@ -46,6 +53,7 @@ from common.splits import validates, validation_session
 from common.synthesis import synthetic_sampler
 from common.trainers.base import KeepBest, LoopResult
 from common.trainers.registry import SerTrainer, build_trainer
+from common.trainers.supervised import NetTrainer, fedavg_round
 from server.federation import (
     Federation,
     NodeFailure,
@@ -192,6 +200,15 @@ class FederatedRegime:
             log.warning("audit at %s failed: %s", name, reason)
         return {s: {k: float(v) for k, v in reply["audit"].items()} for s, reply in outcome.replies.items()}
 
+    def genders(self, nodes: Collection[str]) -> dict[str, str]:
+        """The truth the gender attacks are scored against (the attacker does not use it): each node's
+        gender, when the audit's gender attack is on and every node holds one speaker whose IEMOCAP
+        id ends in it (``federation.partition = "speaker"``); empty otherwise."""
+        audit = self.cfg.audit
+        if not (audit.enabled and audit.gender_attack and self.cfg.federation.partition == "speaker"):
+            return {}
+        return {name: m[1] for name in nodes if (m := re.search(r"Ses\d\d[a-z]?([FM])$", name))}
+
     def stored_generator(self, name: str) -> Generator:
         """Generator ``name`` of the run ``synthesis.from_run`` names (one line when it has none)."""
         assert self.stored is not None
@@ -256,8 +273,8 @@ class GanFederated(FederatedRegime):
         every node holds one speaker whose IEMOCAP id ends in its gender (the truth it is scored
         against; the attacker does not use it)."""
         cfg = self.cfg
-        genders = {name: m[1] for name in generators if (m := re.search(r"Ses\d\d[a-z]?([FM])$", name))}
-        if not (cfg.audit.enabled and cfg.audit.gender_attack and cfg.federation.partition == "speaker" and genders):
+        genders = self.genders(generators)
+        if not genders:
             return {}
         try:
             public = public_genders(cfg, self.scaling, cfg.audit.gender_public_per_gender, cfg.training.seed)
@@ -393,6 +410,7 @@ class StrategyRegime(FederatedRegime):
                  *, strategy: str = "fedavg") -> None:
         super().__init__(fed, cfg, stored)
         self.name = strategy
+        self.update_scores: dict[str, list[float]] = {}  # the attack on updates: node -> P(female) per fold
 
     def prepare(self, store: GeneratorStore) -> None:
         # No GAN here; with a checkpoint its pre-training corpus counts as in every regime.
@@ -414,12 +432,17 @@ class StrategyRegime(FederatedRegime):
         self.log.metrics["sampled_per_round"] = sampled
 
         self.epsilons = {}
+        attack = self.update_attack(trainer, [n.name for n in nodes])
 
         def screen(reply: Message) -> str | None:
             # training.dp: a node's DP-SGD reply over the budget (or silent about it) is refused
             # before the strategy aggregates it; what the accepted ones spent is the fold's epsilon.
             if reply.metadata.message_type != "train":
                 return None
+            if attack is not None:  # the attacker sees every update that arrives, refused or not
+                sent = self.fed.grid.ledger.sent[reply.metadata.reply_to_message_id].content
+                attack.observe(int(cast(int, sent["config"]["server-round"])), sent["arrays"].to_torch_state_dict(),
+                               reply.content["arrays"].to_torch_state_dict(), self.fed.grid.who(reply.metadata.src_node_id))
             metrics = reply.content["metrics"]
             why = refusal(self.cfg.training.dp, metrics)
             if why is None and "epsilon" in metrics:
@@ -464,7 +487,34 @@ class StrategyRegime(FederatedRegime):
         outcome = self.scored(test, self.scaling, trainer, fit)
         if self.epsilons:  # training.dp: the most a node had spent after its last round of the fold
             outcome.metrics["epsilon"] = max(self.epsilons.values())
+        if attack is not None:
+            self.score_updates(attack)
         return outcome
+
+    def update_attack(self, trainer: SerTrainer, nodes: list[str]) -> UpdateAttack | None:
+        """The shadow-model gender attack on this fold's updates (common/attacks.py), when the nodes
+        hold one speaker each (:meth:`genders`) and public speech of both genders is at hand."""
+        if not self.genders(nodes) or not isinstance(trainer, NetTrainer):
+            return None
+        cfg = self.cfg
+        try:
+            shadows = shadow_clients(cfg, self.scaling, cfg.audit.gender_public_per_gender, cfg.training.seed)
+        except (ValueError, OSError) as exc:  # no public speech of both genders: said, the study goes on
+            log.warning("gender attack on updates skipped: %s", exc)
+            return None
+        device = resolve_device(cfg.training.device)
+        return UpdateAttack(lambda: cast(NetTrainer, build_trainer(cfg, device)), shadows,
+                            lambda t, data, rnd, seed: fedavg_round(t, data, round_=rnd, seed=seed), cfg.training.seed)
+
+    def score_updates(self, attack: UpdateAttack) -> None:
+        """Each node's P(female) from this fold's updates, averaged with its earlier folds', and the
+        figures over nodes, on the regime run (``gender_female_<node>``, ``gender_auc``, ...)."""
+        for name, score in attack.scores().items():
+            self.update_scores.setdefault(name, []).append(score)
+        scores = {name: float(np.mean(v)) for name, v in self.update_scores.items()}
+        figures = gender_attack(scores, self.genders(scores), seed=self.cfg.training.seed)
+        log.info("gender attack on the updates of %d nodes: %s", len(scores), {k: round(v, 3) for k, v in figures.items()})
+        self.log.metrics.update({**{f"gender_female_{name}": v for name, v in scores.items()}, **figures})
 
 
 REGIMES: dict[str, Callable[[Federation, StudyConfig, Mapping[str, torch.nn.Module] | None], FederatedRegime]] = {

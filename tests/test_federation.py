@@ -167,6 +167,12 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path, pretrained_gan: Path
     for name in ("Session3-Ses03F", "Session3-Ses03M"):  # one line each, after one retry
         assert gan.data.tags[f"failure.{name}"] == f"train.gan: {injected(name)}"
     assert parents["fedprox"].data.metrics["failed_nodes"] == 0
+    # The shadow-model gender attack on fedprox's updates (one speaker per node, common/attacks.py):
+    # every node that trained in a fold scored, the figures over the ten on the regime run.
+    prox = parents["fedprox"].data.metrics
+    assert {k for k in prox if k.startswith("gender_female_")} == {
+        f"gender_female_Session{s}-Ses0{s}{g}" for s in range(1, 6) for g in "FM"}
+    assert prox["gender_nodes"] == 10 and prox["gender_auc_low"] <= prox["gender_auc"] <= prox["gender_auc_high"]
     trained = [f"Session{s}-Ses0{s}{g}" for s in (1, 2, 4, 5) for g in "FM"]
     ckpts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=gan.info.run_id, artifact_path="checkpoints")}
     assert ckpts == {f"checkpoints/generator_{name}.pt" for name in trained}

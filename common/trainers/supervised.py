@@ -25,7 +25,7 @@ from common.config import Section, StudySections
 from common.features import extractor_for, feature_rows, patches
 from common.metrics import classification_metrics
 from common.models.sngan import settle_spectral_norms
-from common.privacy import DpPlan, noisy_gradient
+from common.privacy import DpPlan, noisy_gradient, private_plan
 from common.trainers.base import Hook, KeepBest, Logs, LoopResult, run
 from common.views import LabeledSet, PatchSampler, PoissonPatchSampler, Sampler, SerBatch
 
@@ -231,3 +231,20 @@ class NetTrainer:
 def epochs_to_steps(epochs: float, n: int, batch_size: int) -> int:
     """Iterations of ``epochs`` passes over ``n`` utterances (papers count epochs, the loop steps)."""
     return max(1, math.ceil(epochs * n / batch_size))
+
+
+def fedavg_round(trainer: NetTrainer, data: LabeledSet, *, round_: int, seed: int,
+                 proximal_mu: float = 0.0) -> tuple[LoopResult, DpPlan | None]:
+    """One FedAvg round at a node (fedavg and the other strategies): ``federation.local_iterations``
+    steps on ``data`` from the trainer's (received) weights, the centralized lr schedule continued in
+    local steps (seed 002 §4.4). With ``training.dp``: DP-SGD, its noise fitted to all the fold's
+    rounds, so after round r the node has spent ``plan.epsilon(r x local)``. Also the shadow
+    clients' round in the attack on updates (common/attacks.py): the attacker knows the protocol."""
+    cfg = trainer.cfg
+    local = cfg.federation.local_iterations
+    torch.manual_seed(seed)
+    private = private_plan(cfg.training, len(data), cfg.federation.rounds * local)
+    sample = trainer.sampler(data, seed=seed) if private is None else trainer.private_sampler(data, seed=seed)
+    result = trainer.fit(sample, None, iterations=local, start_step=(round_ - 1) * local, proximal_mu=proximal_mu,
+                         private=private)
+    return result, private
