@@ -229,7 +229,7 @@ def privacy_markdown(rows: Sequence[dict[str, Any]]) -> str:
     chance, advantage) per regime and seed; empty when nothing was logged."""
     if not rows:
         return ""
-    lines = ["Privacy (training.dp's epsilon; the speaker-gender attack on generators, common/attacks.py):", "",
+    lines = ["Privacy (training.dp's epsilon; the speaker-gender attacks on generators and updates, common/attacks.py):", "",
              "| regime | seed | epsilon | gender AUC (95 % CI) | accuracy (chance) | advantage | nodes |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -240,10 +240,12 @@ def privacy_markdown(rows: Sequence[dict[str, Any]]) -> str:
         eps = f"{r['epsilon']:.3g}" if "epsilon" in r else "inf"
         lines.append(f"| {_label(r)} | {r['seed']} | {eps} | {auc} | {acc} | "
                      f"{_figure(r.get('gender_advantage'))} | {nodes} |")
-    lines += ["", "epsilon inf: no differential privacy. Gender AUC: how well the attack's score (mean P(female) of a "
-              "node's generated samples under a classifier trained on public speech) separates the one-speaker "
-              "nodes by gender, chance 0.5, interval a bootstrap over nodes; accuracy at P = 0.5 beside the larger "
-              "gender's share; advantage: mean 2 P(true gender) - 1, chance 0."]
+    lines += ["", "epsilon inf: no differential privacy. Gender AUC: how well the attack's score separates the "
+              "one-speaker nodes by gender, chance 0.5, interval a bootstrap over nodes (the score: gan-federated, the "
+              "mean P(female) of a node's generated samples under a classifier trained on public speech; fedavg and "
+              "the other strategies, the mean P(female) of its first-layer updates under a classifier trained on "
+              "shadow clients' updates); accuracy at P = 0.5 beside the larger gender's share; advantage: mean "
+              "2 P(true gender) - 1, chance 0."]
     return "\n".join(lines) + "\n"
 
 
