@@ -54,6 +54,7 @@ from common.synthesis import synthetic_sampler
 from common.trainers.base import KeepBest, LoopResult
 from common.trainers.registry import SerTrainer, build_trainer
 from common.trainers.supervised import NetTrainer, fedavg_round
+from common.views import LabeledSet
 from server.federation import (
     Federation,
     NodeFailure,
@@ -411,6 +412,7 @@ class StrategyRegime(FederatedRegime):
         super().__init__(fed, cfg, stored)
         self.name = strategy
         self.update_scores: dict[str, list[float]] = {}  # the attack on updates: node -> P(female) per fold
+        self.shadows: list[tuple[str, LabeledSet]] | None = None  # its shadow clients (none: no public speech)
 
     def prepare(self, store: GeneratorStore) -> None:
         # No GAN here; with a checkpoint its pre-training corpus counts as in every regime.
@@ -497,11 +499,15 @@ class StrategyRegime(FederatedRegime):
         if not self.genders(nodes) or not isinstance(trainer, NetTrainer):
             return None
         cfg = self.cfg
-        try:
-            shadows = shadow_clients(cfg, self.scaling, cfg.audit.gender_public_per_gender, cfg.training.seed)
-        except (ValueError, OSError) as exc:  # no public speech of both genders: said, the study goes on
-            log.warning("gender attack on updates skipped: %s", exc)
+        if self.shadows is None:  # the public speech, read once per regime
+            try:
+                self.shadows = shadow_clients(cfg, self.scaling, cfg.audit.gender_public_per_gender, cfg.training.seed)
+            except (ValueError, OSError) as exc:  # no public speech of both genders: said, the study goes on
+                log.warning("gender attack on updates skipped: %s", exc)
+                self.shadows = []
+        if not self.shadows:
             return None
+        shadows = self.shadows
         device = resolve_device(cfg.training.device)
         return UpdateAttack(lambda: cast(NetTrainer, build_trainer(cfg, device)), shadows,
                             lambda t, data, rnd, seed: fedavg_round(t, data, round_=rnd, seed=seed), cfg.training.seed)
