@@ -9,6 +9,7 @@ its ``preset`` (``tiny`` or ``paper``) picks the sizes it starts from.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -178,13 +179,6 @@ class DpConfig(Section):
     # Opacus's accountants: Renyi DP (Mironov 2017, the moments accountant's successor) or PRV
     # (Gopi et al. 2021, tighter).
     accountant: Literal["rdp", "prv"] = "rdp"
-
-    @model_validator(mode="after")
-    def _noise_or_budget(self) -> Self:
-        if self.epsilon is None and self.noise_multiplier is None:
-            raise ValueError("training.dp needs epsilon (a budget the noise is fitted to) or noise_multiplier; "
-                             "set one, or remove training.dp")
-        return self
 
 
 class TrainingConfig(Section):
@@ -437,6 +431,8 @@ CENTRAL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "baseline-
 FEDERATED_REGIMES: tuple[Regime, ...] = ("gan-federated", "gan-fedavg", *STRATEGY_REGIMES)
 # The demo's six (the default `regimes`): fedavg stands for the strategy regimes.
 ALL_REGIMES: tuple[Regime, ...] = ("real-central", "gan-central", "gan-federated", "gan-fedavg", "baseline-gan", "fedavg")
+# The regimes training.dp makes private: stage 3 of the proposed GAN, the nodes' local SER training.
+PRIVATE_REGIMES: tuple[Regime, ...] = ("gan-central", *FEDERATED_REGIMES)
 # The regimes whose SER model trains on generated samples (each generator is audited).
 GAN_REGIMES: tuple[Regime, ...] = ("gan-central", "gan-federated", "gan-fedavg", "baseline-gan")
 
@@ -458,6 +454,11 @@ class StudySections(Section):
     # Every (regime, trainer) runs once per seed listed here (empty = just ``training.seed``): the
     # seed replaces ``training.seed`` in that run, whose child runs are tagged ``seed``.
     seeds: tuple[int, ...] = ()
+    # The privacy-utility curve: the study runs once per budget listed here (inf = no DP), each
+    # as ``training.dp.epsilon`` (its other keys apply to all) in its own MLflow experiment,
+    # "<tracking.experiment>-eps<epsilon>". The regimes training.dp does not cover (real-central,
+    # baseline-gan) run once, at the largest budget: their result does not depend on it.
+    epsilons: tuple[float, ...] = ()
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
@@ -474,6 +475,47 @@ class StudySections(Section):
             raise ValueError("the federated regimes hold out one session node per fold: folds.scheme = \"kfold\" "
                              "runs centralized regimes only; drop the federated regimes from regimes")
         return self
+
+    @model_validator(mode="after")
+    def _budgets(self) -> Self:
+        dp = self.training.dp
+        if any(not e > 0 for e in self.epsilons):
+            raise ValueError("epsilons: every budget must be > 0 (inf: no differential privacy), e.g. [inf, 10, 3, 1]")
+        if self.epsilons and dp is not None and (dp.epsilon is not None or dp.noise_multiplier is not None):
+            raise ValueError("epsilons sets training.dp.epsilon for each study: remove training.dp.epsilon and "
+                             "noise_multiplier (keep clip, delta, accountant), or remove epsilons")
+        if any(math.isfinite(e) for e in self.epsilons) and self.training.finetune_select_every:
+            raise ValueError("epsilons: generator selection (training.finetune_select_every) scores against the "
+                             "node's held-out utterances, which the privacy accountant does not cover; "
+                             "set finetune_select_every = 0 or list only inf")
+        if not self.epsilons and dp is not None and dp.epsilon is None and dp.noise_multiplier is None:
+            raise ValueError("training.dp needs epsilon (a budget the noise is fitted to) or noise_multiplier; "
+                             "set one, list budgets in epsilons, or remove training.dp")
+        return self
+
+    def with_epsilon(self, epsilon: float) -> Self:
+        """This study at budget ``epsilon`` (inf: training.dp off) without the ``epsilons`` axis, in
+        the experiment :func:`epsilon_experiment` names; at a budget below the axis's largest, only
+        the regimes training.dp covers."""
+        dp = None if math.isinf(epsilon) else (self.training.dp or DpConfig()).model_copy(update={"epsilon": epsilon})
+        regimes = self.regimes if epsilon >= max(self.epsilons, default=epsilon) else tuple(
+            r for r in self.regimes if r in PRIVATE_REGIMES)
+        return self.model_copy(update={
+            "epsilons": (), "regimes": regimes,
+            "training": self.training.model_copy(update={"dp": dp}),
+            "tracking": self.tracking.model_copy(update={
+                "experiment": epsilon_experiment(self.tracking.experiment, epsilon)})})
+
+    @property
+    def budget_studies(self) -> list[tuple[float, Self]]:
+        """(budget, study) for each study the ``epsilons`` axis runs, largest budget first (without the
+        axis: this study, at training.dp.epsilon or inf); a budget left with no regime (real-central
+        alone at a finite one) is left out."""
+        if not self.epsilons:
+            dp = self.training.dp
+            return [(dp.epsilon if dp is not None and dp.epsilon is not None else math.inf, self)]
+        studies = [(e, self.with_epsilon(e)) for e in sorted(set(self.epsilons), reverse=True)]
+        return [(e, s) for e, s in studies if s.regimes]
 
     def with_trainer(self, name: str) -> Self:
         """This study with ``training.trainer = name``."""
@@ -597,6 +639,12 @@ def _missing(path: Path, kind: Literal["file", "folder"]) -> str:
     if not path.exists():
         return "does not exist"
     return "is a folder, not a file" if kind == "file" else "is a file, not a folder"
+
+
+def epsilon_experiment(experiment: str, epsilon: float) -> str:
+    """The MLflow experiment of budget ``epsilon`` on a study's ``epsilons`` axis: "fedser-eps3",
+    "fedser-epsinf"."""
+    return f"{experiment}-eps{epsilon:g}"
 
 
 class ConfigError(ValueError):

@@ -148,3 +148,60 @@ def dot_panels_png(groups: Sequence[str], panels: Sequence[Panel], path: Path) -
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A line of :func:`curves_png`: ``(x, value, interval or None)`` points; ``flat``: a quantity
+    that does not depend on x, drawn as a dotted level across the panel (its first point)."""
+
+    label: str
+    points: Sequence[tuple[float, float, tuple[float, float] | None]]
+    flat: bool = False
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    """One panel of :func:`curves_png`, with an optional reference level (grey dashed, e.g. chance)."""
+
+    title: str
+    curves: Sequence[Curve]
+    reference: float | None = None
+
+
+def curves_png(panels: Sequence[CurvePanel], path: Path, xlabel: str) -> Path:
+    """A row of panels sharing a logarithmic x axis (x = inf drawn at the right, ticked "∞"): each
+    curve's points joined, with their intervals as error bars; a flat curve as a dotted level."""
+    xs = sorted({x for panel in panels for c in panel.curves for x, _, _ in c.points})
+    finite = [x for x in xs if np.isfinite(x)]
+    at_inf = (max(finite) if finite else 1.0) * 4  # where x = inf sits on the log axis
+
+    def place(x: float) -> float:
+        return at_inf if not np.isfinite(x) else x
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.6 + 3.6 * len(panels), 3.4), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for k, curve in enumerate(panel.curves):
+            colour = plt.get_cmap("tab10")(k % 10)
+            points = sorted(curve.points, key=lambda p: place(p[0]))
+            if curve.flat and points:
+                ax.axhline(points[0][1], color=colour, linestyle=":", linewidth=1.4, label=curve.label)
+                continue
+            x = [place(p[0]) for p in points]
+            y = [p[1] for p in points]
+            err = np.array([[v - ci[0], ci[1] - v] if ci else [0.0, 0.0] for _, v, ci in points]).T
+            ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, color=colour, label=curve.label)
+        if panel.reference is not None:
+            ax.axhline(panel.reference, color="grey", linestyle="--", linewidth=1.0)
+        ax.set_xscale("log")
+        ax.set_xticks([place(x) for x in xs], ["∞" if not np.isfinite(x) else f"{x:g}" for x in xs])
+        ax.minorticks_off()
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_title(panel.title, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -333,36 +333,41 @@ def pretrain(config: ConfigArg = None) -> None:
 def study(
     config: ConfigArg = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds, e.g. 0,1,2 (overrides `seeds`).")] = None,  # noqa: UP045
+    epsilons: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Comma-separated privacy budgets, e.g. inf,10,3,1 (overrides `epsilons`).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Run every fold again instead of resuming.")] = False,
 ) -> None:
     """Run every configured regime x trainer x seed over the folds (leave-one-session-out, or
-    k-fold with folds.scheme = "kfold"), logged to MLflow.
+    k-fold with folds.scheme = "kfold"), logged to MLflow; with `epsilons`, once per privacy budget.
 
     A rerun resumes: folds finished with the same resolved config are kept (--fresh: run all again)."""
-    overrides = {"seeds": _seed_list(seeds)} if seeds is not None else None
+    overrides = ({"seeds": _number_list(seeds, "--seeds", int, "0,1,2")} if seeds is not None else {}) | (
+        {"epsilons": _number_list(epsilons, "--epsilons", float, "inf,10,3,1")} if epsilons is not None else {})
     _study(load_config(config, overrides), resume=not fresh)
 
 
-def _seed_list(text: str) -> list[int]:
+def _number_list(text: str, option: str, kind: Callable[[str], Any], example: str) -> list[Any]:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        return [kind(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+        raise ValueError(f"{option} {text!r}: give comma-separated numbers, e.g. {option} {example}") from None
 
 
 def _study(cfg: StudyConfig, resume: bool = True) -> None:
     from simulations.report import regime_stats
     from simulations.study import run_study
 
-    start = time.perf_counter()
-    rows = run_study(cfg, progress=console.is_terminal, say=_say, resume=resume)
-    table = Table("regime", "trainer", "macro-F1 mean ± std", "95 % CI", "seeds", "folds",
-                  title=f"{cfg.name}: {time.perf_counter() - start:.0f} s, MLflow {cfg.tracking_uri}")
-    for s in regime_stats(rows):
-        ci = s["f1_macro_ci"]
-        table.add_row(s["regime"], s["trainer"], f"{s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f}",
-                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", str(s["seeds"]), str(s["folds"]))
-    console.print(table)
+    for _, budget in cfg.budget_studies:  # one, unless the study has an epsilons axis
+        start = time.perf_counter()
+        rows = run_study(budget, progress=console.is_terminal, say=_say, resume=resume)
+        table = Table("regime", "trainer", "macro-F1 mean ± std", "95 % CI", "seeds", "folds",
+                      title=f"{cfg.name}: {time.perf_counter() - start:.0f} s, MLflow {cfg.tracking_uri}, "
+                            f"experiment {budget.tracking.experiment}")
+        for s in regime_stats(rows):
+            ci = s["f1_macro_ci"]
+            table.add_row(s["regime"], s["trainer"], f"{s['f1_macro']:.3f} ± {s['f1_macro_std']:.3f}",
+                          f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", str(s["seeds"]), str(s["folds"]))
+        console.print(table)
 
 
 def _say(line: str) -> None:
@@ -379,9 +384,31 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print rows, per-regime statistics and paired tests as JSON.")] = False,
 ) -> None:
     """Regime x seed x fold macro-F1 / UA / WA from MLflow: mean ± std and 95 % CI, a paired Wilcoxon
-    test for every pair of regimes, and each paper's headline table beside ours with the protocol verdict."""
+    test for every pair of regimes, and each paper's headline table beside ours with the protocol verdict.
+    With a config that has `epsilons`: the privacy-utility curve over its budgets instead."""
     cfg = load_config(config)
-    _report(tracking_uri or cfg.tracking_uri, experiment or cfg.tracking.experiment, as_json)
+    if cfg.epsilons and experiment is None:
+        _budget_report(cfg, tracking_uri or cfg.tracking_uri, as_json)
+    else:
+        _report(tracking_uri or cfg.tracking_uri, experiment or cfg.tracking.experiment, as_json)
+
+
+def _budget_report(cfg: StudyConfig, uri: str, as_json: bool = False) -> None:
+    from simulations.report import budget_json, budget_markdown, budget_rows, log_budget_report
+
+    names = [(budget, study.tracking.experiment) for budget, study in cfg.budget_studies]
+    scores, attacks = budget_rows(uri, names)
+    if not scores:
+        raise ValueError(f"none of the experiments {', '.join(n for _, n in names)} has finished fold runs at {uri}; "
+                         "run `fedser study` with this config first")
+    if as_json:
+        print(json.dumps(budget_json(scores, attacks), indent=2))
+        return
+    text = budget_markdown(scores, attacks)
+    run_id = log_budget_report(uri, cfg.tracking.experiment, scores, attacks, text)
+    print(text)
+    console.print(f"logged privacy_utility.md, .json and .png to MLflow run {run_id} ({uri}); one budget's full "
+                  f"report: fedser report --experiment {names[0][1]}", markup=False, highlight=False)
 
 
 def _report(uri: str, name: str, as_json: bool = False) -> None:

@@ -32,10 +32,10 @@ from mlflow.exceptions import MlflowException
 from scipy import stats
 
 from common.audit import AUDIT_KEYS
-from common.config import ALL_REGIMES, CENTRAL_REGIMES
+from common.config import ALL_REGIMES, CENTRAL_REGIMES, PRIVATE_REGIMES
 from common.metrics import mean_std
 from common.regimes import SCORES, summary
-from server.plots import Panel, cells_interval_png, dot_panels_png
+from server.plots import Curve, CurvePanel, Panel, cells_interval_png, curves_png, dot_panels_png
 from server.tracking import quiet_mlflow
 from simulations.papers import Comparison, compare
 
@@ -232,21 +232,117 @@ def privacy_markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["Privacy (training.dp's epsilon; the speaker-gender attacks on generators and updates, common/attacks.py):", "",
              "| regime | seed | epsilon | gender AUC (95 % CI) | accuracy (chance) | advantage | nodes |",
              "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        auc = (f"{r['gender_auc']:.3f} [{r['gender_auc_low']:.3f}, {r['gender_auc_high']:.3f}]"
-               if "gender_auc" in r else "-")
-        acc = f"{r['gender_accuracy']:.3f} ({r['gender_chance']:.3f})" if "gender_accuracy" in r else "-"
-        nodes = f"{r['gender_nodes']:.0f}" if "gender_nodes" in r else "-"
-        eps = f"{r['epsilon']:.3g}" if "epsilon" in r else "inf"
-        lines.append(f"| {_label(r)} | {r['seed']} | {eps} | {auc} | {acc} | "
-                     f"{_figure(r.get('gender_advantage'))} | {nodes} |")
-    lines += ["", "epsilon inf: no differential privacy. Gender AUC: how well the attack's score separates the "
-              "one-speaker nodes by gender, chance 0.5, interval a bootstrap over nodes (the score: gan-federated, the "
-              "mean P(female) of a node's generated samples under a classifier trained on public speech; fedavg and "
-              "the other strategies, the mean P(female) of its first-layer updates under a classifier trained on "
-              "shadow clients' updates); accuracy at P = 0.5 beside the larger gender's share; advantage: mean "
-              "2 P(true gender) - 1, chance 0."]
+    lines += [f"| {_label(r)} | {r['seed']} | " + " | ".join(_privacy_cells(r)) + " |" for r in rows]
+    return "\n".join([*lines, "", PRIVACY_LEGEND]) + "\n"
+
+
+PRIVACY_LEGEND = (
+    "epsilon inf: no differential privacy. Gender AUC: how well the attack's score separates the one-speaker nodes "
+    "by gender, chance 0.5, interval a bootstrap over nodes (the score: gan-federated, the mean P(female) of a node's "
+    "generated samples under a classifier trained on public speech; fedavg and the other strategies, the mean "
+    "P(female) of its first-layer updates under a classifier trained on shadow clients' updates); accuracy at "
+    "P = 0.5 beside the larger gender's share; advantage: mean 2 P(true gender) - 1, chance 0.")
+
+
+def _privacy_cells(r: dict[str, Any]) -> list[str]:
+    """A privacy row's epsilon spent, AUC with interval, accuracy (chance), advantage and nodes."""
+    auc = f"{r['gender_auc']:.3f} [{r['gender_auc_low']:.3f}, {r['gender_auc_high']:.3f}]" if "gender_auc" in r else "-"
+    acc = f"{r['gender_accuracy']:.3f} ({r['gender_chance']:.3f})" if "gender_accuracy" in r else "-"
+    nodes = f"{r['gender_nodes']:.0f}" if "gender_nodes" in r else "-"
+    eps = f"{r['epsilon']:.3g}" if "epsilon" in r else "inf"
+    return [eps, auc, acc, _figure(r.get("gender_advantage")), nodes]
+
+
+# ------------------------------------------------------------------------ the privacy-utility curve
+
+
+def budget_rows(tracking_uri: str, budgets: Sequence[tuple[float, str]]) -> tuple[list[dict[str, Any]],
+                                                                                  list[dict[str, Any]]]:
+    """A study's ``epsilons`` axis read back, ``budgets`` its (epsilon, experiment) pairs (an
+    experiment not run yet is left out): per (budget, regime, trainer) :func:`regime_stats`, and per
+    (budget, regime, trainer, seed) :func:`privacy_rows`, each with ``budget``."""
+    quiet_mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    scores: list[dict[str, Any]] = []
+    attacks: list[dict[str, Any]] = []
+    for budget, experiment in budgets:
+        if mlflow.get_experiment_by_name(experiment) is None:
+            continue
+        scores += [{"budget": budget, **s} for s in regime_stats(fold_rows(tracking_uri, experiment))]
+        attacks += [{"budget": budget, **r} for r in privacy_rows(tracking_uri, experiment) if "gender_auc" in r]
+    return scores, attacks
+
+
+def _budget(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:g}"
+
+
+def budget_markdown(scores: Sequence[dict[str, Any]], attacks: Sequence[dict[str, Any]]) -> str:
+    """The privacy-utility tables: macro-F1 (mean, 95 % CI) per regime and budget, then the gender
+    attack per regime, seed and budget."""
+    budgets = sorted({s["budget"] for s in scores}, reverse=True)
+    labels = list(dict.fromkeys(_label(s) for s in scores))
+    cell = {(_label(s), s["budget"]): f"{s[METRIC]:.3f} {_ci(s[f'{METRIC}_ci'])}" for s in scores}
+    lines = ["Privacy-utility: macro-F1 mean (95 % CI over folds) at each budget training.dp.epsilon:", "",
+             "| regime | " + " | ".join(f"ε = {_budget(b)}" for b in budgets) + " |", "|---" * (1 + len(budgets)) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell.get((label, b), "-") for b in budgets) + " |" for label in labels]
+    lines += ["", "A regime training.dp does not cover (real-central, baseline-gan) runs at the largest budget only."]
+    if attacks:
+        lines += ["", "The speaker-gender attacks at each budget:", "",
+                  "| regime | seed | budget | epsilon spent | gender AUC (95 % CI) | accuracy (chance) | advantage | nodes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {_label(r)} | {r['seed']} | {_budget(r['budget'])} | " + " | ".join(_privacy_cells(r)) + " |"
+                  for r in sorted(attacks, key=lambda r: (_label(r), r["seed"], -r["budget"]))]
+        lines += ["", PRIVACY_LEGEND]
     return "\n".join(lines) + "\n"
+
+
+def budget_png(scores: Sequence[dict[str, Any]], attacks: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Macro-F1 (mean, 95 % CI) per regime, and each attack's AUC (95 % CI) and accuracy per regime
+    and seed, against the budget (:func:`server.plots.curves_png`); the regimes training.dp does
+    not cover as dotted levels."""
+    groups = {_label(s): s["regime"] not in PRIVATE_REGIMES for s in scores}  # label -> flat
+    f1 = [Curve(label, [(s["budget"], s[METRIC], s[f"{METRIC}_ci"]) for s in scores if _label(s) == label], flat)
+          for label, flat in groups.items()]
+    keys = list(dict.fromkeys((_label(r), r["seed"]) for r in attacks))
+    mine = [[r for r in attacks if (_label(r), r["seed"]) == key] for key in keys]
+    name = [f"{label} seed {seed}" for label, seed in keys]
+    auc = [Curve(n, [(r["budget"], r["gender_auc"], (r["gender_auc_low"], r["gender_auc_high"])) for r in rs])
+           for n, rs in zip(name, mine, strict=True)]
+    acc = [Curve(n, [(r["budget"], r["gender_accuracy"], None) for r in rs if "gender_accuracy" in r])
+           for n, rs in zip(name, mine, strict=True)]
+    chance = {r["gender_chance"] for r in attacks if "gender_chance" in r}
+    panels = [CurvePanel("macro-F1", f1)]
+    if attacks:
+        panels += [CurvePanel("gender attack AUC (chance 0.5)", auc, 0.5),
+                   CurvePanel("gender attack accuracy" + (" (chance dashed)" if len(chance) == 1 else ""), acc,
+                              chance.pop() if len(chance) == 1 else None)]
+    return curves_png(panels, path, xlabel="budget ε (training.dp.epsilon)")
+
+
+def budget_json(scores: Sequence[dict[str, Any]], attacks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`budget_rows` JSON-ready, each budget as text ("inf", "3")."""
+    return _plain({"scores": [dict(s, budget=f"{s['budget']:g}") for s in scores],
+                   "attacks": [dict(a, budget=f"{a['budget']:g}") for a in attacks]})
+
+
+def log_budget_report(tracking_uri: str, experiment: str, scores: Sequence[dict[str, Any]],
+                      attacks: Sequence[dict[str, Any]], text: str) -> str:
+    """Log privacy_utility.md, .json and .png as artifacts of a ``report`` run of ``experiment``
+    (the axis's own name, created when missing); returns the run's id."""
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+    data = budget_json(scores, attacks)
+    with mlflow.start_run(experiment_id=exp_id, run_name="privacy-utility report", tags={"kind": "report"}) as run:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "privacy_utility.md").write_text(text, encoding="utf-8")
+            (folder / "privacy_utility.json").write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
+            budget_png(scores, attacks, folder / "privacy_utility.png")
+            for name in ("privacy_utility.md", "privacy_utility.json", "privacy_utility.png"):
+                mlflow.log_artifact(str(folder / name))
+        return run.info.run_id
 
 
 def generator_runs(run_id: str) -> dict[str, str]:

@@ -4,7 +4,9 @@ noised discriminator gradient, Poisson batches, the accountant, and the server's
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flwr.app import MetricRecord, RecordDict
+from typer.testing import CliRunner
 
 from common.config import ConfigError, DpConfig
 from common.models.sngan import Discriminator, GanSpec, Generator
@@ -21,7 +24,15 @@ from common.schema import load_config
 from common.trainers.registry import build_trainer
 from common.views import PoissonPatchSampler
 from server.regimes import within_budget
-from simulations.report import privacy_markdown, privacy_rows
+from simulations.cli import app
+from simulations.report import (
+    budget_json,
+    budget_markdown,
+    budget_png,
+    fold_rows,
+    privacy_markdown,
+    privacy_rows,
+)
 from tests.conftest import FAST_STUDY_TABLES, study_file
 from tests.inline import run_inline
 from tests.test_federation import assert_eyes_off, audit_lines, state_shapes
@@ -185,6 +196,77 @@ def test_dp_needs_a_budget_or_a_noise_and_no_selection() -> None:
         load_config(overrides={"training": {"dp": {"clip": 1.0}}})
     with pytest.raises(ConfigError, match="finetune_select_every"):
         load_config(overrides={"training": {"dp": {"epsilon": 3}, "finetune_select_every": 50}})
+
+
+def test_the_epsilons_axis_sets_each_budget_and_refuses_a_second_one() -> None:
+    cfg = load_config(overrides={"epsilons": [3, math.inf, 10], "regimes": ["real-central", "gan-federated", "fedavg"],
+                                 "training": {"dp": {"clip": 0.5}}, "tracking": {"experiment": "curve"}})
+    studies = cfg.budget_studies
+    assert [(e, s.tracking.experiment, s.regimes) for e, s in studies] == [
+        (math.inf, "curve-epsinf", ("real-central", "gan-federated", "fedavg")),
+        (10.0, "curve-eps10", ("gan-federated", "fedavg")),  # real-central does not depend on the budget
+        (3.0, "curve-eps3", ("gan-federated", "fedavg"))]
+    assert studies[0][1].training.dp is None and studies[0][1].epsilons == ()
+    assert [s.training.dp for _, s in studies[1:]] == [DpConfig(epsilon=10.0, clip=0.5), DpConfig(epsilon=3.0, clip=0.5)]
+    assert load_config(overrides={"epsilons": [1], "regimes": ["real-central"]}).budget_studies[0][1].regimes == (
+        "real-central",)  # the largest budget runs what is not covered
+    for bad, message in [({"epsilons": [0]}, "every budget must be > 0"),
+                         ({"epsilons": [3], "training": {"dp": {"epsilon": 3}}}, "remove training.dp.epsilon"),
+                         ({"epsilons": [3], "training": {"finetune_select_every": 50}}, "finetune_select_every")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides=bad)
+
+
+def test_fedser_study_runs_the_privacy_utility_curve_and_report_plots_it(tmp_path: Path, pretrained_gan: Path) -> None:
+    """``epsilons = [inf, 50]`` with real-central and gan-central: two experiments, the uncovered
+    regime in the first only, gan-central private in the second (its folds spend at most 50), and
+    ``fedser report`` reads the axis back into one table and plot."""
+    path = study_file(tmp_path, 'regimes = ["real-central", "gan-central"]\nworkers = 1\nepsilons = [inf, 50]\n'
+                      + FAST_STUDY_TABLES.replace("[audit]\n", "[audit]\nenabled = false\n")
+                      + f'[model]\npretrained = "{pretrained_gan}"\n[tracking]\nexperiment = "curve"\n')
+    result = CliRunner().invoke(app, ["study", str(path)])
+    assert result.exit_code == 0, result.output
+    uri = load_config(path).tracking_uri
+    mlflow.set_tracking_uri(uri)
+
+    def parents(experiment: str) -> dict[str, Any]:
+        return {r.data.tags["regime"]: r for r in mlflow.search_runs(
+            experiment_names=[experiment], filter_string="tags.kind = 'regime'", output_format="list")}
+
+    assert sorted(parents("curve-epsinf")) == ["gan-central", "real-central"]
+    assert sorted(parents("curve-eps50")) == ["gan-central"]
+    folds = mlflow.search_runs(experiment_names=["curve-eps50"], filter_string="tags.fold != ''", output_format="list")
+    assert len(folds) == 2 and all(0 < f.data.metrics["epsilon"] <= 50 for f in folds)
+    plain = mlflow.search_runs(experiment_names=["curve-epsinf"], filter_string="tags.fold != ''", output_format="list")
+    assert plain and not any("epsilon" in f.data.metrics for f in plain)
+    result = CliRunner().invoke(app, ["report", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "| regime | ε = ∞ | ε = 50 |" in result.output
+    private = np.mean([r["f1_macro"] for r in fold_rows(uri, "curve-eps50")])
+    assert re.search(rf"\| gan-central \| \d\.\d{{3}} \[.*\] \| {private:.3f} \[", result.output), result.output
+    assert re.search(r"\| real-central \| \d\.\d{3} \[.*\] \| - \|", result.output)  # not run at 50
+    report = mlflow.search_runs(experiment_names=["curve"], output_format="list")
+    assert [r.data.tags["kind"] for r in report] == ["report"]
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(report[0].info.run_id)}
+    assert names == {"privacy_utility.md", "privacy_utility.json", "privacy_utility.png"}
+
+
+def test_the_curve_tables_put_each_attack_beside_its_budget(tmp_path: Path) -> None:
+    scores = [{"budget": math.inf, "regime": "real-central", "trainer": "ser-cnn", "f1_macro": 0.7, "f1_macro_ci": (0.6, 0.8)},
+              {"budget": math.inf, "regime": "fedavg", "trainer": "ser-cnn", "f1_macro": 0.6, "f1_macro_ci": (0.5, 0.7)},
+              {"budget": 1.0, "regime": "fedavg", "trainer": "ser-cnn", "f1_macro": 0.1, "f1_macro_ci": None}]
+    attack = {"regime": "fedavg", "trainer": "ser-cnn", "seed": 0, "gender_chance": 0.5, "gender_nodes": 10}
+    attacks = [{**attack, "budget": math.inf, "gender_auc": 0.96, "gender_auc_low": 0.81, "gender_auc_high": 1.0,
+                "gender_accuracy": 0.9, "gender_advantage": 0.58},
+               {**attack, "budget": 1.0, "epsilon": 0.98, "gender_auc": 0.6, "gender_auc_low": 0.2,
+                "gender_auc_high": 1.0, "gender_accuracy": 0.5, "gender_advantage": 0.02}]
+    text = budget_markdown(scores, attacks)
+    assert "| real-central | 0.700 [0.600, 0.800] | - |" in text
+    assert "| fedavg | 0.600 [0.500, 0.700] | 0.100 - |" in text
+    assert "| fedavg | 0 | ∞ | inf | 0.960 [0.810, 1.000] | 0.900 (0.500) | 0.580 | 10 |" in text
+    assert "| fedavg | 0 | 1 | 0.98 | 0.600 [0.200, 1.000] | 0.500 (0.500) | 0.020 | 10 |" in text
+    assert budget_png(scores, attacks, tmp_path / "curve.png").stat().st_size > 10_000
+    assert budget_json(scores, attacks)["scores"][0]["budget"] == "inf"
 
 
 def reply(**metrics: float) -> RecordDict:
