@@ -32,6 +32,10 @@ from common.audit import classifier, generated
 from common.config import StudySections
 from common.data import Prepared, prepared_unlabeled
 from common.features import MinMax
+from common.features.windows import patches
+from common.models.sngan import Discriminator, GanSpec, Generator
+from common.pipeline import fedgan_round
+from common.schema import StudyConfig
 from common.synthesis import ClassConditionalGenerator
 from common.trainers.ser import SerCnnTrainer
 from common.trainers.supervised import NetTrainer
@@ -134,23 +138,27 @@ def first_layer(net: nn.Module) -> tuple[str, ...]:
     raise ValueError(f"{type(net).__name__} has no convolution or linear layer to read updates from")
 
 
+# One shadow client's round: (the global weights sent, its speech, round, seed) -> its weights after.
+ShadowRound = Callable[[Mapping[str, torch.Tensor], LabeledSet, int, int], Mapping[str, torch.Tensor]]
+
+
 class UpdateAttack:
-    """Feng et al. (2021)'s shadow-model attribute inference on FedAvg updates, by the server in one
-    fold: each round it sees the global weights it sent and each node's reply. The attacker
+    """Feng et al. (2021)'s shadow-model attribute inference on the updates nodes send, by the server
+    in one fold: each round it sees the weights it sent and each node's reply. The attacker
 
     1. trains shadow clients (:func:`shadow_clients`, public speakers of known gender) one round
-       each from the same global weights, as the nodes train (``local_round``: the protocol is
-       public, DP-SGD included), on the labels the global model gives their speech;
-    2. fits a logistic regression from the shadow updates of the first layer (after - before,
-       standardized) to gender;
+       each from the same weights, as the nodes train (``shadow_round``: the protocol is public,
+       DP-SGD included), on the labels the global model gives their speech
+       (:func:`ser_shadow_round`, :func:`fedgan_shadow_labels`);
+    2. fits a logistic regression from the shadow updates of the first layer that reads the data
+       (``names``; after - before, standardized) to gender;
     3. scores each node by its mean P(female) over the rounds it answered.
     """
 
-    def __init__(self, build: Callable[[], NetTrainer], shadows: Sequence[tuple[str, LabeledSet]],
-                 local_round: Callable[[NetTrainer, LabeledSet, int, int], object], seed: int) -> None:
-        self.build, self.shadows, self.local_round, self.seed = build, list(shadows), local_round, seed
-        self.names = first_layer(build().net)
-        self.sent: dict[int, dict[str, torch.Tensor]] = {}  # round -> the global weights
+    def __init__(self, shadow_round: ShadowRound, names: Sequence[str], shadows: Sequence[tuple[str, LabeledSet]],
+                 seed: int) -> None:
+        self.shadow_round, self.names, self.shadows, self.seed = shadow_round, tuple(names), list(shadows), seed
+        self.sent: dict[int, dict[str, torch.Tensor]] = {}  # round -> the weights sent
         self.updates: dict[str, list[np.ndarray]] = {}  # node -> first-layer update per round
 
     def observe(self, round_: int, sent: Mapping[str, torch.Tensor], reply: Mapping[str, torch.Tensor], node: str) -> None:
@@ -171,13 +179,64 @@ class UpdateAttack:
         x, female = [], []
         for round_, sent in sorted(self.sent.items()):
             for i, (gender, data) in enumerate(self.shadows):
-                shadow = self.build()
-                shadow.load_state_dict(sent)
-                labels = tuple(int(c) for c in shadow.predict_proba(data.feats).argmax(axis=1))
-                self.local_round(shadow, LabeledSet(data.feats, labels, data.ids), round_, self.seed + 7919 * round_ + i)
-                x.append(self.features(sent, shadow.state_dict()))
+                x.append(self.features(sent, self.shadow_round(sent, data, round_, self.seed + 7919 * round_ + i)))
                 female.append(gender == "F")
         if len(set(female)) < 2:
             return {}
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(np.stack(x), female)
         return {node: float(clf.predict_proba(np.stack(rows))[:, 1].mean()) for node, rows in self.updates.items()}
+
+
+def ser_update_attack(build: Callable[[], NetTrainer], local_round: Callable[[NetTrainer, LabeledSet, int, int], object],
+                      shadows: Sequence[tuple[str, LabeledSet]], seed: int) -> UpdateAttack:
+    """The attack on SER updates (FedAvg and the other strategies): a shadow client is a fresh
+    trainer (``build``) with the sent weights, its speech labelled by that model's predictions (the
+    public speech has no emotion labels; Feng et al. had labelled shadow data), one ``local_round``;
+    the features are the SER network's first layer."""
+    def shadow_round(sent: Mapping[str, torch.Tensor], data: LabeledSet, round_: int, seed: int) -> dict[str, torch.Tensor]:
+        shadow = build()
+        shadow.load_state_dict(dict(sent))
+        labels = tuple(int(c) for c in shadow.predict_proba(data.feats).argmax(axis=1))
+        local_round(shadow, LabeledSet(data.feats, labels, data.ids), round_, seed)
+        return shadow.state_dict()
+
+    return UpdateAttack(shadow_round, first_layer(build().net), shadows, seed)
+
+
+def fedgan_update_attack(cfg: StudyConfig, steps: int, shadows: Sequence[tuple[str, LabeledSet]],
+                         seed: int) -> UpdateAttack:
+    """The attack on FedGAN's updates (gan-fedavg; the state observed is ``generator.*`` and
+    ``discriminator.*``): a shadow client loads the sent networks, labels its speech by the
+    discriminator's class head (:func:`discriminator_labels`) and runs one node round
+    (``fedgan_round``, ``steps`` steps, fresh Adam: a node's kept moments never leave it); the
+    features are the discriminator's first layer, the one layer that reads the node's speech."""
+    spec = GanSpec.of(cfg)
+
+    def shadow_round(sent: Mapping[str, torch.Tensor], data: LabeledSet, round_: int, seed: int) -> dict[str, torch.Tensor]:
+        gen, disc = Generator(spec), Discriminator(spec, head=spec.n_c + 1)
+        gen.load_state_dict(_part(sent, "generator."))
+        disc.load_state_dict(_part(sent, "discriminator."))
+        labels = discriminator_labels(disc, spec.n_c, data.feats, cfg.features.window_hop)
+        fedgan_round(cfg, gen, disc, LabeledSet(data.feats, labels, data.ids), seed=seed, round_=round_, steps=steps)
+        return {**{f"generator.{k}": v.cpu() for k, v in gen.state_dict().items()},
+                **{f"discriminator.{k}": v.cpu() for k, v in disc.state_dict().items()}}  # what a node sends
+
+    names = [f"discriminator.{n}" for n in first_layer(Discriminator(spec, head=spec.n_c + 1))]
+    return UpdateAttack(shadow_round, names, shadows, seed)
+
+
+def _part(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+@torch.no_grad()
+def discriminator_labels(disc: Discriminator, n_classes: int, feats: Sequence[np.ndarray], hop: int) -> tuple[int, ...]:
+    """Per utterance, the emotion class stage 3's discriminator finds likeliest (the first
+    ``n_classes`` of its N_c + 1 outputs, softmax averaged over the utterance's (F, patch) windows)."""
+    disc.eval()
+    labels = []
+    for feat in feats:
+        x = torch.from_numpy(np.ascontiguousarray(patches(feat, disc.spec.patch, hop, pad_value=-1.0))).unsqueeze(1)
+        labels.append(int(torch.softmax(disc(x)[:, :n_classes], dim=1).mean(0).argmax()))  # x: (n, 1, F, P)
+    disc.train()
+    return tuple(labels)

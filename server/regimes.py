@@ -35,10 +35,12 @@ from flwr.serverapp import strategy as flower
 
 from common.attacks import (
     UpdateAttack,
+    fedgan_update_attack,
     female_score,
     gender_attack,
     gender_classifier,
     public_genders,
+    ser_update_attack,
     shadow_clients,
 )
 from common.audit import fake_trained_classifier
@@ -123,6 +125,8 @@ class FederatedRegime:
         self.folds = tuple(cfg.folds.sessions)  # a fold is named by its held-out session
         self.log = RegimeLog(failures=fed.failures)
         self.epsilons: dict[str, float] = {}  # training.dp: what each node reported spending, by name
+        self.update_scores: dict[str, list[float]] = {}  # the attack on updates: node -> P(female) per fold
+        self.shadows: list[tuple[str, LabeledSet]] | None = None  # its shadow clients (none: no public speech)
 
     def run(self, todo: Collection[int], store: GeneratorStore) -> Iterator[FoldOutcome]:
         """Discover the nodes, then one outcome per fold in ``todo`` (skipped folds say why)."""
@@ -209,6 +213,30 @@ class FederatedRegime:
         if not (audit.enabled and audit.gender_attack and self.cfg.federation.partition == "speaker"):
             return {}
         return {name: m[1] for name in nodes if (m := re.search(r"Ses\d\d[a-z]?([FM])$", name))}
+
+    def shadow_clients(self, nodes: list[str]) -> list[tuple[str, LabeledSet]]:
+        """The attack on updates' shadow clients (common/attacks.py), read once per regime; none when
+        the nodes do not hold one speaker each (:meth:`genders`) or the public speech lacks a gender."""
+        if not self.genders(nodes):
+            return []
+        if self.shadows is None:
+            cfg = self.cfg
+            try:
+                self.shadows = shadow_clients(cfg, self.scaling, cfg.audit.gender_public_per_gender, cfg.training.seed)
+            except (ValueError, OSError) as exc:  # no public speech of both genders: said, the study goes on
+                log.warning("gender attack on updates skipped: %s", exc)
+                self.shadows = []
+        return self.shadows
+
+    def score_updates(self, attack: UpdateAttack) -> None:
+        """Each node's P(female) from this fold's updates, averaged with its earlier folds', and the
+        figures over nodes, on the regime run (``gender_female_<node>``, ``gender_auc``, ...)."""
+        for name, score in attack.scores().items():
+            self.update_scores.setdefault(name, []).append(score)
+        scores = {name: float(np.mean(v)) for name, v in self.update_scores.items()}
+        figures = gender_attack(scores, self.genders(scores), seed=self.cfg.training.seed)
+        log.info("gender attack on the updates of %d nodes: %s", len(scores), {k: round(v, 3) for k, v in figures.items()})
+        self.log.metrics.update({**{f"gender_female_{name}": v for name, v in scores.items()}, **figures})
 
     def stored_generator(self, name: str) -> Generator:
         """Generator ``name`` of the run ``synthesis.from_run`` names (one line when it has none)."""
@@ -326,11 +354,16 @@ class GanFedAvg(FederatedRegime):
         disc.replace_head(gen.spec.n_c + 1)  # stage 3's N_c + 1 discriminator, as in finetune()
         local = -(-cfg.training.finetune_iterations // cfg.federation.gan_rounds)
         self.epsilons = {}
+        attack = self.fedgan_attack(nodes, local)
         for rnd in range(1, cfg.federation.gan_rounds + 1):
             content = RecordDict({"generator": ArrayRecord(gen.state_dict()), "discriminator": ArrayRecord(disc.state_dict()),
                                   "config": stats_config(self.scaling, **{"server-round": rnd, "local-steps": local,
                                                                              "fold": test})})
             outcome = self.fed.exchange("train.fedgan", dict.fromkeys(nodes, content))
+            if attack is not None:  # the attacker sees every reply, over the budget or not
+                sent = _networks(content)
+                for name, reply in outcome.replies.items():
+                    attack.observe(rnd, sent, _networks(reply), name)
             answered = within_budget(cfg.training.dp, outcome.replies, self.fed.failures)
             if not answered:
                 raise NodeFailure(f"fold {test}", f"no training node answered FedGAN round {rnd} within budget: "
@@ -340,7 +373,15 @@ class GanFedAvg(FederatedRegime):
             weights = [float(r["metrics"]["num-examples"]) for r in replies]
             gen.load_state_dict(weighted_average([r["generator"].to_torch_state_dict() for r in replies], weights))
             disc.load_state_dict(weighted_average([r["discriminator"].to_torch_state_dict() for r in replies], weights))
+        if attack is not None:
+            self.score_updates(attack)
         return gen.eval()
+
+    def fedgan_attack(self, nodes: list[str], steps: int) -> UpdateAttack | None:
+        """The shadow-model gender attack on this fold's FedGAN updates (common/attacks.py), when the
+        nodes hold one speaker each and public speech of both genders is at hand."""
+        shadows = self.shadow_clients(nodes)
+        return fedgan_update_attack(self.cfg, steps, shadows, self.cfg.training.seed) if shadows else None
 
     def fold(self, test: int) -> FoldOutcome:
         nodes = [n.name for n in self.fed.training(test)]
@@ -370,6 +411,12 @@ class GanFedAvg(FederatedRegime):
         if figures:  # the mean over the training nodes (each audits its own members and held-out data)
             outcome.audit = {k: float(np.mean([f[k] for f in figures])) for k in figures[0]}
         return outcome
+
+
+def _networks(content: RecordDict) -> dict[str, torch.Tensor]:
+    """A FedGAN message's generator and discriminator as one state, ``generator.`` / ``discriminator.``."""
+    return {f"{net}.{k}": v for net in ("generator", "discriminator")
+            for k, v in content[net].to_torch_state_dict().items()}  # type: ignore[union-attr]
 
 
 def _strategy(cfg: StudyConfig, name: str, sampled: int) -> flower.Strategy:
@@ -411,8 +458,6 @@ class StrategyRegime(FederatedRegime):
                  *, strategy: str = "fedavg") -> None:
         super().__init__(fed, cfg, stored)
         self.name = strategy
-        self.update_scores: dict[str, list[float]] = {}  # the attack on updates: node -> P(female) per fold
-        self.shadows: list[tuple[str, LabeledSet]] | None = None  # its shadow clients (none: no public speech)
 
     def prepare(self, store: GeneratorStore) -> None:
         # No GAN here; with a checkpoint its pre-training corpus counts as in every regime.
@@ -494,33 +539,15 @@ class StrategyRegime(FederatedRegime):
         return outcome
 
     def update_attack(self, trainer: SerTrainer, nodes: list[str]) -> UpdateAttack | None:
-        """The shadow-model gender attack on this fold's updates (common/attacks.py), when the nodes
-        hold one speaker each (:meth:`genders`) and public speech of both genders is at hand."""
-        if not self.genders(nodes) or not isinstance(trainer, NetTrainer):
+        """The shadow-model gender attack on this fold's SER updates (common/attacks.py), when the
+        nodes hold one speaker each and public speech of both genders is at hand."""
+        shadows = self.shadow_clients(nodes) if isinstance(trainer, NetTrainer) else []
+        if not shadows:
             return None
-        cfg = self.cfg
-        if self.shadows is None:  # the public speech, read once per regime
-            try:
-                self.shadows = shadow_clients(cfg, self.scaling, cfg.audit.gender_public_per_gender, cfg.training.seed)
-            except (ValueError, OSError) as exc:  # no public speech of both genders: said, the study goes on
-                log.warning("gender attack on updates skipped: %s", exc)
-                self.shadows = []
-        if not self.shadows:
-            return None
-        shadows = self.shadows
-        device = resolve_device(cfg.training.device)
-        return UpdateAttack(lambda: cast(NetTrainer, build_trainer(cfg, device)), shadows,
-                            lambda t, data, rnd, seed: fedavg_round(t, data, round_=rnd, seed=seed), cfg.training.seed)
-
-    def score_updates(self, attack: UpdateAttack) -> None:
-        """Each node's P(female) from this fold's updates, averaged with its earlier folds', and the
-        figures over nodes, on the regime run (``gender_female_<node>``, ``gender_auc``, ...)."""
-        for name, score in attack.scores().items():
-            self.update_scores.setdefault(name, []).append(score)
-        scores = {name: float(np.mean(v)) for name, v in self.update_scores.items()}
-        figures = gender_attack(scores, self.genders(scores), seed=self.cfg.training.seed)
-        log.info("gender attack on the updates of %d nodes: %s", len(scores), {k: round(v, 3) for k, v in figures.items()})
-        self.log.metrics.update({**{f"gender_female_{name}": v for name, v in scores.items()}, **figures})
+        cfg, device = self.cfg, resolve_device(self.cfg.training.device)
+        return ser_update_attack(lambda: cast(NetTrainer, build_trainer(cfg, device)),
+                                 lambda t, data, rnd, seed: fedavg_round(t, data, round_=rnd, seed=seed), shadows,
+                                 cfg.training.seed)
 
 
 REGIMES: dict[str, Callable[[Federation, StudyConfig, Mapping[str, torch.nn.Module] | None], FederatedRegime]] = {

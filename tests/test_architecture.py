@@ -50,8 +50,8 @@ LAYERS = (
     ("common.views", "common.splits", "common.models", "common.synthesis", "common.privacy"),
     ("common.data",),
     ("common.trainers",),
-    ("common.trainers.registry", "common.audit", "common.attacks"),
-    ("common.schema", "common.pipeline", "common.regimes"),
+    ("common.trainers.registry", "common.audit"),
+    ("common.schema", "common.pipeline", "common.regimes", "common.attacks"),  # attacks: FedGAN's round
 )
 
 

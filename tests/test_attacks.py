@@ -11,17 +11,19 @@ import pytest
 import torch
 
 from common.attacks import (
-    UpdateAttack,
+    fedgan_update_attack,
     female_score,
     first_layer,
     gender_attack,
     gender_classifier,
     public_genders,
+    ser_update_attack,
     shadow_clients,
 )
 from common.data import load_corpus, prepared_unlabeled
 from common.features import MinMax
 from common.features.windows import random_patch
+from common.models.sngan import Discriminator, GanSpec, Generator
 from common.schema import load_config
 from common.trainers.registry import build_trainer
 from common.trainers.supervised import NetTrainer, fedavg_round
@@ -124,26 +126,49 @@ def test_the_update_attack_finds_the_gender_of_public_like_nodes_and_not_with_sh
     def local_round(trainer: NetTrainer, data: LabeledSet, rnd: int, seed: int) -> None:
         fedavg_round(trainer, data, round_=rnd, seed=seed)
 
-    def attack(shadow_genders: list[str]) -> dict[str, float]:
-        spy = UpdateAttack(build, [(g, d) for g, (_, d) in zip(shadow_genders, shadows, strict=True)], local_round, seed=0)
-        sent = build().state_dict()
-        for rnd in (1, 2):
-            states = []
-            for i, (_, data) in nodes.items():
-                node = build()
-                node.load_state_dict(sent)
-                # The labels a shadow client uses (the global model's): the nodes differ from the
-                # shadows in their voices alone.
-                labels = tuple(int(c) for c in node.predict_proba(data.feats).argmax(axis=1))
-                local_round(node, LabeledSet(data.feats, labels, data.ids), rnd, 100 * rnd + i)
-                spy.observe(rnd, sent, node.state_dict(), f"n{i}")
-                states.append(node.state_dict())
-            sent = {k: torch.stack([s[k] for s in states]).mean(0) for k in sent}  # FedAvg, equal weights
-        return gender_attack(spy.scores(), {f"n{i}": g for i, (g, _) in nodes.items()})
-
-    leaky = attack([g for g, _ in shadows])
+    # The nodes train as the shadow clients do (the same round, the global model's labels): they
+    # differ from the shadows in their voices alone.
+    spy = ser_update_attack(build, local_round, shadows, seed=0)
+    shadow_round = spy.shadow_round
+    sent = build().state_dict()
+    for rnd in (1, 2):
+        states = {f"n{i}": shadow_round(sent, data, rnd, 100 * rnd + i) for i, (_, data) in nodes.items()}
+        for name, state in states.items():
+            spy.observe(rnd, sent, state, name)
+        sent = {k: torch.stack([s[k] for s in states.values()]).mean(0) for k in sent}  # FedAvg, equal weights
+    truth = {f"n{i}": g for i, (g, _) in nodes.items()}
+    leaky = gender_attack(spy.scores(), truth)
     # Observed: AUC 1.0, accuracy 1.0, advantage 0.41 (0.43 with 50 local steps).
     assert leaky["gender_auc"] >= 0.9 and leaky["gender_accuracy"] > leaky["gender_chance"]
     assert leaky["gender_advantage"] >= 0.25
-    blind = attack(["F", "F", "F", "M", "M", "M"] * 2)  # independent of the true genders (F x 6, M x 6)
+    spy.shadows = [(g, d) for g, (_, d) in zip(["F", "F", "F", "M", "M", "M"] * 2, shadows, strict=True)]
+    blind = gender_attack(spy.scores(), truth)  # shadow genders independent of the true ones (F x 6, M x 6)
     assert abs(blind["gender_advantage"]) <= 0.2  # observed 0.05
+
+
+def test_the_update_attack_on_fedgan_reads_the_discriminators_first_layer_and_finds_the_gender(tmp_path: Path) -> None:
+    """gan-fedavg's updates, the same leaky setup (12 shadow clients, 12 nodes of the attacker's
+    public distribution, one FedGAN round of 10 steps from one random G and D), and the same
+    blind control."""
+    tables = tomllib.loads(FAST_STUDY_TABLES)
+    tables["data"] = {"synthetic": {**tables["data"]["synthetic"], "pretrain_speakers": 24}}
+    cfg = load_config(overrides={**tables, "work_dir": str(tmp_path)})
+    clients = shadow_clients(cfg, prepared_unlabeled(cfg).stats(), per_gender=200, seed=0)
+    females, males = [c for c in clients if c[0] == "F"], [c for c in clients if c[0] == "M"]
+    shadows, nodes = females[:6] + males[:6], dict(enumerate(females[6:] + males[6:]))
+    spy = fedgan_update_attack(cfg, 10, shadows, seed=0)
+    assert spy.names == ("discriminator.convs.0.bias", "discriminator.convs.0.parametrizations.weight.original")
+    spec = GanSpec.of(cfg)
+    torch.manual_seed(0)
+    gen, disc = Generator(spec), Discriminator(spec, head=spec.n_c + 1)
+    sent = {**{f"generator.{k}": v for k, v in gen.state_dict().items()},
+            **{f"discriminator.{k}": v for k, v in disc.state_dict().items()}}
+    for i, (_, data) in nodes.items():
+        spy.observe(1, sent, spy.shadow_round(sent, data, 1, 100 + i), f"n{i}")
+    truth = {f"n{i}": g for i, (g, _) in nodes.items()}
+    leaky = gender_attack(spy.scores(), truth)  # observed: AUC 0.97, accuracy 0.92, advantage 0.61
+    assert leaky["gender_auc"] >= 0.9 and leaky["gender_accuracy"] > leaky["gender_chance"]
+    assert leaky["gender_advantage"] >= 0.25
+    spy.shadows = [(g, d) for g, (_, d) in zip(["F", "F", "F", "M", "M", "M"] * 2, shadows, strict=True)]
+    blind = gender_attack(spy.scores(), truth)
+    assert abs(blind["gender_advantage"]) <= 0.2  # observed -0.06

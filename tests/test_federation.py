@@ -174,6 +174,10 @@ def test_federated_regimes_through_flwr_run(tmp_path: Path, pretrained_gan: Path
         f"gender_female_Session{s}-Ses0{s}{g}" for s in range(1, 6) for g in "FM"}
     assert prox["gender_nodes"] == 10 and prox["gender_auc_low"] <= prox["gender_auc"] <= prox["gender_auc_high"]
     trained = [f"Session{s}-Ses0{s}{g}" for s in (1, 2, 4, 5) for g in "FM"]
+    # ... and on gan-fedavg's (the discriminator's first layer): the eight nodes that answered.
+    fedgan = parents["gan-fedavg"].data.metrics
+    assert {k for k in fedgan if k.startswith("gender_female_")} == {f"gender_female_{name}" for name in trained}
+    assert fedgan["gender_nodes"] == 8 and fedgan["gender_auc_low"] <= fedgan["gender_auc"] <= fedgan["gender_auc_high"]
     ckpts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=gan.info.run_id, artifact_path="checkpoints")}
     assert ckpts == {f"checkpoints/generator_{name}.pt" for name in trained}
     assert {"f1_macro_mean", "f1_macro_std"} <= set(gan.data.metrics)
