@@ -189,11 +189,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes, one torch thread each")
     args = ap.parse_args()
     variants = [v.partition("=")[::2] for v in (args.variant or ABLATION)]
-    base = load_config(args.config)
-    for name, spec in variants:
-        cfg = load_config(args.config, overrides(spec))  # every variant validated before any runs
-        if pretrained(cfg).spec != pretrained(base).spec:
-            raise SystemExit(f"variant {name!r} changes the GAN's sizes; pre-train a config with them instead")
+    try:  # every variant validated before any runs; a bad one is one line, not a traceback
+        base = load_config(args.config)
+        for name, spec in variants:
+            if pretrained(load_config(args.config, overrides(spec))).spec != pretrained(base).spec:
+                raise SystemExit(f"variant {name!r} changes the GAN's sizes; pre-train a config with them instead")
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError; a missing checkpoint an OSError
+        raise SystemExit(f"error: {exc}") from None
     if args.fedgan and args.session:
         raise SystemExit("--fedgan trains over the fold's sessions; --session names one node: give one of them")
     jobs = [(str(args.config), name, overrides(spec), int(f), int(s), args.session, args.ser, args.fedgan)
