@@ -49,8 +49,8 @@ log = logging.getLogger("fedser")
 # What does not change a single (regime, trainer, seed) run's fold results: the study's axes and
 # bookkeeping (which folds run, too: a fold's result does not depend on the others). Everything
 # else of the resolved config is hashed.
-UNHASHED: dict[str, Any] = {**dict.fromkeys(("name", "work_dir", "regimes", "trainers", "seeds", "workers",
-                                             "tracking"), True), "folds": {"sessions"}}
+UNHASHED: dict[str, Any] = {**dict.fromkeys(("name", "work_dir", "regimes", "trainers", "seeds", "epsilons",
+                                             "workers", "tracking"), True), "folds": {"sessions"}}
 
 
 @functools.cache

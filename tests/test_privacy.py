@@ -24,6 +24,7 @@ from common.schema import load_config
 from common.trainers.registry import build_trainer
 from common.views import PoissonPatchSampler
 from server.regimes import within_budget
+from server.tracking import config_digest
 from simulations.cli import app
 from simulations.report import (
     budget_json,
@@ -210,6 +211,9 @@ def test_the_epsilons_axis_sets_each_budget_and_refuses_a_second_one() -> None:
     assert [s.training.dp for _, s in studies[1:]] == [DpConfig(epsilon=10.0, clip=0.5), DpConfig(epsilon=3.0, clip=0.5)]
     assert load_config(overrides={"epsilons": [1], "regimes": ["real-central"]}).budget_studies[0][1].regimes == (
         "real-central",)  # the largest budget runs what is not covered
+    # A budget's study is the study one would write for it alone: it resumes runs made without the axis.
+    alone = load_config(overrides={"regimes": ["gan-federated"], "training": {"dp": {"epsilon": 10, "clip": 0.5}}})
+    assert config_digest(studies[1][1]) == config_digest(alone)
     for bad, message in [({"epsilons": [0]}, "every budget must be > 0"),
                          ({"epsilons": [3], "training": {"dp": {"epsilon": 3}}}, "remove training.dp.epsilon"),
                          ({"epsilons": [3], "training": {"finetune_select_every": 50}}, "finetune_select_every")]:
@@ -239,6 +243,8 @@ def test_fedser_study_runs_the_privacy_utility_curve_and_report_plots_it(tmp_pat
     assert len(folds) == 2 and all(0 < f.data.metrics["epsilon"] <= 50 for f in folds)
     plain = mlflow.search_runs(experiment_names=["curve-epsinf"], filter_string="tags.fold != ''", output_format="list")
     assert plain and not any("epsilon" in f.data.metrics for f in plain)
+    again = CliRunner().invoke(app, ["study", str(path)])
+    assert again.exit_code == 0 and again.output.count("finished in an earlier run") == 3, again.output
     result = CliRunner().invoke(app, ["report", "--config", str(path)])
     assert result.exit_code == 0, result.output
     assert "| regime | ε = ∞ | ε = 50 |" in result.output
