@@ -24,7 +24,7 @@ from common.data import load_corpus, prepared_unlabeled
 from common.features import MinMax
 from common.features.windows import random_patch
 from common.models.sngan import Discriminator, GanSpec, Generator
-from common.schema import load_config
+from common.schema import StudyConfig, load_config
 from common.trainers.registry import build_trainer
 from common.trainers.supervised import NetTrainer, fedavg_round
 from common.views import LabeledSet
@@ -103,22 +103,28 @@ def test_the_update_attack_reads_the_first_layer() -> None:
     assert first_layer(trainer.net) == ("convs.0.bias", "convs.0.parametrizations.weight.original")
 
 
-def test_the_update_attack_finds_the_gender_of_public_like_nodes_and_not_with_shuffled_shadows(tmp_path: Path) -> None:
-    """24 public speakers (the embedded LibriSpeech): twelve are the attacker's shadow clients, twelve
-    are nodes training FedAvg rounds on their speech — the deliberately leaky setup, nodes drawn from
-    the attacker's own distribution. With shadow genders that say nothing (in each true gender,
-    half labelled F and half M) it must know nothing."""
+Client = tuple[str, LabeledSet]
+
+
+@pytest.fixture(scope="module")
+def public_speakers(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyConfig, list[Client], dict[int, Client]]:
+    """24 public speakers (the embedded LibriSpeech): twelve the attacker's shadow clients (6 F, 6 M),
+    twelve the nodes — the deliberately leaky setup, nodes drawn from the attacker's own distribution."""
     tables = tomllib.loads(FAST_STUDY_TABLES)
     tables["data"] = {"synthetic": {**tables["data"]["synthetic"], "pretrain_speakers": 24}}
     tables["federation"] = {"rounds": 2, "local_iterations": 20}
-    cfg = load_config(overrides={**tables, "work_dir": str(tmp_path)})
-    stats = prepared_unlabeled(cfg).stats()
-    clients = shadow_clients(cfg, stats, per_gender=200, seed=0)
-    females = [c for c in clients if c[0] == "F"]
-    males = [c for c in clients if c[0] == "M"]
+    cfg = load_config(overrides={**tables, "work_dir": str(tmp_path_factory.mktemp("public"))})
+    clients = shadow_clients(cfg, prepared_unlabeled(cfg).stats(), per_gender=200, seed=0)
+    females, males = [c for c in clients if c[0] == "F"], [c for c in clients if c[0] == "M"]
     assert (len(females), len(males)) == (12, 12)
-    shadows = females[:6] + males[:6]
-    nodes = dict(enumerate(females[6:] + males[6:]))
+    return cfg, females[:6] + males[:6], dict(enumerate(females[6:] + males[6:]))
+
+
+def test_the_update_attack_finds_the_gender_of_public_like_nodes_and_not_with_shuffled_shadows(
+        public_speakers: tuple[StudyConfig, list[Client], dict[int, Client]]) -> None:
+    """Nodes training FedAvg rounds on their speech. With shadow genders that say nothing (in each
+    true gender, half labelled F and half M) it must know nothing."""
+    cfg, shadows, nodes = public_speakers
 
     def build() -> NetTrainer:
         return build_trainer(cfg, torch.device("cpu"))  # type: ignore[return-value]
@@ -146,16 +152,11 @@ def test_the_update_attack_finds_the_gender_of_public_like_nodes_and_not_with_sh
     assert abs(blind["gender_advantage"]) <= 0.2  # observed 0.05
 
 
-def test_the_update_attack_on_fedgan_reads_the_discriminators_first_layer_and_finds_the_gender(tmp_path: Path) -> None:
-    """gan-fedavg's updates, the same leaky setup (12 shadow clients, 12 nodes of the attacker's
-    public distribution, one FedGAN round of 10 steps from one random G and D), and the same
-    blind control."""
-    tables = tomllib.loads(FAST_STUDY_TABLES)
-    tables["data"] = {"synthetic": {**tables["data"]["synthetic"], "pretrain_speakers": 24}}
-    cfg = load_config(overrides={**tables, "work_dir": str(tmp_path)})
-    clients = shadow_clients(cfg, prepared_unlabeled(cfg).stats(), per_gender=200, seed=0)
-    females, males = [c for c in clients if c[0] == "F"], [c for c in clients if c[0] == "M"]
-    shadows, nodes = females[:6] + males[:6], dict(enumerate(females[6:] + males[6:]))
+def test_the_update_attack_on_fedgan_reads_the_discriminators_first_layer_and_finds_the_gender(
+        public_speakers: tuple[StudyConfig, list[Client], dict[int, Client]]) -> None:
+    """gan-fedavg's updates, the same leaky setup (one FedGAN round of 10 steps from one random G
+    and D), and the same blind control."""
+    cfg, shadows, nodes = public_speakers
     spy = fedgan_update_attack(cfg, 10, shadows, seed=0)
     assert spy.names == ("discriminator.convs.0.bias", "discriminator.convs.0.parametrizations.weight.original")
     spec = GanSpec.of(cfg)
