@@ -149,7 +149,7 @@ class UpdateAttack:
     1. trains shadow clients (:func:`shadow_clients`, public speakers of known gender) one round
        each from the same weights, as the nodes train (``shadow_round``: the protocol is public,
        DP-SGD included), on the labels the global model gives their speech
-       (:func:`ser_shadow_round`, :func:`fedgan_shadow_labels`);
+       (:func:`ser_update_attack`, :func:`fedgan_update_attack`);
     2. fits a logistic regression from the shadow updates of the first layer that reads the data
        (``names``; after - before, standardized) to gender;
     3. scores each node by its mean P(female) over the rounds it answered.

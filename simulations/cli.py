@@ -394,8 +394,10 @@ def report(
 
 
 def _budget_report(cfg: StudyConfig, uri: str, as_json: bool = False) -> None:
+    from server.tracking import Tracker
     from simulations.report import budget_json, budget_markdown, budget_rows, log_budget_report
 
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
     names = [(budget, study.tracking.experiment) for budget, study in cfg.budget_studies]
     scores, attacks = budget_rows(uri, names)
     if not scores:
@@ -405,7 +407,8 @@ def _budget_report(cfg: StudyConfig, uri: str, as_json: bool = False) -> None:
         print(json.dumps(budget_json(scores, attacks), indent=2))
         return
     text = budget_markdown(scores, attacks)
-    run_id = log_budget_report(uri, cfg.tracking.experiment, scores, attacks, text)
+    # The axis's own experiment, created as a study's is (artifacts under work_dir, not the cwd).
+    run_id = log_budget_report(Tracker(cfg).experiment_id, scores, attacks, text)
     print(text)
     console.print(f"logged privacy_utility.md, .json and .png to MLflow run {run_id} ({uri}); one budget's full "
                   f"report: fedser report --experiment {names[0][1]}", markup=False, highlight=False)

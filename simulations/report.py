@@ -326,15 +326,13 @@ def budget_json(scores: Sequence[dict[str, Any]], attacks: Sequence[dict[str, An
                    "attacks": [dict(a, budget=f"{a['budget']:g}") for a in attacks]})
 
 
-def log_budget_report(tracking_uri: str, experiment: str, scores: Sequence[dict[str, Any]],
-                      attacks: Sequence[dict[str, Any]], text: str) -> str:
-    """Log privacy_utility.md, .json and .png as artifacts of a ``report`` run of ``experiment``
-    (the axis's own name, created when missing); returns the run's id."""
-    mlflow.set_tracking_uri(tracking_uri)
-    exp = mlflow.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+def log_budget_report(experiment_id: str, scores: Sequence[dict[str, Any]], attacks: Sequence[dict[str, Any]],
+                      text: str) -> str:
+    """Log privacy_utility.md, .json and .png as artifacts of a ``report`` run of experiment
+    ``experiment_id`` (the axis's own, :class:`server.tracking.Tracker`'s), in the current tracking
+    store; returns the run's id."""
     data = budget_json(scores, attacks)
-    with mlflow.start_run(experiment_id=exp_id, run_name="privacy-utility report", tags={"kind": "report"}) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name="privacy-utility report", tags={"kind": "report"}) as run:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "privacy_utility.md").write_text(text, encoding="utf-8")
