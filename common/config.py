@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-Preset = Literal["paper", "tiny"]
+Preset = Literal["paper", "tiny", "small"]
 S = TypeVar("S", bound="Section")
 Study = TypeVar("Study", bound="StudySections")  # a schema: common.schema.StudyConfig
 
@@ -215,6 +215,9 @@ class TrainingConfig(Section):
     # keep the exponential moving average of the generator's stage-3 iterates, this decay per step
     # (common/trainers/base.py: AverageWeights; Yazici et al. 2019; 0 = the last iterate).
     finetune_ema: float = Field(0.0, ge=0, lt=1)
+    # the discriminator's stage-3 learning rate (None = d_lr, the paper's "same learning rates"): a
+    # preset can give stage 3 the paper's D/G ratio of 10 without changing its pre-training.
+    finetune_d_lr: float | None = Field(None, gt=0)
     # Differentially private stage 3 (DpConfig; None = off, the paper).
     dp: DpConfig | None = None
     # SER network (§4.4): lr 1e-5 decayed x0.1 every 10K iterations; length not given in the paper.
@@ -571,6 +574,16 @@ class StudySections(Section):
         return _flatten(self.model_dump(mode="json"))
 
 
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 # Sizes per preset; an experiment file is applied on top of its preset.
 PRESETS: dict[Preset, dict[str, Any]] = {
     # Exactly the papers' values (seed 002 Table 1 and §4.4): the field defaults.
@@ -598,6 +611,14 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         "audit": {"samples_per_class": 150, "iterations": 300},
     },
 }
+# The tiny sizes with the longer stage 3 that kept the generators' diversity best in the ablations
+# (docs/generators.md, "The small preset"): 3x the steps, the class loss ramped in over the first
+# half, the four DiffAugment transforms, stage 3 at the paper's D/G learning-rate ratio of 10 (tiny: 2)
+# and the generator's iterates averaged. Stages 1-2 are tiny's, so the two share a checkpoint.
+PRESETS["small"] = _merge(PRESETS["tiny"], {"training": {
+    "finetune_iterations": 1800, "finetune_class_ramp": 900,
+    "finetune_augment": ("shift", "time_mask", "freq_mask", "gain"), "finetune_d_lr": 2e-3, "finetune_ema": 0.997,
+}})
 
 
 # What each corpus root should point at (config_warnings' advice).
@@ -738,16 +759,6 @@ def _anchor_paths(data: Mapping[str, Any], schema: type[BaseModel], folder: Path
             value = node.get(leaf)
             if isinstance(value, str) and not Path(value).expanduser().is_absolute():
                 node[leaf] = os.path.normpath(folder / value)
-    return out
-
-
-def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
     return out
 
 

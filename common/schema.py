@@ -73,9 +73,9 @@ class StudyConfig(config.StudySections):
 
     @classmethod
     def preset_values(cls, preset: Preset, feature_kind: str) -> dict[str, Any]:
-        """The preset's sizes, with each family's and the extractor's ``tiny`` sizes under ``tiny``."""
+        """The preset's sizes, with each family's and the extractor's ``tiny`` sizes under ``tiny`` and ``small``."""
         values = super().preset_values(preset, feature_kind)
-        if preset != "tiny":
+        if preset == "paper":
             return values
         extractor = EXTRACTORS.get(feature_kind)
         features = {**values.get("features", {}), "params": dict(extractor.tiny) if extractor else {}}

@@ -23,6 +23,17 @@ def test_defaults_are_the_tiny_demo_with_absolute_work_dir() -> None:
     assert cfg.data.label_map["exc"] == "hap"
 
 
+def test_small_preset_is_tiny_with_the_long_averaged_stage_3() -> None:
+    tiny, small = load_config().flat(), load_config(overrides={"preset": "small"}).flat()
+    changed = {k: small[k] for k in small if small[k] != tiny[k]}
+    # Only stage 3 differs (stages 1-2 equal: the two presets share a pre-trained checkpoint).
+    assert changed == {
+        "preset": "small", "training.finetune_iterations": "1800", "training.finetune_class_ramp": "900",
+        "training.finetune_augment": "['shift', 'time_mask', 'freq_mask', 'gain']",
+        "training.finetune_d_lr": "0.002", "training.finetune_ema": "0.997"}
+    assert float(changed["training.finetune_d_lr"]) / float(tiny["training.g_lr"]) == 10  # the paper's D/G ratio
+
+
 def test_paper_preset_has_the_papers_values(tmp_path: Path) -> None:
     path = tmp_path / "paper.toml"
     path.write_text('preset = "paper"\n')
@@ -80,7 +91,7 @@ def test_toml_syntax_error_and_missing_file_are_one_line(tmp_path: Path) -> None
         load_config(path)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.toml")
-    with pytest.raises(ConfigError, match=r"preset: must be one of \['paper', 'tiny'\]"):
+    with pytest.raises(ConfigError, match=r"preset: must be one of \['paper', 'small', 'tiny'\]"):
         load_config(None, {"preset": "huge"})
 
 

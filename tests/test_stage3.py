@@ -36,6 +36,7 @@ from common.trainers.gan import (
     split_cross_entropy,
     stage3_optimizers,
     trainable_discriminator,
+    wgan_gp_step,
 )
 from common.views import LabeledSet, PatchSampler
 from tests.test_gan_training import spectrograms
@@ -101,8 +102,18 @@ def test_switches_off_is_section_3_2_bit_for_bit() -> None:
     assert stage3_digest(lambda g, d, s, c: conditional_step(g, d, s, c, CPU), cfg)[0] == plain
     # ... and each switch does change the run (so the equality above is not vacuous).
     for switch in ({"finetune_class_ramp": 100}, {"finetune_augment": ["gain"]}, {"finetune_mode_seeking": 1.0},
-                   {"finetune_freeze_d": 2}):
+                   {"finetune_freeze_d": 2}, {"finetune_d_lr": 3e-3}):
         assert stage3_digest(lambda g, d, s, c: conditional_step(g, d, s, c, CPU), training(**switch))[0] != plain
+
+
+def test_finetune_d_lr_is_stage_3s_discriminator_rate_only() -> None:
+    gen, disc = Generator(SPEC), Discriminator(SPEC, SPEC.n_c + 1)
+    opt_g, opt_d = stage3_optimizers(gen, disc, training(finetune_d_lr=3e-3))
+    assert (opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]) == (5e-4, 3e-3)
+    assert stage3_optimizers(gen, disc, training())[1].param_groups[0]["lr"] == 1e-3  # None: d_lr
+    # Pre-training's critic keeps d_lr, so a preset that sets it shares its checkpoint with one that does not.
+    critic = lambda g, d, s, c: (d.replace_head(1), wgan_gp_step(g, d, s, c, CPU))[1]  # noqa: E731
+    assert stage3_digest(critic, training(finetune_d_lr=3e-3))[0] == stage3_digest(critic, training())[0]
 
 
 def test_split_cross_entropy_is_the_cross_entropy_in_two_parts() -> None:

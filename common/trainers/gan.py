@@ -150,7 +150,7 @@ def split_cross_entropy(logits: torch.Tensor, target: torch.Tensor, beta: float)
 # The stage-3 step's switches (TrainingConfig), each at its "off" default: what a caller that is
 # not the proposed model's stage 3 (BAGAN's adversarial phase) sets so that it stays as published.
 STAGE3_SWITCHES_OFF = {name: TrainingConfig.model_fields[name].default for name in (
-    "finetune_class_ramp", "finetune_augment", "finetune_mode_seeking", "finetune_freeze_d")}
+    "finetune_class_ramp", "finetune_augment", "finetune_mode_seeking", "finetune_freeze_d", "finetune_d_lr")}
 
 
 def mode_seeking(fake: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -181,7 +181,8 @@ def trainable_discriminator(disc: nn.Module, frozen_convs: int) -> list[nn.Param
 
 def stage3_optimizers(gen: ConditionalGenerator, disc: nn.Module, cfg: TrainingConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """Stage 3's Adam for G and for D's trainable parameters (FreezeD keeps the others out)."""
-    return adam(gen.parameters(), cfg.g_lr, cfg), adam(trainable_discriminator(disc, cfg.finetune_freeze_d), cfg.d_lr, cfg)
+    d_lr = cfg.d_lr if cfg.finetune_d_lr is None else cfg.finetune_d_lr
+    return adam(gen.parameters(), cfg.g_lr, cfg), adam(trainable_discriminator(disc, cfg.finetune_freeze_d), d_lr, cfg)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
