@@ -115,17 +115,20 @@ def test_tls_deployment_on_loopback(tmp_path: Path, pretrained_gan: Path) -> Non
 
     flwr_home = tmp_path / "flwr"
     env = tls_connection(flwr_home, "tls", f"127.0.0.1:{link_port}", certs / "ca.crt")
-    procs = Processes(tmp_path / "logs", env)
+    # The tracking server alone, as in docker-compose.yml: no MLflow job runner and its consumers.
+    procs = Processes(tmp_path / "logs", {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         procs.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
                                "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                                "--artifacts-destination", str(tmp_path / "mlartifacts"), "--workers", "1"])
+        # Flower's default in-memory state, not compose's --database file (kept there for restarts,
+        # which this test does not make): with the file, committing every object of every message
+        # cost the SuperLink ~30 s of CPU per run here.
         procs.start("superlink", [
             str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(link_port),
             "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "superlink.crt"),
             "--ssl-keyfile", str(certs / "superlink.key"), "--enable-supernode-auth",
-            "--isolation", "subprocess", "--disable-runtime-dependency-installation",
-            "--database", str(tmp_path / "superlink.db")])
+            "--isolation", "subprocess", "--disable-runtime-dependency-installation"])
         tls = ssl.create_default_context(cafile=str(certs / "ca.crt"))
         wait_for(f"https://127.0.0.1:{link_port}/health", tls)
         with pytest.raises(OSError):  # TLS only: plain HTTP is not served

@@ -35,7 +35,7 @@ from common.schema import config_from_run, load_config
 from common.trainers.registry import build_trainer
 from server.federation import Federation, WireGrid, reason_line
 from simulations.cli import app
-from simulations.flower import descendants, stop_tree
+from simulations.flower import APP_DIR, app_source, descendants, stop_tree
 from tests.conftest import FAST_STUDY_TABLES, study_file
 from tests.inline import run_inline
 
@@ -268,6 +268,22 @@ def test_stop_tree_stops_a_process_and_its_children() -> None:
     assert parent.returncode is not None
     stat = Path(f"/proc/{child}/stat")
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_flwr_run_is_given_exactly_the_files_of_the_fab(tmp_path: Path) -> None:
+    """``app_source`` copies what ``flwr build`` packs from the repo root, found without walking
+    .venv. The reference: git's listing of every file it does not ignore, through Flower's filter."""
+    from flwr.cli.utils import filter_paths_for_publish
+
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=APP_DIR, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    names = [n for n in listed.stdout.decode().split("\0") if n and (APP_DIR / n).is_file()]
+    expected = set(filter_paths_for_publish({n: APP_DIR / n for n in names}))
+    staged = app_source(tmp_path / "app")
+    copied = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    assert copied == expected and {"pyproject.toml", "server/app.py", "client/app.py"} <= copied
+    assert all((staged / n).read_bytes() == (APP_DIR / n).read_bytes() for n in copied)
 
 
 # --- The server's side of the wire, against a scripted grid (fast) --------------------------------
