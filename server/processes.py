@@ -121,22 +121,25 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; its parent (or init) reaps it
 
 
-def stop_tree(proc: subprocess.Popen | int, grace: float = 15.0) -> None:
-    """SIGTERM ``proc`` (a child, or any PID) and every descendant, wait up to ``grace`` s, then
-    SIGKILL what is left. The family is listed first: once the root dies, init adopts the rest."""
-    pid = proc if isinstance(proc, int) else proc.pid
-    family = [pid, *descendants(pid)]
+def stop_tree(*procs: subprocess.Popen | int, grace: float = 15.0) -> None:
+    """SIGTERM ``procs`` (children, or any PIDs) and all their descendants at once, wait up to
+    ``grace`` s for them together, then SIGKILL what is left. The families are listed first: once
+    a root dies, init adopts the rest. Together, not one by one: a Ray cluster's dozen processes
+    would otherwise cost a grace period each."""
+    roots = [p if isinstance(p, int) else p.pid for p in procs]
+    family = [*roots, *(child for pid in roots for child in descendants(pid))]
+    ours = [p for p in procs if not isinstance(p, int)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for member in family:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(member, sig)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(p) for p in family):
-            if not isinstance(proc, int):
-                proc.poll()  # reap our own child
+            for child in ours:
+                child.poll()  # reap our own children
             time.sleep(0.2)
-    if not isinstance(proc, int):
-        proc.wait(5)
+    for child in ours:
+        child.wait(5)
 
 
 def die_with_parent() -> None:

@@ -66,8 +66,7 @@ class Processes:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            stop_tree(proc, grace=10)
+        stop_tree(*self.procs.values(), grace=10)
 
 
 def wait_for(url: str, context: ssl.SSLContext | None = None, seconds: float = 90) -> None:
@@ -191,8 +190,7 @@ def test_tls_deployment_on_loopback(tmp_path: Path, pretrained_gan: Path) -> Non
         # Whatever outlived the stopped trees (an orphan, reparented to init) carries this test's
         # FLWR_HOME: described for the assertion below, then stopped by PID all the same.
         orphans = {pid: describe(pid) for pid in flower_processes(flwr_home)}
-        for pid in orphans:
-            stop_tree(pid, grace=5)
+        stop_tree(*orphans, grace=5)
     assert orphans == {}, orphans
     deadline = time.monotonic() + 20  # the workers notice their SuperExec is gone (they poll every 2 s)
     while node_workers(flwr_home) and time.monotonic() < deadline:
@@ -259,8 +257,7 @@ def test_study_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
     finally:
         # By PID: `ray stop` would end every Ray process on the machine, other users' simulations too.
         cluster = processes_mentioning(str(ray_tmp))
-        for pid in cluster:
-            stop_tree(pid, grace=10)
+        stop_tree(*cluster, grace=10)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert cluster and not [pid for pid in cluster if Path(f"/proc/{pid}").exists()
                             and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]

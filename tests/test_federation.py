@@ -254,20 +254,23 @@ def test_ser_from_stored_generators_with_the_corpus_gone(tmp_path: Path, pretrai
     assert [o.model_digest for o in again] == [o.model_digest for o in trained] and len(again) == 2
 
 
-def test_stop_tree_stops_a_process_and_its_children() -> None:
-    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-            "time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", code])
+def test_stop_tree_stops_processes_and_their_children_together() -> None:
+    """Two parents, each with a child that ignores SIGTERM: one call stops both families."""
+    code = ("import signal, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+            "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); time.sleep(60)")
+    parents = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
     try:
         deadline = time.monotonic() + 20
-        while not descendants(parent.pid) and time.monotonic() < deadline:
+        while not all(descendants(p.pid) for p in parents) and time.monotonic() < deadline:
             time.sleep(0.05)
-        [child] = descendants(parent.pid)
+        children = [child for p in parents for child in descendants(p.pid)]
+        assert len(children) == 2
     finally:
-        stop_tree(parent, grace=5)
-    assert parent.returncode is not None
-    stat = Path(f"/proc/{child}/stat")
-    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        stop_tree(*parents, grace=1)
+    assert all(p.returncode is not None for p in parents)
+    for child in children:
+        stat = Path(f"/proc/{child}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_flwr_run_is_given_exactly_the_files_of_the_fab(tmp_path: Path) -> None:
