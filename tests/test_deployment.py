@@ -122,7 +122,7 @@ def test_tls_deployment_on_loopback(tmp_path: Path, pretrained_gan: Path) -> Non
                                "--artifacts-destination", str(tmp_path / "mlartifacts"), "--workers", "1"])
         # Flower's default in-memory state, not compose's --database file (kept there for restarts,
         # which this test does not make): with the file, committing every object of every message
-        # cost the SuperLink ~30 s of CPU per run here.
+        # kept the SuperLink at 100 % of a core for ~22 s per run here.
         procs.start("superlink", [
             str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(link_port),
             "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "superlink.crt"),
